@@ -1,0 +1,3 @@
+"""Numerical kernels with custom gradients for the NumPyro (JAX) backend."""
+
+__all__: list[str] = []
