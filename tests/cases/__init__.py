@@ -27,9 +27,10 @@ class DistCase:
     gof: bool = True
     #: dimension of the manifold the samples live on (None: the flattened event size)
     gof_dim: int | None = None
-    #: log of (reference measure / volume measure the gof's nearest-neighbour test sees):
-    #: added to log_prob before the gof test (e.g. -0.5*log(K) on the simplex)
-    gof_log_density_offset: float = 0.0
+    #: ``f(samples) -> array``: added to log_prob before the gof test when log_prob is a
+    #: density w.r.t. another measure than the volume of the points the test sees
+    #: (e.g. ExpConcrete's symmetric measure vs Lebesgue on the first K-1 coordinates)
+    gof_log_density_correction: Callable[[np.ndarray], np.ndarray] | None = None
     #: map samples to the points the gof test sees (e.g. drop a redundant coordinate)
     gof_points: Callable[[np.ndarray], np.ndarray] | None = None
     #: samples for the gof test (nearest-neighbour tests are O(N^2) in memory above 1-D)
