@@ -1,10 +1,22 @@
 """Reparameterizable distributions for the NumPyro (JAX) backend."""
 
 # Concrete family (issue: foundation)
-from numpyro_backend.distributions import concrete
+from numpyro_backend.distributions.concrete import (
+    BinaryConcrete,
+    BinaryConcreteStraightThrough,
+    Concrete,
+    ConcreteStraightThrough,
+    ExpConcrete,
+)
 
 # Implicitly reparameterized distributions
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
 
-__all__: list[str] = []
+__all__ = [
+    "BinaryConcrete",
+    "BinaryConcreteStraightThrough",
+    "Concrete",
+    "ConcreteStraightThrough",
+    "ExpConcrete",
+]

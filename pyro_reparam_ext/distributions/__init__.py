@@ -1,10 +1,22 @@
 """Reparameterizable distributions for the Pyro (PyTorch) backend."""
 
 # Concrete family (issue: foundation)
-from pyro_reparam_ext.distributions import concrete
+from pyro_reparam_ext.distributions.concrete import (
+    BinaryConcrete,
+    BinaryConcreteStraightThrough,
+    Concrete,
+    ConcreteStraightThrough,
+    ExpConcrete,
+)
 
 # Implicitly reparameterized distributions
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
 
-__all__: list[str] = []
+__all__ = [
+    "BinaryConcrete",
+    "BinaryConcreteStraightThrough",
+    "Concrete",
+    "ConcreteStraightThrough",
+    "ExpConcrete",
+]
