@@ -1,0 +1,285 @@
+"""Backend-agnostic test models for the ELBO estimators (pyroapi imports only).
+
+One catalogue drives the estimator tests of both backends: every entry is written with
+``pyroapi`` primitives, so the same model and guide run under
+``pyro_backend("pyro_reparam_ext")`` and ``pyro_backend("numpyro_backend")``, and the same
+exact reference values (computed once in float64 by ``tests/infer/make_reference.py`` and
+stored in ``tests/data/estimator_reference.json``) check both.
+
+Conventions shared by every entry (a test converts arrays to its backend first):
+
+- ``entry.model(data, init)`` and ``entry.guide(data, init)``: ``data`` is
+  ``entry.make_data()`` with every numpy array converted to a backend array (Python ints and
+  ``None`` are left as they are); ``init`` is ``entry.init_params`` converted the same way.
+  Every learnable parameter is an *unconstrained* ``pyro.param(name, init[name])`` (logits,
+  locations, log-scales), so both backends start from identical values and a gradient means
+  the same thing on both.
+- ``entry.exact_loss`` is the exact −ELBO and ``entry.exact_grads[name]`` the exact gradient of
+  −ELBO with respect to parameter ``name`` (float64 numpy arrays), on the *full* data: under
+  ``plate`` subsampling the estimator's expectation over both the latents and the subsample
+  indices equals this value.
+- ``entry.max_plate_nesting`` is what an ELBO needs for vectorized particles.
+
+References for the toy: [1] W. Grathwohl, D. Choi, Y. Wu, G. Roeder, D. Duvenaud (2018).
+Backpropagation through the void, section 6.1 (f(b) = (b − 0.499)²).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from pyroapi import distributions as dist
+from pyroapi import ops, pyro
+
+REFERENCE_PATH = Path(__file__).resolve().parents[1] / "data" / "estimator_reference.json"
+
+
+@dataclass(frozen=True)
+class EstimatorModel:
+    """One catalogue entry: model, guide, data, initial parameters and exact reference."""
+
+    name: str
+    model: Callable
+    guide: Callable
+    make_data: Callable[[], dict]
+    init_params: dict[str, np.ndarray]
+    max_plate_nesting: int
+    discrete_sites: tuple[str, ...]
+    description: str = ""
+    notes: dict = field(default_factory=dict)
+
+    @cached_property
+    def _reference(self) -> dict:
+        return json.loads(REFERENCE_PATH.read_text())[self.name]
+
+    @property
+    def exact_loss(self) -> float:
+        return float(self._reference["loss"])
+
+    @property
+    def exact_grads(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in self._reference["grads"].items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Several Bernoulli latents (one conditioned on another in the guide), nonlinear likelihood.
+
+
+def _bernoulli_nonlinear_model(data, init):
+    w = pyro.param("w", init["w"])
+    b0 = pyro.sample("b0", dist.Bernoulli(probs=data["prior_probs"][0]))
+    b1 = pyro.sample("b1", dist.Bernoulli(probs=data["prior_probs"][1]))
+    b2 = pyro.sample("b2", dist.Bernoulli(probs=data["prior_probs"][2]))
+    mean = 2.0 * ops.tanh(w[0] * b0 - w[1] * b1 + w[2] * b0 * b2)
+    with pyro.plate("obs", data["x"].shape[-1]):
+        pyro.sample("x", dist.Normal(mean, 0.5), obs=data["x"])
+
+
+def _bernoulli_nonlinear_guide(data, init):
+    logits = pyro.param("q_logits", init["q_logits"])
+    coupling = pyro.param("q_coupling", init["q_coupling"])
+    b0 = pyro.sample("b0", dist.Bernoulli(logits=logits[0]))
+    pyro.sample("b1", dist.Bernoulli(logits=logits[1] + coupling * b0))
+    pyro.sample("b2", dist.Bernoulli(logits=logits[2]))
+
+
+def _bernoulli_nonlinear_data() -> dict:
+    return {
+        "x": np.array([1.3, 0.9, 1.7, 1.1, 0.4]),
+        "prior_probs": np.array([0.3, 0.6, 0.5]),
+    }
+
+
+BERNOULLI_NONLINEAR = EstimatorModel(
+    name="bernoulli_nonlinear",
+    model=_bernoulli_nonlinear_model,
+    guide=_bernoulli_nonlinear_guide,
+    make_data=_bernoulli_nonlinear_data,
+    init_params={
+        "w": np.array([1.2, -0.4, 0.8]),
+        "q_logits": np.array([0.3, -0.5, 0.2]),
+        "q_coupling": np.array(0.7),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("b0", "b1", "b2"),
+    description="3 Bernoulli latents, b1 | b0 in the guide, x ~ N(2 tanh(w·features(b)), 0.5)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Categorical mixture inside a subsampled plate (12 points, subsample 4, 3 components).
+
+
+def _mixture_model(data, init):
+    locs = pyro.param("locs", init["locs"])
+    mix_logits = pyro.param("mix_logits", init["mix_logits"])
+    n = data["x"].shape[0]
+    with pyro.plate("data", n, subsample_size=data["subsample_size"]) as idx:
+        z = pyro.sample("z", dist.Categorical(logits=mix_logits))
+        pyro.sample("x", dist.Normal(locs[z], 0.7), obs=data["x"][idx])
+
+
+def _mixture_guide(data, init):
+    assign_logits = pyro.param("assign_logits", init["assign_logits"])
+    n = data["x"].shape[0]
+    with pyro.plate("data", n, subsample_size=data["subsample_size"]) as idx:
+        pyro.sample("z", dist.Categorical(logits=assign_logits[idx]))
+
+
+def _mixture_data() -> dict:
+    rng = np.random.RandomState(5)
+    x = np.concatenate([rng.normal(-2.0, 0.7, 4), rng.normal(0.5, 0.7, 4), rng.normal(2.5, 0.7, 4)])
+    return {"x": x, "subsample_size": 4}
+
+
+_mixture_assign = np.random.RandomState(6).normal(0.0, 0.5, (12, 3))
+
+CATEGORICAL_MIXTURE = EstimatorModel(
+    name="categorical_mixture",
+    model=_mixture_model,
+    guide=_mixture_guide,
+    make_data=_mixture_data,
+    init_params={
+        "locs": np.array([-1.5, 0.0, 1.5]),
+        "mix_logits": np.array([0.1, -0.2, 0.3]),
+        "assign_logits": _mixture_assign,
+    },
+    max_plate_nesting=1,
+    discrete_sites=("z",),
+    description="3-component Gaussian mixture, Categorical z in a plate of 12 subsampled to 4",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A guide mixing a Bernoulli and a Normal whose location depends on it. The expectation over
+#    the Normal is analytic (linear-Gaussian likelihood), so the exact gradient is exact.
+
+
+def _mixed_model(data, init):
+    shift = pyro.param("shift", init["shift"])
+    c = pyro.sample("c", dist.Bernoulli(probs=0.4))
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("obs", data["x"].shape[-1]):
+        pyro.sample("x", dist.Normal(z + shift * c, 0.8), obs=data["x"])
+
+
+def _mixed_guide(data, init):
+    c_logit = pyro.param("q_c_logit", init["q_c_logit"])
+    z_loc = pyro.param("q_z_loc", init["q_z_loc"])
+    z_shift = pyro.param("q_z_shift", init["q_z_shift"])
+    z_log_scale = pyro.param("q_z_log_scale", init["q_z_log_scale"])
+    c = pyro.sample("c", dist.Bernoulli(logits=c_logit))
+    pyro.sample("z", dist.Normal(z_loc + z_shift * c, ops.exp(z_log_scale)))
+
+
+def _mixed_data() -> dict:
+    return {"x": np.array([1.9, 2.4, 1.2, 2.8])}
+
+
+BERNOULLI_NORMAL = EstimatorModel(
+    name="bernoulli_normal",
+    model=_mixed_model,
+    guide=_mixed_guide,
+    make_data=_mixed_data,
+    init_params={
+        "shift": np.array(1.0),
+        "q_c_logit": np.array(-0.3),
+        "q_z_loc": np.array(0.5),
+        "q_z_shift": np.array(0.8),
+        "q_z_log_scale": np.array(-0.5),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("c",),
+    description="guide c ~ Bernoulli, z | c ~ Normal(a + d c, s); x ~ N(z + shift c, 0.8)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A small binary-latent VAE: 8 binary data points of dimension 6, 3 Bernoulli latents each.
+
+
+def _vae_model(data, init):
+    dec_w = pyro.param("dec_w", init["dec_w"])
+    dec_b = pyro.param("dec_b", init["dec_b"])
+    x = data["x"]
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Bernoulli(logits=data["prior_logits"]).to_event(1))
+        pyro.sample("x", dist.Bernoulli(logits=z @ dec_w + dec_b).to_event(1), obs=x)
+
+
+def _vae_guide(data, init):
+    enc_w = pyro.param("enc_w", init["enc_w"])
+    enc_b = pyro.param("enc_b", init["enc_b"])
+    x = data["x"]
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Bernoulli(logits=x @ enc_w + enc_b).to_event(1))
+
+
+def _vae_data() -> dict:
+    rng = np.random.RandomState(7)
+    prototypes = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 1, 1]], float)
+    rows = prototypes[rng.randint(0, 3, 8)]
+    flips = rng.uniform(size=rows.shape) < 0.1
+    return {"x": np.where(flips, 1.0 - rows, rows), "prior_logits": np.zeros(3)}
+
+
+_vae_rng = np.random.RandomState(8)
+BINARY_VAE = EstimatorModel(
+    name="binary_vae",
+    model=_vae_model,
+    guide=_vae_guide,
+    make_data=_vae_data,
+    init_params={
+        "enc_w": _vae_rng.normal(0.0, 0.5, (6, 3)),
+        "enc_b": np.zeros(3),
+        "dec_w": _vae_rng.normal(0.0, 0.5, (3, 6)),
+        "dec_b": np.zeros(6),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("z",),
+    description="binary VAE: 8 points x 6 binary pixels, z ~ Bernoulli(1/2)^3, linear decoder",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The RELAX toy [1]: minimise E_{b ~ Bernoulli(θ)}[(b − 0.499)²]; optimum θ → 0.
+#    Written as an ELBO whose prior on b is the guide itself (same parameter), so
+#    log p(b) − log q(b) = 0 and −ELBO = E[(b − 0.499)²] + const exactly. The observation
+#    N(0.499 | b, 1/√2) contributes log-density −(b − 0.499)² − ½ log π.
+
+
+def _toy_model(data, init):
+    theta_logit = pyro.param("theta_logit", init["theta_logit"])
+    b = pyro.sample("b", dist.Bernoulli(logits=theta_logit))
+    pyro.sample("f", dist.Normal(b, 0.5**0.5), obs=data["target"])
+
+
+def _toy_guide(data, init):
+    theta_logit = pyro.param("theta_logit", init["theta_logit"])
+    pyro.sample("b", dist.Bernoulli(logits=theta_logit))
+
+
+RELAX_TOY = EstimatorModel(
+    name="relax_toy",
+    model=_toy_model,
+    guide=_toy_guide,
+    make_data=lambda: {"target": np.array(0.499)},
+    init_params={"theta_logit": np.array(0.0)},
+    max_plate_nesting=0,
+    discrete_sites=("b",),
+    description="RELAX toy: -ELBO = E[(b - 0.499)^2] + ½ log π, θ = sigmoid(theta_logit)",
+)
+
+
+#: The three models every estimator's unbiasedness is checked on.
+UNBIASEDNESS_MODELS = [BERNOULLI_NONLINEAR, CATEGORICAL_MIXTURE, BERNOULLI_NORMAL]
+#: Every entry, by name.
+MODELS = {
+    m.name: m
+    for m in [BERNOULLI_NONLINEAR, CATEGORICAL_MIXTURE, BERNOULLI_NORMAL, BINARY_VAE, RELAX_TOY]
+}
