@@ -65,7 +65,7 @@ def test_sample_goodness_of_fit(case, backend):
         p_value = numpyro_gof.auto_goodness_of_fit(
             np.asarray(points), np.exp(log_density), dim=case.gof_dim
         )
-    assert float(p_value) > GOF_ALPHA
+    assert float(p_value) > GOF_ALPHA, f"gof p-value {float(p_value):.3g}"
 
 
 @pytest.mark.parametrize("backend", backend_params)

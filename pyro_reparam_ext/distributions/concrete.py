@@ -237,15 +237,20 @@ class ExpConcrete(TorchDistribution):
         z = self._relaxed_logits(sample_shape)
         return torch.log_softmax(z / self.temperature.unsqueeze(-1), dim=-1)
 
-    def log_prob(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
+    def _exp_concrete_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         num_classes = self.event_shape[-1]
         temperature = self.temperature.unsqueeze(-1)
         # [1] eq. 14 in log space: log((K-1)!) + (K-1) log λ + Σ_k (ℓ_k - λ y_k) - K lse(ℓ - λ y)
         score = self.logits - temperature * value
-        log_normalizer = math.lgamma(num_classes) + (num_classes - 1) * torch.log(self.temperature)
+        log_normalizer = math.lgamma(num_classes) + (num_classes - 1) * torch.log(
+            self.temperature
+        )
         return log_normalizer + (score - score.logsumexp(-1, keepdim=True)).sum(-1)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._exp_concrete_log_prob(value)
 
 
 class Concrete(ExpConcrete):
@@ -287,7 +292,7 @@ class Concrete(ExpConcrete):
             self._validate_sample(value)
         log_value = torch.log(value)
         # change of variables y = log x: the symmetric measure of ExpConcrete is dx / Π_k x_k
-        return ExpConcrete.log_prob(self, log_value) - log_value.sum(-1)
+        return self._exp_concrete_log_prob(log_value) - log_value.sum(-1)
 
 
 class ConcreteStraightThrough(Concrete):
