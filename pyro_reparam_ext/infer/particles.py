@@ -1,0 +1,372 @@
+"""Particles, costs and discrete-site helpers shared by every estimator in this package.
+
+:class:`DiscreteLatentELBO` is the common base of ``ScoreFunction_ELBO``, ``REBAR_ELBO`` and
+``RELAX_ELBO``. It
+owns the particle loop (Pyro's vectorized particles: one outermost ``plate`` of size
+``num_particles``), the pathwise part of the surrogate (as :class:`~pyro.infer.Trace_ELBO`), the
+plate-aware downstream reward of every score-function site (Pyro's own
+``tracegraph_elbo._compute_downstream_costs``) and the value/gradient split
+``loss + (surrogate - surrogate.detach())``. A subclass only says how the gradient of each
+non-reparameterized guide site is estimated (:meth:`DiscreteLatentELBO._loss_and_surrogate`).
+
+Sign convention: like Pyro's ``TraceGraph_ELBO`` the code works with *rewards*
+(log p − log q, the ELBO direction); losses are their negatives.
+
+Subsampling: Pyro's ``score_function`` is not scaled by the plate's N/M factor while the
+rewards (built from scaled log-densities) are, so the N/M factor enters each score term exactly
+once (Pyro issue #531).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyro
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.infer import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.tracegraph_elbo import _compute_downstream_costs
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.poutine.util import site_is_subsample
+from pyro.util import check_if_enumerated, warn_if_nan
+from torch.distributions import Bernoulli, Categorical, OneHotCategorical
+
+#: Prefix of every param-store entry an estimator creates (learned or running state).
+PARAM_PREFIX = "reparam_ext."
+
+#: Keys accepted under a guide site's ``infer={"reparam_ext": {...}}``.
+SITE_OPTIONS = frozenset({"baseline", "baseline_decay", "temperature", "eta"})
+
+
+def site_options(site: dict) -> dict:
+    """The site's ``infer["reparam_ext"]`` options, validated against :data:`SITE_OPTIONS`."""
+    options = site["infer"].get("reparam_ext", {})
+    unknown = set(options) - SITE_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"site '{site['name']}': unknown infer['reparam_ext'] option(s) {sorted(unknown)}; "
+            f"valid options are {sorted(SITE_OPTIONS)}"
+        )
+    return options
+
+
+class DiscreteLatentELBO(ELBO):
+    """Base class: particle loop, pathwise surrogate and value/gradient split.
+
+    :param int num_particles: number of particles (samples) averaged per estimate.
+    :param max_plate_nesting: bound on the number of nested ``plate`` contexts (guessed from
+        one run when infinite, as in Pyro).
+    :param bool vectorize_particles: draw the particles in one vectorized run (default) rather
+        than a Python loop. Leave-one-out baselines need it when ``num_particles > 1``.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        retain_graph: bool | None = None,
+    ):
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+        )
+
+    # ---- particles -------------------------------------------------------------------------
+
+    @property
+    def particle_dim(self) -> int | None:
+        """The batch dim of the vectorized particle plate (negative), or None without one."""
+        if self.vectorize_particles and self.num_particles > 1:
+            return -self.max_plate_nesting
+        return None
+
+    def _particle_runs(self, model, guide, args, kwargs) -> Iterator[tuple]:
+        """(model, guide) pairs to trace: one plate-wrapped pair when vectorized, else K."""
+        if self.vectorize_particles:
+            if self.max_plate_nesting == float("inf"):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            yield self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
+        else:
+            for _ in range(self.num_particles):
+                yield model, guide
+
+    def _get_trace(self, model, guide, args, kwargs):
+        # "dense" graphs give _compute_downstream_costs the guide's dependency order.
+        model_trace, guide_trace = get_importance_trace(
+            "dense", self.max_plate_nesting, model, guide, args, kwargs
+        )
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    # ---- the three ELBO methods ------------------------------------------------------------
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """−ELBO estimate whose gradient is this estimator's gradient estimate.
+
+        The value is the usual −ELBO (averaged over particles); the gradient with respect to
+        model and guide parameters is the estimator's, and with respect to an estimator's own
+        learned parameters (``reparam_ext.*``) whatever that estimator trains them with.
+        """
+        loss = 0.0
+        surrogate_loss = 0.0
+        self._begin_step()
+        for run_model, run_guide in self._particle_runs(model, guide, args, kwargs):
+            loss_run, surrogate_run = self._loss_and_surrogate(run_model, run_guide, args, kwargs)
+            loss = loss + loss_run / self.num_particles
+            surrogate_loss = surrogate_loss + surrogate_run / self.num_particles
+        surrogate_loss = self._end_step(surrogate_loss)
+        warn_if_nan(loss, "loss")
+        return loss + (surrogate_loss - surrogate_loss.detach())
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO estimate as a float; draws fresh particles and updates no estimator state."""
+        elbo = 0.0
+        with torch.no_grad():
+            for run_model, run_guide in self._particle_runs(model, guide, args, kwargs):
+                model_trace, guide_trace = DiscreteLatentELBO._get_trace(
+                    self, run_model, run_guide, args, kwargs
+                )
+                elbo_run = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+                elbo = elbo + torch_item(elbo_run) / self.num_particles
+        loss = -elbo
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Backpropagate :meth:`differentiable_loss` into the parameters; return its value."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    # ---- hooks for subclasses --------------------------------------------------------------
+
+    def _begin_step(self) -> None:
+        """Called once per :meth:`differentiable_loss` before the particles."""
+
+    def _end_step(self, surrogate_loss: torch.Tensor) -> torch.Tensor:
+        """Called once per :meth:`differentiable_loss` with the particle-averaged surrogate."""
+        return surrogate_loss
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        """(−ELBO summed over the run's particles, surrogate loss) for one particle run."""
+        raise NotImplementedError("abstract: each estimator defines its score terms")
+
+
+# ---- traces -> ELBO, pathwise surrogate, rewards ------------------------------------------
+
+
+def pathwise_elbo_and_surrogate(model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ELBO, surrogate ELBO without score-function terms), as in Pyro's ``Trace_ELBO``.
+
+    The surrogate holds log p (pathwise in model parameters and reparameterized values) and
+    the guide's ``entropy_term`` (−log q for reparameterized sites, zero for the others).
+    """
+    elbo = 0.0
+    surrogate = 0.0
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo = elbo + site["log_prob_sum"].detach()
+            surrogate = surrogate + site["log_prob_sum"]
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo = elbo - site["log_prob_sum"].detach()
+            entropy_term = site["score_parts"].entropy_term
+            if not is_identically_zero(entropy_term):
+                surrogate = surrogate - entropy_term.sum()
+    return elbo, surrogate
+
+
+def score_function_sites(guide_trace) -> list[str]:
+    """Names of the guide sites with a score-function term, in execution order."""
+    return [
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
+    ]
+
+
+def downstream_rewards(model_trace, guide_trace, sites: list[str]):
+    """Plate-aware downstream reward of each score-function site and the nodes it sums.
+
+    Reuses Pyro's ``_compute_downstream_costs``: a site is credited only with the
+    log p − log q terms of itself, of later guide sites that are not in an independent plate
+    element, and of their model children; terms inside a plate the site is also in stay
+    per element. Returns ``(rewards, nodes)`` where ``rewards[name]`` (detached) has the site's
+    batch shape and ``nodes[name]`` is the set of trace sites it includes.
+    """
+    costs, nodes = _compute_downstream_costs(model_trace, guide_trace, set(sites))
+    rewards = {}
+    for name in sites:
+        shape = guide_trace.nodes[name]["score_parts"].score_function.shape
+        rewards[name] = torch.broadcast_to(torch.as_tensor(costs[name]).detach(), shape)
+    return rewards, nodes
+
+
+def frames_of(site: dict) -> frozenset:
+    return frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+
+
+def sum_local_terms(terms: list[tuple[tuple, torch.Tensor]], site: dict) -> torch.Tensor:
+    """Sum (cond_indep_stack, tensor) terms to ``site``'s plates, keeping only *local* terms.
+
+    A term outside one of the site's plates depends on several plate elements at once; a
+    control variate built from it would couple the elements' noises and lose unbiasedness, so
+    it is left out (the control variate may be any smooth function of the site's own noise).
+    """
+    target = frames_of(site)
+    total = MultiFrameTensor()
+    total.add(*((stack, value) for stack, value in terms if target <= frames_of_stack(stack)))
+    return total.sum_to(site["cond_indep_stack"])
+
+
+def frames_of_stack(stack) -> frozenset:
+    return frozenset(f for f in stack if f.vectorized)
+
+
+def param_leaves(*traces, exclude_prefix: str = PARAM_PREFIX) -> dict[str, torch.Tensor]:
+    """Unconstrained param-store leaves of the ``param`` sites in ``traces`` (by name)."""
+    leaves = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] != "param" or name.startswith(exclude_prefix) or name in leaves:
+                continue
+            value = site["value"]
+            unconstrained = getattr(value, "unconstrained", None)
+            leaf = unconstrained() if unconstrained is not None else value
+            if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+                leaves[name] = leaf
+    return leaves
+
+
+def running_state(name: str, init: torch.Tensor) -> torch.Tensor:
+    """A running-average buffer kept in the param store (saved and loaded with it).
+
+    Registered under :func:`poutine.block` so SVI's optimizer never sees it; updated in place
+    with :func:`update_running_state`. Re-initialized if the stored shape differs.
+    """
+    store = pyro.get_param_store()
+    if name in store and store.get_param(name).shape != init.shape:
+        del store[name]
+    with poutine.block():
+        value = pyro.param(name, init.detach())
+    unconstrained = getattr(value, "unconstrained", None)
+    return unconstrained() if unconstrained is not None else value
+
+
+def update_running_state(state: torch.Tensor, new_value: torch.Tensor, decay: float) -> None:
+    with torch.no_grad():
+        state.mul_(decay).add_((1.0 - decay) * new_value.detach())
+
+
+# ---- discrete distributions: kind, logits, relaxed log-density ----------------------------
+
+BERNOULLI, CATEGORICAL, ONE_HOT = "bernoulli", "categorical", "one_hot_categorical"
+
+
+def unwrap_discrete(fn) -> tuple[str | None, object]:
+    """(kind, base distribution) for Bernoulli / Categorical / OneHotCategorical sites.
+
+    Looks through ``Independent`` (``to_event``), ``expand`` and ``mask`` wrappers; kind is
+    None for any other distribution.
+    """
+    base = fn
+    while hasattr(base, "base_dist") and not isinstance(
+        base, (Bernoulli, Categorical, OneHotCategorical)
+    ):
+        base = base.base_dist
+    if isinstance(base, Bernoulli):
+        return BERNOULLI, base
+    if isinstance(base, OneHotCategorical):
+        return ONE_HOT, base
+    if isinstance(base, Categorical):
+        return CATEGORICAL, base
+    return None, base
+
+
+def full_logits(fn, kind: str, base) -> torch.Tensor:
+    """The site's logits broadcast to one entry per scalar decision (+ categories).
+
+    Shape ``batch_shape + event_shape`` for Bernoulli, ``batch + event + (K,)`` for
+    Categorical, ``batch + event`` (event ending in K) for OneHotCategorical.
+    """
+    shape = fn.batch_shape + fn.event_shape
+    if kind == CATEGORICAL:
+        shape = shape + base.logits.shape[-1:]
+    return base.logits.expand(shape)
+
+
+def score_wrt_logits(kind: str, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """s = ∇_logits log q(value | logits), per logit coordinate (same shape as ``logits``)."""
+    if kind == BERNOULLI:
+        return value - torch.sigmoid(logits)
+    one_hot = F.one_hot(value, logits.shape[-1]).to(logits.dtype) if kind == CATEGORICAL else value
+    return one_hot - torch.softmax(logits, dim=-1)
+
+
+def relaxed_log_prob(fn, kind: str, base, value: torch.Tensor) -> torch.Tensor:
+    """The continuous extension of a discrete log-density at a relaxed value.
+
+    Bernoulli: b·log p + (1 − b)·log(1 − p); (OneHot)Categorical: the dot product of the
+    (relaxed) one-hot value with log π. Equal to ``fn.log_prob`` at hard values. Categorical
+    sites take a relaxed one-hot of shape ``batch + event + (K,)``.
+    """
+    logits = full_logits(fn, kind, base)
+    if kind == BERNOULLI:
+        elementwise = value * F.logsigmoid(logits) + (1.0 - value) * F.logsigmoid(-logits)
+        event_dims = len(fn.event_shape)
+    else:
+        elementwise = (value * torch.log_softmax(logits, dim=-1)).sum(-1)
+        event_dims = len(fn.event_shape) - (1 if kind == ONE_HOT else 0)
+    if event_dims:
+        elementwise = elementwise.sum(tuple(range(-event_dims, 0)))
+    return elementwise
+
+
+def site_log_prob(site: dict, relaxed: bool) -> torch.Tensor:
+    """Scaled and masked log-density of a trace site, by continuous extension if relaxed."""
+    fn, value = site["fn"], site["value"]
+    kind, base = unwrap_discrete(fn)
+    if relaxed and kind is not None and value.is_floating_point():
+        log_prob = relaxed_log_prob(fn, kind, base, value)
+    else:
+        log_prob = fn.log_prob(value, *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, site["scale"], site["mask"])
+
+
+def relaxed_reward(model_trace, guide_trace, nodes, site: dict) -> torch.Tensor:
+    """Σ over ``nodes`` of log p − log q in relaxed traces, kept local to ``site``'s plates."""
+    terms = []
+    for name in nodes:
+        if name in guide_trace.nodes and not site_is_subsample(guide_trace.nodes[name]):
+            model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
+            log_r = site_log_prob(model_site, True) - site_log_prob(guide_site, True)
+            terms.append((model_site["cond_indep_stack"], log_r))
+        elif name in model_trace.nodes and not site_is_subsample(model_trace.nodes[name]):
+            model_site = model_trace.nodes[name]
+            terms.append((model_site["cond_indep_stack"], site_log_prob(model_site, True)))
+    return sum_local_terms(terms, site)
+
+
+__all__ = [
+    "DiscreteLatentELBO",
+    "PARAM_PREFIX",
+    "SITE_OPTIONS",
+    "downstream_rewards",
+    "param_leaves",
+    "pathwise_elbo_and_surrogate",
+    "relaxed_log_prob",
+    "running_state",
+    "score_function_sites",
+    "unwrap_discrete",
+]
