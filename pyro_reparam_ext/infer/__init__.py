@@ -1,3 +1,7 @@
 """ELBO gradient estimators for the Pyro (PyTorch) backend."""
 
-__all__: list[str] = []
+from pyro_reparam_ext.infer.diagnostics import gradient_variance
+from pyro_reparam_ext.infer.relax import REBAR_ELBO, RELAX_ELBO
+from pyro_reparam_ext.infer.score_function import ScoreFunction_ELBO
+
+__all__: list[str] = ["REBAR_ELBO", "RELAX_ELBO", "ScoreFunction_ELBO", "gradient_variance"]
