@@ -39,7 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import digamma, gammainc as _gammainc_value, gammaln, xlogy
+from jax.scipy.special import digamma, gammaln, xlogy
+from jax.scipy.special import gammainc as _gammainc_value
 
 __all__ = ["gammainc", "gammainc_grad_a", "standard_gamma_grad"]
 
@@ -123,7 +124,7 @@ def _quadrature_ratio(a, x):
     width = jnp.where(left, jnp.maximum(width, newton), width)
     half = jnp.where(left, -0.5 * width, 0.5 * width)  # u runs over [0, ±width]
     total = jnp.zeros_like(x)
-    for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist()):
+    for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist(), strict=True):
         u = half * (1 + node)
         g = a * u - x * jnp.expm1(u)
         total = total + weight * jnp.exp(g) * (u + shift)

@@ -123,7 +123,7 @@ def _quadrature_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     width = torch.where(left, torch.maximum(width, newton), width)
     half = torch.where(left, -0.5 * width, 0.5 * width)  # u runs over [0, ±width]
     total = torch.zeros_like(x)
-    for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist()):
+    for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist(), strict=True):
         u = half * (1 + node)
         g = a * u - x * torch.expm1(u)
         total = total + weight * torch.exp(g) * (u + shift)
