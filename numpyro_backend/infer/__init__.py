@@ -1,3 +1,8 @@
 """ELBO gradient estimators for the NumPyro (JAX) backend."""
 
-__all__: list[str] = []
+from numpyro_backend.infer.diagnostics import gradient_variance
+from numpyro_backend.infer.relax import REBAR_ELBO, RELAX_ELBO
+from numpyro_backend.infer.score_function import ScoreFunction_ELBO
+from numpyro_backend.infer.svi import SVI
+
+__all__: list[str] = ["REBAR_ELBO", "RELAX_ELBO", "ScoreFunction_ELBO", "gradient_variance"]

@@ -1,0 +1,515 @@
+"""Particles and plate-aware costs shared by the score-function, REBAR and RELAX estimators.
+
+One particle is one joint draw from the guide, the model replayed against it, every site's
+log-density, and, for every non-reparameterized guide site, its *downstream cost*: the sum of
+the cost terms (model log-densities, minus guide log-densities) that the site can influence,
+summed to the site's own plates (NumPyro's provenance tracking and
+:class:`~numpyro.infer.elbo.MultiFrameTensor`, as in ``TraceGraph_ELBO``). Particles are
+vectorized with ``jax.vmap``; the estimators in ``score_function.py`` and ``relax.py`` turn
+them into surrogate losses.
+
+Subsampling. A site inside a subsampled ``plate`` has its log-density scaled by N/M, and so has
+every cost term inside that plate. The score term therefore multiplies the *unscaled*
+log-density by the (scaled) downstream cost; multiplying two scaled factors — what NumPyro's
+``TraceGraph_ELBO`` does — inflates the score term by N/M (Pyro issue #531).
+
+Relaxations (REBAR, RELAX). At a Bernoulli or Categorical guide site the particle draws the
+uniform noise u, v explicitly from the site's PRNG key (``numpyro.handlers.seed``), takes
+z = logits + noise, b = H(z) and z̃ ~ p(z | b) ([1], appendix), and records z, z̃. The
+relaxed cost f(σ_λ(z)) replays guide and model with the *same* PRNG keys (so reparameterized
+sites reuse their noise) and the relaxed value substituted:
+
+- Bernoulli: the value σ(z/λ) itself, densities by the continuous extension
+  b log p + (1 − b) log(1 − p) ([2], section 3.3). Discrete guide sites downstream of the
+  relaxed one are relaxed too, with their own noise, so that the control variate is a smooth
+  function of z given the other noises (the condition for unbiasedness).
+- Categorical: model code indexes with the value (``locs[z]``), which a relaxed one-hot cannot
+  do, so f is extended multilinearly, f̃(σ) = Σ_k σ_k f(k), from K replays with the site set
+  to k; σ = softmax(z/λ). As λ → 0 this tends to f(H(z)), like the substituted relaxation.
+
+References:
+    [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein (2017). REBAR.
+    [2] W. Grathwohl, D. Choi, Y. Wu, G. Roeder, D. Duvenaud (2018). Backpropagation through
+        the void: optimizing control variates for black-box gradient estimation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+from numpyro.distributions import (
+    BernoulliLogits,
+    BernoulliProbs,
+    CategoricalLogits,
+    CategoricalProbs,
+    ExpandedDistribution,
+    Independent,
+    MaskedDistribution,
+)
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
+from numpyro.primitives import Messenger
+from numpyro.util import _validate_model, check_model_guide_match
+
+from numpyro_backend.distributions.concrete import (
+    bernoulli_conditional_relaxed_logits,
+    bernoulli_hard,
+    bernoulli_relaxed_logits,
+    bernoulli_soft,
+    categorical_conditional_relaxed_logits,
+    categorical_relaxed_logits,
+    uniform_noise,
+)
+
+#: Prefix of every name the estimators keep in SVI's parameters or mutable state.
+PREFIX = "reparam_ext."
+
+BASELINES = ("optimal", "loo", "decaying_avg", "none")
+
+#: Keys accepted under a guide site's ``infer={"reparam_ext": {...}}``.
+SITE_OPTIONS = frozenset({"baseline", "baseline_decay", "temperature", "eta"})
+
+
+def site_options(site: dict) -> dict:
+    """The site's ``infer["reparam_ext"]`` options, validated against :data:`SITE_OPTIONS`."""
+    options = (site.get("infer") or {}).get("reparam_ext", {})
+    unknown = set(options) - SITE_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"site '{site['name']}': unknown infer['reparam_ext'] option(s) {sorted(unknown)}; "
+            f"valid options are {sorted(SITE_OPTIONS)}"
+        )
+    return options
+
+
+def state_name(site: str, what: str) -> str:
+    """Name of a learned or running quantity of ``site``, e.g. ``reparam_ext.z.eta``."""
+    return f"{PREFIX}{site}.{what}"
+
+
+def network_name(site: str) -> str:
+    """Name of RELAX's control-variate network parameters of ``site``."""
+    return f"{PREFIX}relax.{site}"
+
+
+def split_param_map(param_map: dict) -> tuple[dict, dict]:
+    """(model/guide parameters θ, estimator state φ) of a parameter map."""
+    theta = {k: v for k, v in param_map.items() if not k.startswith(PREFIX)}
+    state = {k: v for k, v in param_map.items() if k.startswith(PREFIX)}
+    return theta, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Sites and their relaxations
+
+
+def _base_distribution(fn):
+    while isinstance(fn, (Independent, ExpandedDistribution, MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def relaxation_kind(fn) -> str | None:
+    """``"bernoulli"``, ``"categorical"`` or None: how REBAR/RELAX relax a site's distribution."""
+    base = _base_distribution(fn)
+    if isinstance(base, (BernoulliLogits, BernoulliProbs)):
+        return "bernoulli"
+    if isinstance(base, (CategoricalLogits, CategoricalProbs)):
+        return "categorical"
+    return None
+
+
+def site_logits(fn, kind: str) -> jnp.ndarray:
+    """Logits of a (possibly wrapped) Bernoulli / Categorical, broadcast to every element."""
+    logits = _base_distribution(fn).logits
+    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    if kind == "categorical":
+        shape = shape + logits.shape[-1:]
+    return jnp.broadcast_to(logits, shape)
+
+
+def score_wrt_logits(kind: str, logits, value) -> jnp.ndarray:
+    """s = ∇_logits log q(value | logits), per logit coordinate (same shape as ``logits``)."""
+    if kind == "bernoulli":
+        return value - jax.nn.sigmoid(logits)
+    return jax.nn.one_hot(value, logits.shape[-1], dtype=logits.dtype) - jax.nn.softmax(logits, -1)
+
+
+def relaxed_log_prob(fn, value) -> jnp.ndarray:
+    """Continuous extension b log p + (1 − b) log(1 − p) of a Bernoulli log-density ([2] §3.3).
+
+    Follows the wrappers (``Independent``, ``expand``, ``mask``) of ``fn`` so that the result
+    has ``fn.batch_shape`` like ``fn.log_prob``.
+    """
+    if isinstance(fn, Independent):
+        log_prob = relaxed_log_prob(fn.base_dist, value)
+        return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
+    if isinstance(fn, ExpandedDistribution):
+        return jnp.broadcast_to(relaxed_log_prob(fn.base_dist, value), fn.batch_shape)
+    if isinstance(fn, MaskedDistribution):
+        log_prob = relaxed_log_prob(fn.base_dist, value)
+        return jnp.where(fn._mask, log_prob, 0.0)
+    logits = fn.logits
+    return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
+
+
+def _is_latent(site: dict) -> bool:
+    return site["type"] == "sample" and not site.get("is_observed", False)
+
+
+def nonreparam_sites(guide_trace: dict) -> list[str]:
+    """Names of the guide's latent sites without a reparameterized sampler, in trace order."""
+    return [n for n, s in guide_trace.items() if _is_latent(s) and not s["fn"].has_rsample]
+
+
+def check_relaxable(guide_trace: dict, estimator: str) -> None:
+    """ValueError naming the first non-reparameterized guide site REBAR/RELAX cannot relax."""
+    for name in nonreparam_sites(guide_trace):
+        fn = guide_trace[name]["fn"]
+        kind = relaxation_kind(fn)
+        if kind is None:
+            raise ValueError(
+                f"{estimator} cannot relax guide site '{name}' ({type(fn).__name__}): it handles "
+                "Bernoulli and Categorical sites (also wrapped in Independent, expand, mask). "
+                "Use ScoreFunction_ELBO for this model, or make the site reparameterized."
+            )
+        if kind == "categorical" and fn.event_shape != ():
+            raise ValueError(
+                f"{estimator} cannot relax guide site '{name}': a Categorical with event dims "
+                f"{fn.event_shape} (to_event) has no per-element multilinear relaxation; declare "
+                "those dims with plates instead."
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Controlled sampling: the guide's discrete sites drawn from explicit noise
+
+
+def _noise(rng_key, logits):
+    key_u, key_v = random.split(rng_key)
+    return uniform_noise(key_u, logits.shape, logits.dtype), uniform_noise(
+        key_v, logits.shape, logits.dtype
+    )
+
+
+class _DrawWithNoise(Messenger):
+    """Draw every relaxable guide site as b = H(z) from explicit noise; record z and z̃.
+
+    Sits outside ``seed`` so that it sees the site's PRNG key, which keeps the key sequence
+    (and so every other site's noise) identical to a plain run of the guide.
+    """
+
+    def __init__(self, fn=None):
+        self.records: dict[str, dict] = {}
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+            return
+        kind = relaxation_kind(msg["fn"])
+        if kind is None or msg["fn"].has_rsample:
+            return
+        logits = site_logits(msg["fn"], kind)
+        u, v = _noise(msg["kwargs"]["rng_key"], logits)
+        if kind == "bernoulli":
+            z = bernoulli_relaxed_logits(logits, u)
+            hard = bernoulli_hard(z)
+            z_tilde = bernoulli_conditional_relaxed_logits(logits, hard, v)
+            value = hard
+        else:
+            z = categorical_relaxed_logits(logits, u)
+            index = jnp.argmax(z, -1)
+            one_hot = jax.nn.one_hot(index, z.shape[-1], dtype=z.dtype)
+            z_tilde = categorical_conditional_relaxed_logits(logits, one_hot, v)
+            value = index
+        msg["value"] = lax.stop_gradient(value)
+        self.records[msg["name"]] = {"kind": kind, "z": z, "z_tilde": z_tilde}
+
+
+class _RelaxedReplay(Messenger):
+    """Replay a guide with given values at some sites and relaxed noise draws at others.
+
+    ``values``: site -> value to substitute (hard samples, a relaxed value, a category k).
+    ``relax``: Bernoulli site -> temperature; the site is redrawn from its own noise as
+    σ(z/λ) with logits from this run (it lies downstream of the relaxed site).
+    """
+
+    def __init__(self, fn=None, values=None, relax=None):
+        self.values = values or {}
+        self.relax = relax or {}
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        name = msg["name"]
+        if name in self.relax:
+            logits = site_logits(msg["fn"], "bernoulli")
+            u, _ = _noise(msg["kwargs"]["rng_key"], logits)
+            msg["value"] = bernoulli_soft(bernoulli_relaxed_logits(logits, u), self.relax[name])
+        elif name in self.values:
+            msg["value"] = self.values[name]
+
+
+class _StopNonreparamGradient(Messenger):
+    """Samples of non-reparameterized sites carry no gradient (as in NumPyro's ELBOs)."""
+
+    def postprocess_message(self, msg):
+        if _is_latent(msg) and not msg["fn"].has_rsample:
+            msg["value"] = lax.stop_gradient(msg["value"])
+            msg["intermediates"] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# One particle
+
+
+def _log_probs(tr: dict, relaxed: frozenset = frozenset()) -> None:
+    """Store ``unscaled_log_prob`` and (plate-)scaled ``log_prob`` in every sample site."""
+    for name, site in tr.items():
+        if site["type"] != "sample":
+            continue
+        if name in relaxed:
+            log_prob = relaxed_log_prob(site["fn"], site["value"])
+        elif site["intermediates"]:
+            log_prob = site["fn"].log_prob(site["value"], site["intermediates"])
+        else:
+            log_prob = site["fn"].log_prob(site["value"])
+        site["unscaled_log_prob"] = log_prob
+        scale = site["scale"]
+        site["log_prob"] = log_prob if scale is None else scale * log_prob
+
+
+def _downstream_cost(
+    model_trace, guide_trace, model_deps, guide_deps, node, local_only=False
+) -> jnp.ndarray:
+    """Cost terms ``node`` can influence, summed to ``node``'s plates, broadcast to its shape.
+
+    ``local_only``: keep only terms inside every plate of ``node``. A term outside one of
+    them depends on several plate elements at once; a control variate built from it would
+    couple the elements' noises and lose unbiasedness.
+    """
+    target = guide_trace[node]
+    frames = frozenset(target["cond_indep_stack"])
+    cost = MultiFrameTensor()
+    for sign, tr, deps in ((1.0, model_trace, model_deps), (-1.0, guide_trace, guide_deps)):
+        for name, site in tr.items():
+            if site["type"] != "sample" or node not in deps[name]:
+                continue
+            if local_only and not frames <= frozenset(site["cond_indep_stack"]):
+                continue
+            cost.add((site["cond_indep_stack"], sign * site["log_prob"]))
+    total = cost.sum_to(target["cond_indep_stack"])
+    return jnp.broadcast_to(total, jnp.shape(target["unscaled_log_prob"]))
+
+
+class Particle:
+    """One joint draw: traces, downstream costs and (optionally) relaxation records.
+
+    :param rng_key: the particle's key; split into the guide's and the model's keys.
+    :param dict params: parameter values (model and guide), possibly traced.
+    :param bool draw_with_noise: draw relaxable guide sites from explicit noise (REBAR/RELAX).
+    """
+
+    def __init__(self, rng_key, params, model, guide, args, kwargs, draw_with_noise=False):
+        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        self.model_key, self.guide_key = random.split(rng_key)
+        self.params = params
+        drawer = _DrawWithNoise() if draw_with_noise else None
+        guide_fn = seed(guide, self.guide_key)
+        if drawer is not None:
+            guide_fn = drawer(guide_fn)
+        guide_fn = substitute(_StopNonreparamGradient(guide_fn), data=params)
+        self.guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
+        model_fn = substitute(replay(seed(model, self.model_key), self.guide_trace), data=params)
+        self.model_trace = trace(model_fn).get_trace(*args, **kwargs)
+        check_model_guide_match(self.model_trace, self.guide_trace)
+        _validate_model(self.model_trace, plate_warning="strict")
+        _log_probs(self.guide_trace)
+        _log_probs(self.model_trace)
+        self.records = drawer.records if drawer is not None else {}
+
+        latents = {n: s["value"] for n, s in self.guide_trace.items() if _is_latent(s)}
+        self.model_deps, self.guide_deps = get_nonreparam_deps(
+            model, guide, args, kwargs, params, latents=latents
+        )
+        self.nonreparam = nonreparam_sites(self.guide_trace)
+
+    def elbo(self) -> jnp.ndarray:
+        """The ELBO estimate; its gradient is the pathwise part (score terms are added apart)."""
+        elbo = jnp.array(0.0)
+        for site in self.model_trace.values():
+            if site["type"] == "sample":
+                elbo = elbo + jnp.sum(site["log_prob"])
+        for site in self.guide_trace.values():
+            if site["type"] == "sample":
+                log_prob = jnp.sum(site["log_prob"])
+                if not site["fn"].has_rsample:
+                    log_prob = lax.stop_gradient(log_prob)  # E[∇ log q] = 0
+                elbo = elbo - log_prob
+        return elbo
+
+    def downstream_cost(self, node: str) -> jnp.ndarray:
+        """Scaled downstream cost of guide site ``node`` (gradient stopped)."""
+        return lax.stop_gradient(
+            _downstream_cost(
+                self.model_trace, self.guide_trace, self.model_deps, self.guide_deps, node
+            )
+        )
+
+    def log_prob(self, node: str) -> jnp.ndarray:
+        """Unscaled log q of guide site ``node``, per element (differentiable in the params)."""
+        return self.guide_trace[node]["unscaled_log_prob"]
+
+    def mutable_state(self) -> dict:
+        return {
+            n: s["value"]
+            for tr in (self.guide_trace, self.model_trace)
+            for n, s in tr.items()
+            if s["type"] == "mutable"
+        }
+
+    # -- relaxed replays -----------------------------------------------------------------------
+
+    def _downstream_discrete(self, node: str) -> list[str]:
+        """Discrete guide sites whose distribution depends on ``node`` (transitively)."""
+        return [
+            n
+            for n in self.nonreparam
+            if n != node and node in self.guide_deps[n] and n in self.records
+        ]
+
+    def relaxed_cost(self, node, value, temperatures, relaxed_value: bool) -> jnp.ndarray:
+        """Downstream cost of ``node`` with ``value`` substituted there, by a replay.
+
+        Other discrete guide sites keep their hard samples except the Bernoulli ones
+        downstream of ``node``, which are relaxed with their own noise (temperatures:
+        site -> λ). ``relaxed_value``: evaluate ``node``'s densities by the continuous
+        extension (a relaxed Bernoulli value) rather than by ``log_prob`` (a category k).
+        The parameters enter with their gradient stopped: the control variate depends on
+        the guide parameters only through its argument z.
+        """
+        params = lax.stop_gradient(self.params)
+        downstream = self._downstream_discrete(node)
+        relax = {n: temperatures[n] for n in downstream if self.records[n]["kind"] == "bernoulli"}
+        values = {n: self.guide_trace[n]["value"] for n in self.nonreparam if n not in relax}
+        values[node] = value
+        relaxed = frozenset(relax) | (frozenset([node]) if relaxed_value else frozenset())
+        guide_fn = _RelaxedReplay(seed(self.guide, self.guide_key), values=values, relax=relax)
+        guide_trace = trace(substitute(guide_fn, data=params)).get_trace(*self.args, **self.kwargs)
+        model_fn = substitute(replay(seed(self.model, self.model_key), guide_trace), data=params)
+        model_trace = trace(model_fn).get_trace(*self.args, **self.kwargs)
+        _log_probs(guide_trace, relaxed)
+        _log_probs(model_trace, relaxed)
+        return _downstream_cost(
+            model_trace, guide_trace, self.model_deps, self.guide_deps, node, local_only=True
+        )
+
+    def relaxed_cost_fn(self, node: str, temperatures: dict):
+        """f̃(s): the relaxed downstream cost of ``node`` as a function of the relaxed value s.
+
+        Bernoulli: one replay with s substituted. Categorical: s are the Concrete weights
+        (last axis K) and f̃(s) = Σ_k s_k f(k) from K replays that do not depend on s.
+        """
+        record = self.records[node]
+        if record["kind"] == "bernoulli":
+            return lambda s: self.relaxed_cost(node, s, temperatures, relaxed_value=True)
+        shape = jnp.shape(self.guide_trace[node]["value"])
+        num_categories = record["z"].shape[-1]
+
+        def cost_of_category(k):
+            value = jnp.full(shape, k, dtype=self.guide_trace[node]["value"].dtype)
+            return self.relaxed_cost(node, value, temperatures, relaxed_value=False)
+
+        costs = jax.vmap(cost_of_category, out_axes=-1)(jnp.arange(num_categories))
+        return lambda s: jnp.sum(s * costs, -1)
+
+
+def relaxed_value(kind: str, z, temperature):
+    """σ(z/λ) (Bernoulli) or softmax(z/λ) (Categorical weights)."""
+    if kind == "bernoulli":
+        return bernoulli_soft(z, temperature)
+    return jax.nn.softmax(z / temperature, axis=-1)
+
+
+def control_variate_input(kind: str, z, event_ndim: int) -> jnp.ndarray:
+    """The network input of RELAX's r_ρ per element: the relaxed logits z, event dims flat."""
+    x = z
+    flat_ndim = event_ndim + (1 if kind == "categorical" else 0)
+    batch_shape = x.shape[: x.ndim - flat_ndim]
+    return x.reshape(batch_shape + (-1,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorized particles
+
+
+def leave_one_out_mean(x: jnp.ndarray) -> jnp.ndarray:
+    """Mean over the other particles (axis 0) for every particle."""
+    num = x.shape[0]
+    return (jnp.sum(x, 0, keepdims=True) - x) / (num - 1)
+
+
+def safe_ratio(numerator, denominator):
+    """numerator / denominator, 0 where the denominator is 0 (no information yet)."""
+    positive = denominator > 0
+    return jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base class
+
+
+class ParticleELBO(ELBO):
+    """Shared constructor, particle map and state handling of the estimators in this package.
+
+    Learned estimator state (REBAR/RELAX: η, log λ, the network) is read from ``param_map``
+    under ``reparam_ext.*`` names; running averages (baselines) are mutable state. Both are
+    created by :meth:`init_state`, which :class:`numpyro_backend.infer.SVI` calls in ``init``
+    (NumPyro's own ``SVI.init`` only discovers parameters of the model and guide).
+    """
+
+    can_infer_discrete = True
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+    ):
+        if not (isinstance(num_particles, int) and num_particles >= 1):
+            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        # Accepted for the Pyro signature; particles are vmapped, so no dims are reserved.
+        self.max_plate_nesting = max_plate_nesting
+
+    def map_particles(self, fn, rng_key):
+        """``fn(key)`` for every particle, stacked along a leading particle axis."""
+        keys = random.split(rng_key, self.num_particles)
+        return self.vectorize_particles_fn(fn, keys)
+
+    def init_state(self, rng_key, param_map, model, guide, *args, **kwargs) -> tuple[dict, dict]:
+        """Initial ``(learned parameters, mutable state)`` of this estimator for a model/guide."""
+        return {}, {}
+
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)[
+            "loss"
+        ]
+
+    def _require(self, state: dict, names: list[str]) -> None:
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} keeps {missing} in SVI's parameters / mutable state, but "
+                "param_map has no such entries. Use numpyro_backend.infer.SVI (NumPyro's SVI "
+                "cannot discover state that lives in the loss), or add the entries returned by "
+                "elbo.init_state(rng_key, param_map, model, guide, *args, **kwargs) to param_map."
+            )
+
+
+def guide_sites(rng_key, params, guide, args, kwargs) -> dict:
+    """The guide's non-reparameterized sites (name -> site) from one trace, for initialization."""
+    guide_trace = trace(substitute(seed(guide, rng_key), data=params)).get_trace(*args, **kwargs)
+    return {name: guide_trace[name] for name in nonreparam_sites(guide_trace)}

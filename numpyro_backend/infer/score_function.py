@@ -1,0 +1,213 @@
+"""Score-function (REINFORCE) ELBO with variance-reducing baselines, for NumPyro.
+
+Reparameterized guide sites get pathwise gradients; every other guide site gets the score
+function estimator with plate-aware credit (see ``particles.py``) and one of four baselines.
+
+Example::
+
+    from numpyro_backend.infer import SVI, ScoreFunction_ELBO
+
+    svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=ScoreFunction_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(0), 2000, data)
+
+References:
+    [1] J. Schulman, N. Heess, T. Weber, P. Abbeel (2015). Gradient Estimation Using
+        Stochastic Computation Graphs (downstream credit).
+    [2] E. Greensmith, P. Bartlett, J. Baxter (2004). Variance Reduction Techniques for
+        Gradient Estimates in Reinforcement Learning, JMLR 5, section 5 (the optimal constant
+        baseline b* = E[f s²] / E[s²], per coordinate).
+    [3] W. Kool, H. van Hoof, M. Welling (2019). Buy 4 REINFORCE Samples, Get a Baseline for
+        Free! (leave-one-out baseline, "RLOO").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+
+from numpyro_backend.infer.particles import (
+    BASELINES,
+    Particle,
+    ParticleELBO,
+    guide_sites,
+    leave_one_out_mean,
+    relaxation_kind,
+    safe_ratio,
+    score_wrt_logits,
+    site_logits,
+    site_options,
+    split_param_map,
+    state_name,
+)
+
+__all__ = ["BASELINES", "ScoreFunction_ELBO"]
+
+
+def _check_baseline(baseline, where: str = "baseline") -> None:
+    if baseline not in BASELINES:
+        raise ValueError(f"{where} must be one of {list(BASELINES)}, got {baseline!r}")
+
+
+def _check_decay(decay, where: str = "baseline_decay") -> None:
+    if not 0.0 <= float(decay) < 1.0:
+        raise ValueError(f"{where} must be in [0, 1), got {decay!r}")
+
+
+class ScoreFunction_ELBO(ParticleELBO):
+    r"""ELBO whose non-reparameterized guide sites get the score-function estimator.
+
+    For a guide site with value b ~ q(b | η) and plate-aware downstream reward R (the
+    log p − log q terms b can influence), the gradient estimate is (R − baseline)·∇ log q(b);
+    reparameterized sites get the pathwise gradient. The loss value is the usual −ELBO.
+    Baselines:
+
+    - ``"optimal"``: per logit coordinate j, b*_j = E[R s_j²] / E[s_j²] with
+      s = ∇_η log q(b | η) and η the site's logits ([2], eq. 5.4 for one coordinate); the
+      coordinate-wise estimate (R − b*_j) s_j is chained into upstream parameters by
+      backprop. With ``num_particles >= 2`` the moments come from the *other* particles
+      (leave-one-out: unbiased); with one particle from running averages of R s² and s²
+      over previous steps (mutable state ``reparam_ext.<site>.baseline_fs2`` /
+      ``.baseline_s2``). Sites without logits (e.g. Poisson) fall back to ``"loo"`` (K ≥ 2)
+      or ``"decaying_avg"`` (K = 1).
+    - ``"loo"``: the mean reward of the other particles ([3]); needs ``num_particles >= 2``.
+    - ``"decaying_avg"``: an exponential moving average of previous rewards, per element, as
+      Pyro's ``use_decaying_avg_baseline`` (mutable state ``reparam_ext.<site>.baseline_avg``).
+    - ``"none"``: plain REINFORCE with downstream credit.
+
+    Per-site overrides: ``infer={"reparam_ext": {"baseline": ..., "baseline_decay": ...}}``.
+    Running averages are SVI mutable state: use :class:`numpyro_backend.infer.SVI`, which
+    creates them (``numpyro.infer.SVI`` cannot see state that lives in the loss).
+
+    :param int num_particles: particles per step (vectorized with ``jax.vmap``).
+    :param max_plate_nesting: accepted for the Pyro signature (particles are vmapped).
+    :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
+    :param str baseline: one of ``"optimal"``, ``"loo"``, ``"decaying_avg"``, ``"none"``.
+    :param float baseline_decay: decay of the running averages, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        baseline: str = "optimal",
+        baseline_decay: float = 0.9,
+    ):
+        _check_baseline(baseline)
+        _check_decay(baseline_decay)
+        if baseline == "loo" and num_particles < 2:
+            raise ValueError(
+                f"baseline='loo' needs num_particles >= 2, got num_particles={num_particles}"
+            )
+        super().__init__(num_particles, max_plate_nesting, vectorize_particles)
+        self.baseline = baseline
+        self.baseline_decay = baseline_decay
+
+    # -- per-site plan (static: resolved at trace time) ---------------------------------------
+
+    def _plan(self, rng_key, params, guide, args, kwargs) -> dict:
+        """site -> (baseline, decay, kind) after per-site options and fallbacks."""
+        plan = {}
+        for name, site in guide_sites(rng_key, params, guide, args, kwargs).items():
+            options = site_options(site)
+            baseline = options.get("baseline", self.baseline)
+            _check_baseline(baseline, f"site '{name}': infer['reparam_ext']['baseline']")
+            decay = options.get("baseline_decay", self.baseline_decay)
+            _check_decay(decay, f"site '{name}': infer['reparam_ext']['baseline_decay']")
+            kind = relaxation_kind(site["fn"])
+            if baseline == "optimal" and kind is None:
+                baseline = "loo" if self.num_particles > 1 else "decaying_avg"
+            if baseline == "loo" and self.num_particles < 2:
+                raise ValueError(f"site '{name}': baseline 'loo' needs num_particles >= 2")
+            plan[name] = (baseline, float(decay), kind)
+        return plan
+
+    def _state_names(self, name: str, baseline: str) -> list[str]:
+        if baseline == "decaying_avg":
+            return [state_name(name, "baseline_avg")]
+        if baseline == "optimal" and self.num_particles == 1:
+            return [state_name(name, "baseline_fs2"), state_name(name, "baseline_s2")]
+        return []
+
+    # -- particles ------------------------------------------------------------------------------
+
+    def _particle(self, rng_key, params, model, guide, args, kwargs, plan) -> dict:
+        particle = Particle(rng_key, params, model, guide, args, kwargs)
+        sites = {}
+        for name in particle.nonreparam:
+            reward = particle.downstream_cost(name)
+            site = {"reward": reward, "log_prob": particle.log_prob(name)}
+            baseline, _, kind = plan[name]
+            if baseline == "optimal":
+                guide_site = particle.guide_trace[name]
+                logits = site_logits(guide_site["fn"], kind)
+                score = score_wrt_logits(kind, lax.stop_gradient(logits), guide_site["value"])
+                extra = logits.ndim - reward.ndim
+                site.update(logits=logits, score=score)
+                site["reward"] = reward.reshape(reward.shape + (1,) * extra)
+            sites[name] = site
+        return {"elbo": particle.elbo(), "sites": sites, "mutable": particle.mutable_state()}
+
+    def init_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        """Zero running averages for the sites whose baseline keeps any; nothing learned."""
+        params, _ = split_param_map(param_map)
+        plan = self._plan(rng_key, params, guide, args, kwargs)
+        if not any(self._state_names(name, b) for name, (b, _, _) in plan.items()):
+            return {}, {}
+        shapes = jax.eval_shape(
+            lambda key: self._particle(key, params, model, guide, args, kwargs, plan), rng_key
+        )
+        mutable = {}
+        for name, (baseline, _, _) in plan.items():
+            names = self._state_names(name, baseline)
+            site = shapes["sites"][name]
+            if baseline == "decaying_avg":
+                mutable[names[0]] = jnp.zeros(site["reward"].shape, site["reward"].dtype)
+            elif names:
+                for n in names:
+                    mutable[n] = jnp.zeros(site["score"].shape, site["score"].dtype)
+        return {}, mutable
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        params, state = split_param_map(param_map)
+        plan = self._plan(random.PRNGKey(0), params, guide, args, kwargs)
+        out = self.map_particles(
+            lambda key: self._particle(key, params, model, guide, args, kwargs, plan), rng_key
+        )
+        num = self.num_particles
+        surrogate = jnp.array(0.0)
+        new_state = {}
+        for name, site in out["sites"].items():
+            baseline, decay, _ = plan[name]
+            names = self._state_names(name, baseline)
+            self._require(state, names)
+            reward = site["reward"]
+            if baseline == "optimal":
+                score = site["score"]
+                fs2, s2 = reward * score * score, score * score
+                if num > 1:  # leave-one-out moments from the other particles
+                    b = safe_ratio(fs2.sum(0) - fs2, s2.sum(0) - s2)
+                else:  # running moments of previous steps
+                    old_fs2, old_s2 = state[names[0]], state[names[1]]
+                    b = safe_ratio(old_fs2, old_s2)
+                    new_state[names[0]] = decay * old_fs2 + (1 - decay) * fs2.mean(0)
+                    new_state[names[1]] = decay * old_s2 + (1 - decay) * s2.mean(0)
+                # gradient w.r.t. the logits is (R − b*_j) s_j; backprop chains it upstream
+                weight = lax.stop_gradient((reward - b) * score)
+                surrogate = surrogate + jnp.sum(site["logits"] * weight) / num
+                continue
+            if baseline == "loo":
+                reward = reward - leave_one_out_mean(reward)
+            elif baseline == "decaying_avg":
+                old = state[names[0]]
+                new_state[names[0]] = decay * old + (1 - decay) * reward.mean(0)
+                reward = reward - old
+            surrogate = surrogate + jnp.sum(site["log_prob"] * lax.stop_gradient(reward)) / num
+        elbo = jnp.mean(out["elbo"])
+        loss = -(elbo + surrogate - lax.stop_gradient(surrogate))
+        mutable = {}
+        if num == 1:
+            mutable.update(jax.tree.map(lambda x: x[0], out["mutable"]))
+        mutable.update(new_state)
+        return {"loss": loss, "mutable_state": mutable or None}

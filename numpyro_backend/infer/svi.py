@@ -1,0 +1,63 @@
+"""SVI that also initializes the estimators' own state (a drop-in for ``numpyro.infer.SVI``).
+
+NumPyro's ``SVI.init`` finds parameters and mutable state by tracing the model and guide,
+so it cannot see what an ELBO keeps for itself (RELAX's control variate, running baselines).
+This subclass adds the entries returned by ``loss.init_state(...)``; ``update``, ``run``,
+``evaluate`` and ``get_params`` are NumPyro's, unchanged (jit-compiled as usual).
+
+Example::
+
+    svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=RELAX_ELBO())
+    result = svi.run(jax.random.PRNGKey(0), 1000, data)
+    result.params["reparam_ext.z.eta"]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+from numpyro.infer import svi as _svi
+
+__all__ = ["SVI"]
+
+
+class SVI(_svi.SVI):
+    """:class:`numpyro.infer.SVI` whose ``init`` also creates the loss's own state.
+
+    Pass earlier ``get_params(...)`` output as ``init_params`` to resume: entries named
+    ``reparam_ext.*`` there replace the estimator's initial values.
+    """
+
+    def init(self, rng_key, *args, init_params=None, **kwargs):
+        svi_state = super().init(rng_key, *args, init_params=init_params, **kwargs)
+        init_state = getattr(self.loss, "init_state", None)
+        if init_state is None:
+            return svi_state
+        params = self.get_params(svi_state)
+        learned, mutable = init_state(
+            random.fold_in(rng_key, 1),
+            params,
+            self.model,
+            self.guide,
+            *args,
+            **kwargs,
+            **self.static_kwargs,
+        )
+        if not learned and not mutable:
+            return svi_state
+        if init_params is not None:
+            learned.update({k: v for k, v in init_params.items() if k in learned})
+            mutable.update({k: v for k, v in init_params.items() if k in mutable})
+        # Estimator parameters are unconstrained (constrain_fn passes unknown names through).
+        unconstrained = self.optim.get_params(svi_state.optim_state)
+        unconstrained.update(learned)
+        mutable_state = dict(svi_state.mutable_state or {})
+        mutable_state.update(mutable)
+        unconstrained, mutable_state = jax.tree.map(
+            lambda x: lax.convert_element_type(x, jnp.result_type(x)),
+            (unconstrained, mutable_state),
+        )
+        return _svi.SVIState(
+            self.optim.init(unconstrained), mutable_state or None, svi_state.rng_key
+        )
