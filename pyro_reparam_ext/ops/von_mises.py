@@ -1,0 +1,186 @@
+"""The von Mises CDF and the implicit gradient of a von Mises sample in κ (PyTorch).
+
+For the centered von Mises density p(x; κ) = e^(κ cos x) / (2π I_0(κ)) on [-π, π), the
+implicit reparameterization gradient ([1], eq. 7) is
+
+    dx/dκ = -(∂F(x; κ)/∂κ) / p(x; κ) = -∫_{-π}^x (cos t - A(κ)) e^(κ(cos t - cos x)) dt,
+
+with A = I_1/I_0 (differentiating F = ∫ p under the integral sign). Two regimes:
+
+* **series** (κ < 2.5): Hill's expansion F = 1/2 + x/(2π) + (1/π) Σ_n (I_n/I_0) sin(nx)/n
+  ([2], eq. 6) with the Bessel ratios from the backward recurrence
+  r_n = 1/(2n/κ + r_(n+1)), differentiated in κ in forward mode, as in [1], appendix;
+* **quadrature** (κ ≥ 2.5): the integral above by 32-point Gauss-Legendre over the window
+  where e^(κ(cos t - cos x)) has not yet dropped by e^-45. [1] uses Hill's normal
+  approximation ([2], eq. 14) here; it is accurate to ~1e-8 *absolute* in F, which leaves
+  ∂F/∂κ with large relative errors near the mode, while the integral is exact up to the
+  quadrature error at every κ (≤ 1e-12 relative up to κ = 1e5, tests/test_implicit.py).
+
+Cancellation is avoided by symmetry (dx/dκ is odd in x) and by integrating, for x ≤ 0, over
+the side of x on which cos t - A keeps one sign: [-π, x] when cos x ≤ A, else [x, 0] (where
+∂F/∂κ(0) = 0). cos t - cos x = -2 sin((t+x)/2) sin((t-x)/2) keeps the exponent exact at
+large κ.
+
+References:
+    [1] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients.
+        NeurIPS.
+    [2] G. W. Hill (1977). Algorithm 518: Incomplete Bessel function I_0. The von Mises
+        distribution. ACM Transactions on Mathematical Software 3(3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["centered_von_mises_grad", "von_mises_cdf"]
+
+#: below this concentration Hill's series is used
+SERIES_CONCENTRATION = 2.5
+#: terms of the series (enough for κ < SERIES_CONCENTRATION)
+NUM_SERIES_TERMS = 28
+#: log of the integrand's drop at the edge of the quadrature window
+_WINDOW_LOG_DROP = 45.0
+_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(32)
+
+
+def _bessel_ratio(kappa: torch.Tensor) -> torch.Tensor:
+    """A(κ) = I_1(κ)/I_0(κ), and 1 - A(κ) without cancellation for small κ."""
+    i0e = torch.special.i0e(kappa)
+    i1e = torch.special.i1e(kappa)
+    return i1e / i0e, (i0e - i1e) / i0e
+
+
+def _series(x: torch.Tensor, kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hill's series: (F(x; κ), ∂F/∂κ) for x ∈ [-π, π], with forward-mode derivatives."""
+    ratio = torch.zeros_like(x)  # r_n = I_n / I_(n-1)
+    dratio = torch.zeros_like(x)
+    v = torch.zeros_like(x)  # v_n = r_n (sin(nx)/n + v_(n+1))
+    dv = torch.zeros_like(x)
+    for n in range(NUM_SERIES_TERMS, 0, -1):
+        denominator = 2 * n / kappa + ratio
+        ddenominator = -2 * n / (kappa * kappa) + dratio
+        ratio = 1 / denominator
+        dratio = -ddenominator * ratio * ratio
+        multiplier = torch.sin(n * x) / n + v
+        dv = dratio * multiplier + ratio * dv
+        v = ratio * multiplier
+    cdf = 0.5 + x / (2 * math.pi) + v / math.pi
+    return cdf, dv / math.pi
+
+
+def _log_density(x: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    # log p = κ(cos x - 1) - log(2π i0e(κ)), written with sin² to stay exact near x = 0
+    return -2 * kappa * torch.sin(x / 2) ** 2 - torch.log(2 * math.pi * torch.special.i0e(kappa))
+
+
+def _quadrature(y: torch.Tensor, kappa: torch.Tensor, integrand_kind: str) -> torch.Tensor:
+    """Integrals over t on the side of y ≤ 0 chosen as in the module docstring.
+
+    ``integrand_kind="grad"``: dx/dκ at y; ``"cdf"``: F(y) / p(y) (the CDF scaled by the
+    density, integrated over [-π, y] only).
+    """
+    ratio, one_minus_ratio = _bessel_ratio(kappa)
+    sin_half_y = torch.sin(y / 2)
+    # cos y ≤ A  <=>  2 sin²(y/2) ≥ 1 - A: the integrand keeps its sign on [-π, y]
+    left = (2 * sin_half_y**2 >= one_minus_ratio) | (integrand_kind == "cdf")
+    # window: cos t ≥ cos y - drop/κ on [t_low, y]
+    cos_low = (1 - 2 * sin_half_y**2) - _WINDOW_LOG_DROP / kappa
+    t_low = -torch.arccos(cos_low.clamp(min=-1.0, max=1.0))
+    low = torch.where(left, torch.minimum(t_low, y), y)
+    high = torch.where(left, y, torch.zeros_like(y))
+    half = (high - low) / 2
+    middle = (high + low) / 2
+    total = torch.zeros_like(y)
+    for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist(), strict=True):
+        t = middle + half * node
+        exponent = -2 * kappa * torch.sin((t + y) / 2) * torch.sin((t - y) / 2)
+        if integrand_kind == "cdf":
+            total = total + weight * torch.exp(exponent)
+        else:
+            cos_minus_ratio = one_minus_ratio - 2 * torch.sin(t / 2) ** 2
+            total = total + weight * torch.exp(exponent) * cos_minus_ratio
+    integral = half * total
+    if integrand_kind == "cdf":
+        return integral
+    # left: -∫_{low}^{y}; right: +∫_{y}^{0}
+    return torch.where(left, -integral, integral)
+
+
+def _wrap(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """value = x + 2π·periods with x ∈ [-π, π]."""
+    periods = torch.round(value / (2 * math.pi))
+    return value - 2 * math.pi * periods, periods
+
+
+def centered_von_mises_grad(concentration: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Implicit reparameterization gradient dx/dκ of a centered von Mises sample x.
+
+    Example::
+
+        >>> kappa = torch.tensor([0.5, 100.0])
+        >>> x = torch.distributions.VonMises(0.0, kappa).sample()
+        >>> dx_dkappa = centered_von_mises_grad(kappa, x)
+
+    :param torch.Tensor concentration: κ > 0.
+    :param torch.Tensor value: x (taken modulo 2π into [-π, π]).
+    :returns: -(∂F(x; κ)/∂κ) / p(x; κ) (module docstring).
+    """
+    kappa, value = torch.broadcast_tensors(concentration, value)
+    x, _ = _wrap(value)
+    use_series = kappa < SERIES_CONCENTRATION
+    kappa_series = torch.where(use_series, kappa, torch.ones_like(kappa))
+    _, dcdf = _series(x, kappa_series)
+    series = -dcdf * torch.exp(-_log_density(x, kappa_series))
+    # dx/dκ is odd in x: integrate at y = -|x| ≤ 0 and restore the sign
+    kappa_quadrature = torch.where(use_series, torch.full_like(kappa, 10.0), kappa)
+    quadrature = _quadrature(-x.abs(), kappa_quadrature, "grad")
+    quadrature = torch.where(x > 0, -quadrature, quadrature)
+    return torch.where(use_series, series, quadrature)
+
+
+def _cdf_value(x: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    use_series = kappa < SERIES_CONCENTRATION
+    series, _ = _series(x, torch.where(use_series, kappa, torch.ones_like(kappa)))
+    kappa_quadrature = torch.where(use_series, torch.full_like(kappa, 10.0), kappa)
+    y = -x.abs()
+    lower = _quadrature(y, kappa_quadrature, "cdf") * torch.exp(_log_density(y, kappa_quadrature))
+    quadrature = torch.where(x > 0, 1 - lower, lower)
+    return torch.where(use_series, series.clamp(0.0, 1.0), quadrature)
+
+
+class _VonMisesCdf(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, kappa):
+        x, periods = _wrap(value)
+        ctx.save_for_backward(x, kappa)
+        return _cdf_value(x, kappa) + periods
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, kappa = ctx.saved_tensors
+        density = torch.exp(_log_density(x, kappa))
+        grad_value = grad_kappa = None
+        if ctx.needs_input_grad[0]:
+            grad_value = grad_output * density
+        if ctx.needs_input_grad[1]:
+            grad_kappa = -grad_output * centered_von_mises_grad(kappa, x) * density
+        return grad_value, grad_kappa
+
+
+def von_mises_cdf(value: torch.Tensor, concentration: torch.Tensor) -> torch.Tensor:
+    """CDF of the centered von Mises distribution, differentiable in value and κ.
+
+    F is taken from -π, so F(π) = 1, and continued by F(x + 2π) = F(x) + 1.
+
+    Example::
+
+        >>> von_mises_cdf(torch.tensor(0.3), torch.tensor(2.0))
+
+    :param torch.Tensor value: x.
+    :param torch.Tensor concentration: κ > 0.
+    """
+    value, concentration = torch.broadcast_tensors(value, concentration)
+    return _VonMisesCdf.apply(value, concentration)
