@@ -12,7 +12,7 @@ writes ``tests/data/estimator_reference.json``. Methods, one per model:
 - ``bernoulli_normal``: enumeration of c with the Gaussian expectation over z in closed form;
   cross-checked here against ``TraceEnum_ELBO`` (c enumerated, z sampled with 200k particles)
   within 5 standard errors.
-- ``relax_toy``: closed form, E[(b − 0.499)²] + ½ log π with b ~ Bernoulli(σ(θ)).
+- ``relax_toy``: closed form (two terms).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 import pyro_reparam_ext  # noqa: F401  (registers the pyroapi backend)
-from tests.infer.models import MODELS, REFERENCE_PATH
+from tests.infer.models import MODELS, REFERENCE_PATH, TOY_SCALE
 
 
 def _torch_inputs(entry, full_data: bool = True):
@@ -130,9 +130,14 @@ def bernoulli_normal_reference(entry):
 
 
 def relax_toy_reference(entry):
+    """Σ_b q(b) [log q(b) − log ½ − log N(0.499 | b, σ)], σ² = 1 / (2 S)."""
     data, init = _torch_inputs(entry)
     p = torch.sigmoid(init["theta_logit"])
-    loss = p * 0.501**2 + (1 - p) * 0.499**2 + 0.5 * math.log(math.pi)
+    sigma = math.sqrt(0.5 / TOY_SCALE)
+    loss = 0.0
+    for b, q_b in ((1.0, p), (0.0, 1 - p)):
+        log_lik = -((0.499 - b) ** 2) / (2 * sigma**2) - math.log(sigma * math.sqrt(2 * math.pi))
+        loss = loss + q_b * (torch.log(q_b) - math.log(0.5) - log_lik)
     return loss, init
 
 
