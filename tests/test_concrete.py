@@ -440,3 +440,29 @@ def test_exactly_one_of_probs_or_logits_even_without_validation(backend):
         cls(0.5, validate_args=False)
     with pytest.raises(ValueError, match="probs.*logits"):
         cls(0.5, probs=np.array([0.5, 0.5]), logits=np.zeros(2), validate_args=False)
+
+
+@pytest.mark.parametrize(
+    "dist_name,logits",
+    [
+        ("ExpConcrete", np.array([[0.1, 0.5, -1.0], [2.0, 0.0, 0.3]])),
+        ("BinaryConcrete", np.array([0.1, -2.0])),
+    ],
+)
+def test_numpyro_vmap_over_parameters(dist_name, logits):
+    """Distributions built under jax.vmap carry their batch axis (NumPyro's vmap_over)."""
+    from numpyro.distributions.batch_util import promote_batch_shape, vmap_over
+
+    cls = getattr(npb, dist_name)
+    make = lambda logits: cls(0.7, logits=logits)
+    batched = jax.vmap(make, out_axes=vmap_over(make(jnp.asarray(logits[0])), logits=0))(
+        jnp.asarray(logits)
+    )
+    batched = promote_batch_shape(batched)
+    assert batched.batch_shape == logits.shape[:1]
+    value = batched.sample(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(
+        np.asarray(batched.log_prob(value)),
+        np.asarray(make(jnp.asarray(logits)).log_prob(value)),
+        rtol=1e-12,
+    )

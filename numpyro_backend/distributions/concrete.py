@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from numpyro.distributions import constraints
+from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import is_prng_key, lazy_property, promote_shapes, validate_sample
 
@@ -430,3 +431,13 @@ class BinaryConcreteStraightThrough(BinaryConcrete):
         logits = jnp.broadcast_to(self.logits, self.batch_shape)
         probs = jax.nn.sigmoid(logits)
         return -(probs * jax.nn.log_sigmoid(logits) + (1 - probs) * jax.nn.log_sigmoid(-logits))
+
+
+@vmap_over.register
+def _vmap_over_exp_concrete(dist: ExpConcrete, temperature=None, probs=None, logits=None):
+    return _default_vmap_over(dist, temperature=temperature, probs=probs, logits=logits)
+
+
+@vmap_over.register
+def _vmap_over_binary_concrete(dist: BinaryConcrete, temperature=None, probs=None, logits=None):
+    return _default_vmap_over(dist, temperature=temperature, probs=probs, logits=logits)
