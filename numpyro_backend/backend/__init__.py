@@ -11,10 +11,10 @@ def register_pyroapi_backend() -> None:
         BACKEND_NAME,
         {
             "distributions": "numpyro_backend.backend.distributions",
-            "handlers": "numpyro.compat.handlers",
+            "handlers": "numpyro.handlers",
             "infer": "numpyro_backend.backend.infer",
-            "ops": "numpyro.compat.ops",
-            "optim": "numpyro.compat.optim",
-            "pyro": "numpyro.compat.pyro",
+            "ops": "numpyro_backend.backend.ops",
+            "optim": "numpyro_backend.backend.optim",
+            "pyro": "numpyro_backend.backend.pyro",
         },
     )

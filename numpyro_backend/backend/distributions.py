@@ -1,6 +1,20 @@
-"""``pyroapi.distributions`` under the ``"numpyro_backend"`` backend."""
+"""``pyroapi.distributions`` under the ``"numpyro_backend"`` backend: every stock NumPyro
+distribution, this package's, and Pyro's conventions where NumPyro's differ."""
 
 from numpyro.compat.distributions import *  # stock names
 from numpyro.distributions import constraints, kl_divergence, transforms
+from numpyro.distributions import discrete as _discrete
 
 from numpyro_backend.distributions import *  # ours
+
+
+def Categorical(probs=None, logits=None, *, validate_args=None):
+    """NumPyro's Categorical, with ``probs`` normalized along the last axis as torch does.
+
+    A Pyro model may pass probabilities that sum to 1 only up to optimizer round-off (a
+    ``pyro.param`` after a few steps); torch normalizes them, NumPyro's validation rejects
+    them.
+    """
+    if probs is not None:
+        probs = probs / probs.sum(-1, keepdims=True)
+    return _discrete.Categorical(probs=probs, logits=logits, validate_args=validate_args)
