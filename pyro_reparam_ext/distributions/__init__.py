@@ -10,6 +10,14 @@ from pyro_reparam_ext.distributions.concrete import (
 )
 
 # Implicitly reparameterized distributions
+from pyro_reparam_ext.distributions.implicit import (
+    ImplicitBeta,
+    ImplicitDirichlet,
+    ImplicitGamma,
+    ImplicitlyReparameterized,
+    ImplicitStudentT,
+    ImplicitVonMises,
+)
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
 
@@ -19,4 +27,10 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "ImplicitBeta",
+    "ImplicitDirichlet",
+    "ImplicitGamma",
+    "ImplicitlyReparameterized",
+    "ImplicitStudentT",
+    "ImplicitVonMises",
 ]

@@ -1,3 +1,12 @@
 """Numerical kernels with custom gradients for the Pyro (PyTorch) backend."""
 
-__all__: list[str] = []
+from pyro_reparam_ext.ops.gamma import gammainc, gammainc_grad_a, standard_gamma_grad
+from pyro_reparam_ext.ops.von_mises import centered_von_mises_grad, von_mises_cdf
+
+__all__: list[str] = [
+    "centered_von_mises_grad",
+    "gammainc",
+    "gammainc_grad_a",
+    "standard_gamma_grad",
+    "von_mises_cdf",
+]
