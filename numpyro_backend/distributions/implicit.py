@@ -44,9 +44,7 @@ __all__ = [
 @jax.custom_jvp
 def _implicit_standard_gamma(key, concentration):
     """Gamma(α, 1) draws with the shape of ``concentration`` and the implicit gradient in α."""
-    value = random.gamma(key, concentration)
-    # as numpyro's Dirichlet: keep log_prob finite where tiny α underflows
-    return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
+    return random.gamma(key, concentration)
 
 
 @_implicit_standard_gamma.defjvp
@@ -159,7 +157,9 @@ class ImplicitGamma(dist.Gamma):
         assert is_prng_key(key)
         shape = sample_shape + self.batch_shape
         standard = _implicit_standard_gamma(key, jnp.broadcast_to(self.concentration, shape))
-        return standard / self.rate
+        value = standard / self.rate
+        # as torch.distributions.Gamma: keep log_prob finite where tiny α underflows
+        return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
 
 
 class ImplicitBeta(dist.Beta):
@@ -190,6 +190,7 @@ class ImplicitBeta(dist.Beta):
         x = _implicit_standard_gamma(key_x, jnp.broadcast_to(self.concentration1, shape))
         y = _implicit_standard_gamma(key_y, jnp.broadcast_to(self.concentration0, shape))
         finfo = jnp.finfo(x.dtype)
+        x, y = jnp.maximum(x, finfo.tiny), jnp.maximum(y, finfo.tiny)  # both underflowed
         return jnp.clip(x / (x + y), finfo.tiny, 1 - finfo.eps)
 
 
@@ -216,6 +217,7 @@ class ImplicitDirichlet(dist.Dirichlet):
         shape = sample_shape + self.batch_shape + self.event_shape
         x = _implicit_standard_gamma(key, jnp.broadcast_to(self.concentration, shape))
         finfo = jnp.finfo(x.dtype)
+        x = jnp.maximum(x, finfo.tiny)  # all K underflowed
         return jnp.clip(x / x.sum(-1, keepdims=True), finfo.tiny, 1 - finfo.eps)
 
 

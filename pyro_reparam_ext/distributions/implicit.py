@@ -54,8 +54,6 @@ def _implicit_standard_gamma(concentration: torch.Tensor) -> torch.Tensor:
     """Gamma(α, 1) draws with shape of ``concentration`` and the implicit gradient in α."""
     with torch.no_grad():
         value = _standard_gamma(concentration.detach())
-        # as torch.distributions.Gamma: keep log_prob finite where tiny α underflows
-        value = value.clamp(min=torch.finfo(value.dtype).tiny)
     return _attach_gradient(
         value, concentration, lambda: standard_gamma_grad(concentration.detach(), value)
     )
@@ -151,7 +149,9 @@ class ImplicitGamma(dist.Gamma):
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         standard = _implicit_standard_gamma(self.concentration.expand(shape))
-        return standard / self.rate.expand(shape)
+        value = standard / self.rate.expand(shape)
+        # as torch.distributions.Gamma: keep log_prob finite where tiny α underflows
+        return value.clamp(min=torch.finfo(value.dtype).tiny)
 
 
 class ImplicitBeta(dist.Beta):
@@ -177,11 +177,22 @@ class ImplicitBeta(dist.Beta):
 
     has_rsample = True
 
+    def __init__(self, concentration1, concentration0, validate_args=None):
+        # torch's Beta validates its inner Dirichlet first, whose error names "concentration";
+        # validate under this class's argument names instead
+        super().__init__(concentration1, concentration0, validate_args=False)
+        TorchDistribution.__init__(self, self._dirichlet.batch_shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ImplicitBeta, _instance)
+        return super().expand(batch_shape, _instance=new)
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         x = _implicit_standard_gamma(self.concentration1.expand(shape))
         y = _implicit_standard_gamma(self.concentration0.expand(shape))
         finfo = torch.finfo(x.dtype)
+        x, y = x.clamp(min=finfo.tiny), y.clamp(min=finfo.tiny)  # both underflowed
         return (x / (x + y)).clamp(min=finfo.tiny, max=1 - finfo.eps)
 
 
@@ -209,6 +220,7 @@ class ImplicitDirichlet(dist.Dirichlet):
         shape = self._extended_shape(sample_shape)
         x = _implicit_standard_gamma(self.concentration.expand(shape))
         finfo = torch.finfo(x.dtype)
+        x = x.clamp(min=finfo.tiny)  # all K underflowed
         return (x / x.sum(-1, keepdim=True)).clamp(min=finfo.tiny, max=1 - finfo.eps)
 
 

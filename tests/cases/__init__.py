@@ -42,6 +42,9 @@ class DistCase:
 
 
 # One import per family module; each module defines ``CASES: list[DistCase]``.
-from tests.cases import concrete  # noqa: E402  (more families join here)
+from tests.cases import (
+    concrete,  # noqa: E402  (more families join here)
+    implicit,  # noqa: E402
+)
 
-ALL_CASES: list[DistCase] = [*concrete.CASES]
+ALL_CASES: list[DistCase] = [*concrete.CASES, *implicit.CASES]
