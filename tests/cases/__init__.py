@@ -42,9 +42,6 @@ class DistCase:
 
 
 # One import per family module; each module defines ``CASES: list[DistCase]``.
-from tests.cases import (
-    concrete,  # noqa: E402  (more families join here)
-    implicit,  # noqa: E402
-)
+from tests.cases import concrete, implicit  # noqa: E402  (more families join here)
 
 ALL_CASES: list[DistCase] = [*concrete.CASES, *implicit.CASES]
