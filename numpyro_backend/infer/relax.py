@@ -199,11 +199,9 @@ class REBAR_ELBO(ParticleELBO):
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         theta, phi = split_param_map(param_map)
-        learned_names = [
-            n
-            for name in guide_sites(random.PRNGKey(0), theta, guide, args, kwargs)
-            for n in self._all_learned_names(name)
-        ]
+        sites = guide_sites(random.PRNGKey(0), theta, guide, args, kwargs)
+        check_relaxable(sites, self._estimator)
+        learned_names = [n for name in sites for n in self._all_learned_names(name)]
         self._require(phi, learned_names)
         phi = {k: v for k, v in phi.items() if k in learned_names}
 

@@ -1,0 +1,123 @@
+"""NumPyro estimators inside SVI: jit-compiled updates, learned and running state, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pyroapi
+import pytest
+from numpyro.infer import SVI as StockSVI
+from numpyro.optim import Adam
+
+from numpyro_backend.backend.pyro import clear_param_store
+from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, SVI, ScoreFunction_ELBO
+from tests.infer.models import RELAX_TOY
+from tests.infer.numpyro_helpers import jax_inputs
+
+
+def _run(elbo, entry, steps, init_params=None, seed=0):
+    clear_param_store()
+    data, init = jax_inputs(entry)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        svi = SVI(entry.model, entry.guide, Adam(0.05), elbo)
+        result = svi.run(
+            jax.random.PRNGKey(seed),
+            steps,
+            data,
+            init,
+            progress_bar=False,
+            init_params=init_params,
+        )
+    return svi, result
+
+
+def test_relax_learns_its_control_variate_inside_svi_run():
+    elbo = RELAX_ELBO(num_particles=1)
+    _, result = _run(elbo, RELAX_TOY, 30)
+    params = result.params
+    assert np.all(np.isfinite(np.asarray(result.losses)))
+    # φ = (η, log λ, ρ) moved away from its initial values: SVI's one gradient call updated it
+    assert params["reparam_ext.b.eta"] != pytest.approx(1.0)
+    assert params["reparam_ext.b.log_temperature"] != pytest.approx(np.log(0.5))
+    assert np.abs(np.asarray(params["reparam_ext.relax.b"]["w2"])).max() > 0
+    assert params["theta_logit"] != pytest.approx(0.0)
+
+
+def test_resuming_from_saved_params_restores_the_learned_state():
+    elbo = REBAR_ELBO(num_particles=1)
+    svi, first = _run(elbo, RELAX_TOY, 10)
+    saved = dict(first.params)
+    data, init = jax_inputs(RELAX_TOY)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        state = svi.init(jax.random.PRNGKey(1), data, init, init_params=saved)
+        resumed = svi.get_params(state)
+    assert saved["reparam_ext.b.eta"] != pytest.approx(1.0)
+    for name in ("reparam_ext.b.eta", "reparam_ext.b.log_temperature", "theta_logit"):
+        assert resumed[name] == pytest.approx(float(saved[name]))
+
+
+def test_running_baseline_is_mutable_state_updated_by_svi():
+    elbo = ScoreFunction_ELBO(num_particles=1, baseline="optimal")
+    clear_param_store()
+    data, init = jax_inputs(RELAX_TOY)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        svi = SVI(RELAX_TOY.model, RELAX_TOY.guide, Adam(0.01), elbo)
+        state = svi.init(jax.random.PRNGKey(0), data, init)
+        assert set(state.mutable_state) == {
+            "reparam_ext.b.baseline_fs2",
+            "reparam_ext.b.baseline_s2",
+        }
+        update = jax.jit(svi.update)
+        for _ in range(3):
+            state, loss = update(state, data, init)
+    assert np.isfinite(loss)
+    assert np.asarray(state.mutable_state["reparam_ext.b.baseline_s2"]).min() > 0
+
+
+def test_stock_svi_without_estimator_state_raises_a_clear_error():
+    clear_param_store()
+    data, init = jax_inputs(RELAX_TOY)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        svi = StockSVI(RELAX_TOY.model, RELAX_TOY.guide, Adam(0.01), RELAX_ELBO())
+        state = svi.init(jax.random.PRNGKey(0), data, init)
+        with pytest.raises(ValueError, match="numpyro_backend.infer.SVI"):
+            svi.update(state, data, init)
+
+
+def _poisson_model():
+    numpyro.sample("n", dist.Poisson(3.0))
+
+
+def _poisson_guide():
+    rate = numpyro.param("rate", 2.0, constraint=dist.constraints.positive)
+    numpyro.sample("n", dist.Poisson(rate))
+
+
+@pytest.mark.parametrize("estimator", [REBAR_ELBO, RELAX_ELBO])
+def test_unrelaxable_site_raises_value_error_naming_it(estimator):
+    with pytest.raises(ValueError, match="site 'n'.*Poisson"):
+        estimator().loss(
+            jax.random.PRNGKey(0), {"rate": jnp.array(2.0)}, _poisson_model, _poisson_guide
+        )
+
+
+def test_score_function_handles_any_discrete_site():
+    elbo = ScoreFunction_ELBO(num_particles=2)  # "optimal" falls back to "loo" without logits
+    loss = elbo.loss(
+        jax.random.PRNGKey(0), {"rate": jnp.array(2.0)}, _poisson_model, _poisson_guide
+    )
+    assert np.isfinite(loss)
+
+
+def test_bad_arguments_raise_value_errors_naming_them():
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        ScoreFunction_ELBO(baseline="mean")
+    with pytest.raises(ValueError, match="num_particles >= 2"):
+        ScoreFunction_ELBO(baseline="loo")
+    with pytest.raises(ValueError, match="baseline_decay"):
+        ScoreFunction_ELBO(baseline_decay=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        REBAR_ELBO(temperature=0.0)
+    with pytest.raises(ValueError, match="control_variate"):
+        RELAX_ELBO(control_variate="mlp")
