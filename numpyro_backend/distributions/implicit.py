@@ -44,7 +44,7 @@ __all__ = [
 @jax.custom_jvp
 def _implicit_standard_gamma(key, concentration):
     """Gamma(α, 1) draws with the shape of ``concentration`` and the implicit gradient in α."""
-    return random.gamma(key, concentration)
+    return random.gamma(key, concentration, dtype=jnp.result_type(concentration))
 
 
 @_implicit_standard_gamma.defjvp
@@ -59,9 +59,9 @@ def _implicit_standard_gamma_jvp(primals, tangents):
 @jax.custom_jvp
 def _implicit_centered_von_mises(key, concentration):
     """Centered von Mises draws (shape of ``concentration``) with the implicit κ-gradient."""
-    return von_mises_centered(
-        key, concentration, jnp.shape(concentration), dtype=jnp.result_type(concentration)
-    )
+    # numpyro's sampler runs in its default dtype (its float32 path mixes dtypes in a loop)
+    value = von_mises_centered(key, concentration, jnp.shape(concentration))
+    return value.astype(jnp.result_type(concentration))
 
 
 @_implicit_centered_von_mises.defjvp
@@ -252,7 +252,7 @@ class ImplicitStudentT(dist.StudentT):
         key_normal, key_gamma = random.split(key)
         df = jnp.broadcast_to(self.df, shape)
         noise = random.normal(key_normal, shape, dtype=jnp.result_type(df))
-        gamma = _implicit_standard_gamma(key_gamma, 0.5 * df)
+        gamma = jnp.maximum(_implicit_standard_gamma(key_gamma, 0.5 * df), jnp.finfo(df.dtype).tiny)
         return self.loc + self.scale * noise * jnp.sqrt(0.5 * df / gamma)
 
 

@@ -256,7 +256,7 @@ class ImplicitStudentT(dist.StudentT):
         df = self.df.expand(shape)
         with torch.no_grad():
             noise = torch.randn(shape, dtype=df.dtype, device=df.device)
-        gamma = _implicit_standard_gamma(0.5 * df)
+        gamma = _implicit_standard_gamma(0.5 * df).clamp(min=torch.finfo(df.dtype).tiny)
         return self.loc + self.scale * noise * torch.sqrt(0.5 * df / gamma)
 
 
