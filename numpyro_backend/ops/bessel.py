@@ -228,8 +228,9 @@ def _broadcast(v, x):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
-    v = jnp.asarray(v, dtype=x.dtype)
-    return jnp.broadcast_arrays(v, x)
+    # v is not broadcast to x's shape: a constant order stays a scalar, so XLA does not
+    # constant-fold per-element copies of the order-only parts of the expansions
+    return jnp.asarray(v, dtype=x.dtype), x
 
 
 def log_bessel_iv(v, x) -> jnp.ndarray:

@@ -1,0 +1,211 @@
+"""von Mises–Fisher and uniform distributions on the sphere S^{d−1} ⊂ R^d (PyTorch)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
+
+from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv
+from pyro_reparam_ext.ops.sphere import householder_rotate, uniform_tangent, vmf_marginal_sample_t
+
+__all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
+
+
+def log_sphere_area(dim: int) -> float:
+    """log |S^{dim−1}| = log(2π^{d/2}/Γ(d/2)), the log surface area of the unit sphere in R^dim."""
+    return math.log(2) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
+
+
+def _embed(t: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+    """The point (1 − t, sqrt(t(2 − t))·tangent) of S^{d−1}, written relative to e₁."""
+    radius = torch.sqrt((t * (2 - t)).clamp(min=torch.finfo(t.dtype).tiny))
+    return torch.cat([(1 - t).unsqueeze(-1), radius.unsqueeze(-1) * tangent], dim=-1)
+
+
+class VonMisesFisher(TorchDistribution):
+    r"""von Mises–Fisher distribution on the unit sphere S^{d−1}, any d ≥ 2.
+
+    .. math:: p(z) = C_d(κ) \exp(κ μ^⊤ z), \quad
+        C_d(κ) = \frac{κ^{d/2-1}}{(2π)^{d/2} I_{d/2-1}(κ)}   \quad [1, eq. 9.3.4]
+
+    with respect to the surface measure. ``rsample`` is pathwise differentiable in ``loc``
+    and ``concentration``, and the gradient obtained by back-propagating through it is
+    **unbiased for every d and κ**.
+
+    How: z = Q(μ)·(w, sqrt(1 − w²)·v) with v uniform on S^{d−2} and Q(μ) a Householder
+    reflection sending e₁ to μ [2]; the loc gradient flows through Q. The concentration enters
+    only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
+    drawn by Wood's rejection sampler [3] and differentiated *implicitly* [4]:
+    dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds computed by a fixed
+    composite Gauss–Legendre rule in the angle arccos w (see
+    :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
+    derivative of the sampler's transport map, so no correction term is needed, the gradient
+    is an ordinary backward pass, and it works with every ELBO. Differentiating through the
+    accepted proposal instead (as s-vae-pytorch does, without the correction term of [2]) is
+    biased for d ≠ 3 (d = 5, κ = 2: 0.1276 instead of dA_5/dκ = 0.1474). For d = 3 the exact
+    inverse CDF is used and differentiated directly.
+
+    Example::
+
+        >>> loc = torch.nn.functional.normalize(torch.randn(10), dim=-1)
+        >>> kappa = torch.tensor(50.0, requires_grad=True)
+        >>> z = VonMisesFisher(loc, kappa).rsample((100,))     # (100, 10)
+        >>> (z @ loc).mean().backward()                         # ≈ dA_10/dκ
+
+    :param torch.Tensor loc: mean direction, unit norm, shape ``batch + (d,)`` with d ≥ 2.
+    :param torch.Tensor concentration: κ ≥ 0, shape broadcastable with ``loc.shape[:-1]``.
+
+    References:
+        [1] K. V. Mardia, P. E. Jupp (2000). Directional Statistics. Wiley.
+        [2] T. R. Davidson, L. Falorsi, N. De Cao, T. Kipf, J. M. Tomczak (2018). Hyperspherical
+            Variational Auto-Encoders. UAI.
+        [3] A. T. A. Wood (1994). Simulation of the von Mises Fisher distribution.
+            Communications in Statistics — Simulation and Computation 23(1), 157–164.
+        [4] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients.
+            NeurIPS.
+    """
+
+    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
+    support = constraints.sphere
+    has_rsample = True
+
+    def __init__(self, loc, concentration, *, validate_args=None):
+        if loc.dim() < 1 or loc.shape[-1] < 2:
+            raise ValueError(
+                f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
+            )
+        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        self.loc = loc.expand(batch_shape + loc.shape[-1:])
+        self.concentration = concentration.expand(batch_shape)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    @staticmethod
+    def infer_shapes(loc, concentration):
+        batch_shape = torch.broadcast_shapes(loc[:-1], concentration)
+        return batch_shape, loc[-1:]
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(VonMisesFisher, _instance)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.concentration = self.concentration.expand(batch_shape)
+        super(VonMisesFisher, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self.__dict__.get("_validate_args")
+        return new
+
+    @property
+    def dim(self) -> int:
+        """Ambient dimension d (the sphere is S^{d−1})."""
+        return self.event_shape[0]
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        t = vmf_marginal_sample_t(self.concentration, self.dim, sample_shape)
+        tangent = uniform_tangent(shape[:-1], self.dim - 1, like=self.loc)
+        z = householder_rotate(self.loc, _embed(t, tangent))
+        # one rounding-level renormalization keeps samples inside constraints.sphere's tolerance
+        return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+    def log_normalizer(self) -> torch.Tensor:
+        """log C_d(κ) = (d/2−1) log κ − (d/2) log 2π − log I_{d/2−1}(κ); −log|S^{d−1}| at κ = 0."""
+        v = self.dim / 2 - 1
+        kappa = self.concentration
+        positive = kappa > 0
+        safe = torch.where(positive, kappa, torch.ones_like(kappa))
+        value = v * torch.log(safe) - (v + 1) * math.log(2 * math.pi) - log_bessel_iv(v, safe)
+        return torch.where(positive, value, torch.full_like(value, -log_sphere_area(self.dim)))
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.concentration * (self.loc * value).sum(-1) + self.log_normalizer()
+
+    @property
+    def mean_resultant_length(self) -> torch.Tensor:
+        """A_d(κ) = I_{d/2}(κ)/I_{d/2−1}(κ) = E[μᵀz]."""
+        return bessel_iv_ratio(self.dim / 2 - 1, self.concentration)
+
+    @property
+    def mean(self):
+        return self.mean_resultant_length.unsqueeze(-1) * self.loc
+
+    @property
+    def mode(self):
+        return self.loc
+
+    def entropy(self):
+        """H = −log C_d(κ) − κ A_d(κ)."""
+        return -self.log_normalizer() - self.concentration * self.mean_resultant_length
+
+
+class HypersphericalUniform(TorchDistribution):
+    """Uniform distribution on the unit sphere S^{dim−1} ⊂ R^dim.
+
+    Density 1/|S^{dim−1}| = Γ(dim/2)/(2π^{dim/2}) with respect to the surface measure; samples
+    are normalized standard normal vectors. ``dim`` is the ambient dimension (a Python int),
+    so ``infer_shapes(dim)`` takes it as is.
+
+    Example::
+
+        >>> z = HypersphericalUniform(3).sample((5,))         # (5, 3), unit rows
+
+    :param int dim: ambient dimension, ≥ 2.
+    :param dtype: dtype of samples (default: ``torch.get_default_dtype()``).
+    :param device: device of samples.
+    """
+
+    arg_constraints = {}
+    support = constraints.sphere
+    has_rsample = True  # nothing to differentiate: the distribution has no parameters
+
+    def __init__(self, dim: int, *, dtype=None, device=None, validate_args=None):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise ValueError(f"dim must be an integer >= 2 (ambient dimension), got {dim!r}")
+        self._dim = dim
+        self._dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self._device = device
+        super().__init__(torch.Size(), torch.Size((dim,)), validate_args=validate_args)
+
+    @staticmethod
+    def infer_shapes(dim):
+        return torch.Size(), torch.Size((dim,))
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(HypersphericalUniform, _instance)
+        new._dim, new._dtype, new._device = self._dim, self._dtype, self._device
+        super(HypersphericalUniform, new).__init__(
+            batch_shape, self.event_shape, validate_args=False
+        )
+        new._validate_args = self.__dict__.get("_validate_args")
+        return new
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def rsample(self, sample_shape=torch.Size()):
+        like = torch.empty((), dtype=self._dtype, device=self._device)
+        return uniform_tangent(self._extended_shape(sample_shape)[:-1], self._dim, like=like)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        log_density = -log_sphere_area(self._dim)
+        return torch.full(shape, log_density, dtype=value.dtype, device=value.device)
+
+    def entropy(self):
+        return torch.full(
+            self.batch_shape, log_sphere_area(self._dim), dtype=self._dtype, device=self._device
+        )
+
+    @property
+    def mean(self):
+        return torch.zeros(
+            self.batch_shape + self.event_shape, dtype=self._dtype, device=self._device
+        )
