@@ -20,6 +20,9 @@ from pyro_reparam_ext.distributions.implicit import (
 )
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
+from pyro_reparam_ext.distributions import kl  # registers the sphere KLs (side effect)
+from pyro_reparam_ext.distributions.power_spherical import PowerSpherical
+from pyro_reparam_ext.distributions.von_mises_fisher import HypersphericalUniform, VonMisesFisher
 
 __all__ = [
     "BinaryConcrete",
@@ -33,4 +36,7 @@ __all__ = [
     "ImplicitlyReparameterized",
     "ImplicitStudentT",
     "ImplicitVonMises",
+    "HypersphericalUniform",
+    "PowerSpherical",
+    "VonMisesFisher",
 ]
