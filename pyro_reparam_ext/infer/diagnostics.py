@@ -11,6 +11,35 @@ from pyro_reparam_ext.infer.particles import PARAM_PREFIX, param_leaves
 __all__ = ["gradient_variance"]
 
 
+def _one_gradient(elbo, model, guide, args, kwargs, param_names) -> dict:
+    """One gradient estimate of −ELBO by name (``differentiable_loss`` or ``loss_and_grads``)."""
+    with poutine.trace(param_only=True) as param_capture:
+        if hasattr(elbo, "differentiable_loss"):
+            loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+        else:  # e.g. Pyro's TraceGraph_ELBO, which only has loss_and_grads
+            loss = None
+            elbo.loss_and_grads(model, guide, *args, **kwargs)
+    leaves = param_leaves(param_capture.trace, exclude_prefix=PARAM_PREFIX)
+    if param_names is not None:
+        missing = set(param_names) - set(leaves)
+        if missing:
+            raise ValueError(f"param_names {sorted(missing)} are not used by model/guide")
+        leaves = {name: leaves[name] for name in param_names}
+    if loss is not None:
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    else:
+        grads = [leaf.grad for leaf in leaves.values()]
+    out = {}
+    for (name, leaf), grad in zip(leaves.items(), grads, strict=True):
+        out[name] = torch.zeros_like(leaf) if grad is None else grad.detach().clone()
+    if loss is None:  # leave no gradients behind
+        for site in param_capture.trace.nodes.values():
+            leaf = site["value"].unconstrained()
+            if leaf.grad is not None:
+                leaf.grad = None
+    return out
+
+
 def gradient_variance(
     elbo,
     model,
@@ -32,36 +61,38 @@ def gradient_variance(
         stats = gradient_variance(RELAX_ELBO(), model, guide, data, num_samples=200)
         stats["total_variance"], stats["params"]["enc_w"]["variance"]
 
-    :param elbo: any object with ``differentiable_loss`` (stock Pyro ELBOs included).
+    :param elbo: any Pyro ELBO: one with ``differentiable_loss``, or one with only
+        ``loss_and_grads`` (e.g. ``TraceGraph_ELBO``), whose ``.grad`` are read and cleared.
     :param int num_samples: number of independent gradient estimates (≥ 2).
     :param param_names: restrict to these parameters (default: all the programs use).
     :returns: ``{"params": {name: {"mean": ndarray, "variance": ndarray}},
-        "total_variance": float, "num_samples": int}`` — variance is the unbiased sample
-        variance of each coordinate; ``total_variance`` sums it over every coordinate of the
-        selected parameters (the trace of the covariance of the estimate).
+        "total_variance": float, "total_variance_se": float, "num_samples": int}`` —
+        variance is the unbiased sample variance of each coordinate; ``total_variance`` sums
+        it over every coordinate of the selected parameters (the trace of the covariance of
+        the estimate) and ``total_variance_se`` is its standard error.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
     samples: dict[str, list[np.ndarray]] = {}
     for _ in range(num_samples):
-        with poutine.trace(param_only=True) as param_capture:
-            loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
-        leaves = param_leaves(param_capture.trace, exclude_prefix=PARAM_PREFIX)
-        if param_names is not None:
-            missing = set(param_names) - set(leaves)
-            if missing:
-                raise ValueError(f"param_names {sorted(missing)} are not used by model/guide")
-            leaves = {name: leaves[name] for name in param_names}
-        names = list(leaves)
-        grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-        for name, grad, leaf in zip(names, grads, (leaves[n] for n in names), strict=True):
-            grad = torch.zeros_like(leaf) if grad is None else grad
+        for name, grad in _one_gradient(elbo, model, guide, args, kwargs, param_names).items():
             samples.setdefault(name, []).append(grad.detach().cpu().numpy())
     params = {}
-    total = 0.0
+    squared_deviations = 0.0
     for name, values in samples.items():
         stacked = np.stack(values)
-        variance = stacked.var(axis=0, ddof=1)
-        params[name] = {"mean": stacked.mean(axis=0), "variance": variance}
-        total += float(variance.sum())
-    return {"params": params, "total_variance": total, "num_samples": num_samples}
+        mean = stacked.mean(axis=0)
+        params[name] = {"mean": mean, "variance": stacked.var(axis=0, ddof=1)}
+        deviation = (stacked - mean).reshape(num_samples, -1)
+        squared_deviations = squared_deviations + (deviation**2).sum(axis=1)
+    # total variance = mean of the per-sample squared distances to the mean (× n/(n−1));
+    # its standard error follows from their spread
+    correction = num_samples / (num_samples - 1)
+    total = float(np.mean(squared_deviations) * correction)
+    total_se = float(np.std(squared_deviations, ddof=1) / np.sqrt(num_samples) * correction)
+    return {
+        "params": params,
+        "total_variance": total,
+        "total_variance_se": total_se,
+        "num_samples": num_samples,
+    }

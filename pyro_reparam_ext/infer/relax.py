@@ -275,7 +275,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
             controls[name] = {"temperature": log_temp.exp(), "eta": eta}
         return controls
 
-    def _network_term(self, name, z, batch_shape) -> torch.Tensor | float:
+    def _network_term(self, name, z, logits, batch_shape) -> torch.Tensor | float:
         return 0.0
 
     # ---- one particle run -----------------------------------------------------------------
@@ -342,21 +342,48 @@ class REBAR_ELBO(DiscreteLatentELBO):
                         relaxed = self._own_reward(model_trace, guide_trace, name, kind, soft)
                     batch_shape = site["score_parts"].score_function.shape
                     c = eta * torch.broadcast_to(relaxed, batch_shape)
-                    c = c + self._network_term(name, z_point, batch_shape)
+                    c = c + self._network_term(name, z_point, logits, batch_shape)
                     c_values.append(c)
                 c_z, c_z_tilde = c_values
                 score = site["score_parts"].score_function
                 # gradient w.r.t. θ: ∇log q·(R − c(z̃)) + ∇c(z) − ∇c(z̃)  ([2] eq. 8); the
                 # score.detach()·c(z̃) term cancels −score·∇c(z̃) while keeping c(z̃)'s
                 # dependence on φ inside ∇_θ, which the variance gradient needs.
+                # the baseline β of R − c(z̃) keeps its φ-dependence (leave-one-out: through
+                # the other particles' c(z̃)), so ∇_φ Σ ĝ² sees that β follows φ
+                residual = rewards[name] - c_z_tilde
+                shift = c_z_tilde + self._residual_baseline(site, residual)
                 surrogate = (
                     surrogate
-                    + (score * (rewards[name] - c_z_tilde) + score.detach() * c_z_tilde).sum()
+                    + (score * (rewards[name] - shift) + score.detach() * shift).sum()
                     + (c_z - c_z_tilde).sum()
                 )
         finally:
             _set_rng_state(rng_after)
         return -elbo, -surrogate
+
+    def _residual_baseline(self, site, residual):
+        """Leave-one-out baseline for R − c(z̃) when ``num_particles >= 2`` (else none).
+
+        The mean of the *other* particles' R − c(z̃): independent of this particle's draw, so
+        ĝ stays unbiased, and a function of φ, so ∇_φ Σ ĝ² sees it follow φ. It absorbs the
+        part of R the relaxation cannot follow (constants, per-data-point offsets) from the
+        first step on, as the input-dependent baselines used with REBAR in [1], section 6.
+        With one particle there is no such baseline (a running average of past residuals
+        would not follow φ and would bias φ's training); r_ρ (RELAX) learns offsets instead.
+        ``infer={"reparam_ext": {"baseline": "none"}}`` turns it off.
+        """
+        choice = site_options(site).get("baseline", "loo")
+        if choice not in ("loo", "none"):
+            raise ValueError(
+                f"site '{site['name']}': infer['reparam_ext']['baseline'] must be 'loo' or "
+                f"'none' for {type(self).__name__}, got {choice!r}"
+            )
+        dim = self.particle_dim
+        if choice == "none" or dim is None:
+            return 0.0
+        k = residual.shape[dim]
+        return (residual.sum(dim, keepdim=True) - residual) / (k - 1)
 
     def _replay_reward(
         self, model, guide, args, kwargs, rng_state, records, target, soft, controls, nodes, site
@@ -484,8 +511,13 @@ class RELAX_ELBO(REBAR_ELBO):
             self._networks[name] = net
         return pyro.module(f"reparam_ext.relax.{name}", net, update_module_params=True)
 
-    def _network_term(self, name, z, batch_shape) -> torch.Tensor:
-        flat = z.reshape(batch_shape + (-1,))
+    def _network_term(self, name, z, logits, batch_shape) -> torch.Tensor:
+        # input: the relaxed logits z and, as context, the site's logits (detached, so the
+        # network is a fixed function of z for the identity behind ĝ; they carry what the
+        # guide conditions on, e.g. the data point in a VAE)
+        flat = torch.cat(
+            [z.reshape(batch_shape + (-1,)), logits.detach().reshape(batch_shape + (-1,))], -1
+        )
         net = self._network(name, flat.shape[-1], z)
         for param_name, param in net.named_parameters():
             self._phi[f"reparam_ext.relax.{name}${param_name}"] = param

@@ -29,7 +29,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 import pyro_reparam_ext  # noqa: F401  (registers the pyroapi backend)
-from tests.infer.models import MODELS, REFERENCE_PATH, TOY_SCALE
+from tests.infer.models import KL_SCALE, MODELS, REFERENCE_PATH
 
 
 def _torch_inputs(entry, full_data: bool = True):
@@ -130,14 +130,13 @@ def bernoulli_normal_reference(entry):
 
 
 def relax_toy_reference(entry):
-    """Σ_b q(b) [log q(b) − log ½ − log N(0.499 | b, σ)], σ² = 1 / (2 S)."""
+    """Σ_b q(b) [ε (log q(b) − log ½) − log N(0.499 | b, 1/√2)], ε = KL_SCALE."""
     data, init = _torch_inputs(entry)
     p = torch.sigmoid(init["theta_logit"])
-    sigma = math.sqrt(0.5 / TOY_SCALE)
     loss = 0.0
     for b, q_b in ((1.0, p), (0.0, 1 - p)):
-        log_lik = -((0.499 - b) ** 2) / (2 * sigma**2) - math.log(sigma * math.sqrt(2 * math.pi))
-        loss = loss + q_b * (torch.log(q_b) - math.log(0.5) - log_lik)
+        log_lik = -((0.499 - b) ** 2) - 0.5 * math.log(math.pi)
+        loss = loss + q_b * (KL_SCALE * (torch.log(q_b) - math.log(0.5)) - log_lik)
     return loss, init
 
 

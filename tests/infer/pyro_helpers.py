@@ -67,3 +67,25 @@ def max_abs_z(batches: dict[str, np.ndarray], exact: dict[str, np.ndarray]) -> t
         if z.max() > worst:
             worst, where = float(z.max()), f"{name}{list(idx)}"
     return worst, where
+
+
+def warm_up_control_variates(elbo, model, guide, args, steps: int, lr: float) -> None:
+    """Train only the estimator's own parameters (``reparam_ext.*``) for ``steps`` steps.
+
+    The model and guide parameters stay fixed, so a variance measured afterwards is at the
+    same θ as for the other estimators. Uses the gradient the estimator gives those
+    parameters (for REBAR/RELAX, ∇_φ of the single-sample variance).
+    """
+    optimizer = None
+    for _ in range(steps):
+        loss = elbo.differentiable_loss(model, guide, *args)
+        store = pyro.get_param_store()
+        names = [n for n in store.keys() if n.startswith("reparam_ext.") and "baseline" not in n]
+        leaves = [store._params[n] for n in names]
+        if optimizer is None:
+            optimizer = torch.optim.Adam(leaves, lr=lr)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for leaf, grad in zip(leaves, grads, strict=True):
+            leaf.grad = grad
+        optimizer.step()
+        optimizer.zero_grad()
