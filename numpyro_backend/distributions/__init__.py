@@ -20,6 +20,9 @@ from numpyro_backend.distributions.implicit import (
 )
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
+from numpyro_backend.distributions import kl  # registers the sphere KLs (side effect)
+from numpyro_backend.distributions.power_spherical import PowerSpherical
+from numpyro_backend.distributions.von_mises_fisher import HypersphericalUniform, VonMisesFisher
 
 __all__ = [
     "BinaryConcrete",
@@ -33,4 +36,7 @@ __all__ = [
     "ImplicitlyReparameterized",
     "ImplicitStudentT",
     "ImplicitVonMises",
+    "HypersphericalUniform",
+    "PowerSpherical",
+    "VonMisesFisher",
 ]
