@@ -13,6 +13,7 @@ run both as scripts and when loaded by the tests with ``importlib``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +166,9 @@ def load_binary_data(path: str | Path, seed: int, test_fraction: float = 0.2):
 
 def _binary_rows(array: np.ndarray, where: str) -> np.ndarray:
     if array.ndim < 2:
-        raise DataError(f"--data: {where} must have one row per example (ndim >= 2), "
-                        f"got shape {array.shape}")
+        raise DataError(
+            f"--data: {where} must have one row per example (ndim >= 2), got shape {array.shape}"
+        )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise DataError(f"--data: {where} must be numeric, got dtype {array.dtype}")
     rows = array.reshape(len(array), -1).astype(np.float64)
@@ -195,3 +197,82 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def numpyro_gradient_variance_fn(elbo, model, guide, *args, select):
+    """A reusable measurement of ``numpyro_backend.gradient_variance``'s ``total_variance``.
+
+    ``gradient_variance`` compiles its loop on every call; an example that measures at many
+    checkpoints compiles once here instead. Returns ``measure(params, mutable_state, key,
+    num_samples) -> total variance``: the unbiased per-coordinate variance of ∇ −ELBO over
+    ``num_samples`` independent keys, summed over the parameters whose names satisfy
+    ``select(name)``; ``params`` as ``svi.get_params(state)``, ``mutable_state`` as
+    ``state.mutable_state`` (running baselines; held fixed during the measurement).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def gradient(selected, others, key):
+        def loss(selected):
+            return elbo.loss(key, {**others, **selected}, model, guide, *args)
+
+        return jax.grad(loss)(selected)
+
+    @jax.jit
+    def total_variance(selected, others, keys):
+        samples = jax.vmap(gradient, in_axes=(None, None, 0))(selected, others, keys)
+        return sum(jnp.sum(jnp.var(g, axis=0, ddof=1)) for g in jax.tree.leaves(samples))
+
+    def measure(params, mutable_state, key, num_samples: int) -> float:
+        params = dict(params, **(mutable_state or {}))
+        selected = {name: value for name, value in params.items() if select(name)}
+        others = {name: value for name, value in params.items() if name not in selected}
+        return float(total_variance(selected, others, jax.random.split(key, num_samples)))
+
+    return measure
+
+
+@contextlib.contextmanager
+def torch_single_thread():
+    """Run PyTorch on one thread, restoring the caller's setting afterwards.
+
+    The examples' tensors are tiny: thread hand-offs cost more than they save (5-30x slower
+    steps on a busy 2-core machine).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def pyro_running_state_kept():
+    """Undo, on exit, what a measurement did to running baselines in Pyro's param store.
+
+    ``gradient_variance`` updates running-average baselines between its samples, as training
+    does; measuring at checkpoints must not warm them up for the training steps that follow
+    (NumPyro's measurement, :func:`numpyro_gradient_variance_fn`, holds them fixed).
+    Covers ``reparam_ext.*`` state and Pyro's own ``__baseline_*`` averages.
+    """
+    import pyro
+    import torch
+
+    store = pyro.get_param_store()
+    running = ("reparam_ext.", "__baseline")
+    saved = {
+        name: store.get_param(name).unconstrained().detach().clone()
+        for name in store.keys()
+        if name.startswith(running)
+    }
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                current = store.get_param(name).unconstrained()
+                if current.shape == value.shape:
+                    current.copy_(value)

@@ -62,9 +62,12 @@ from common import (  # noqa: E402  (the examples folder is put on sys.path just
     add_output_argument,
     comma_list,
     load_data_or_digits,
+    numpyro_gradient_variance_fn,
     positive_float,
     positive_int,
     pyplot,
+    pyro_running_state_kept,
+    torch_single_thread,
 )
 
 ESTIMATORS = {
@@ -115,22 +118,13 @@ def checkpoint_steps(num_steps: int, num_checkpoints: int) -> list[int]:
 
 
 def run_pyro(estimator: str, args, train: np.ndarray, test: np.ndarray, progress) -> RunResult:
-    import torch
-
-    threads = torch.get_num_threads()
-    # One thread: with matrices this small, thread hand-offs cost more than they save (a
-    # 5-30x slowdown on a busy 2-core machine); the caller's setting is restored below.
-    torch.set_num_threads(1)
-    try:
+    with torch_single_thread():
         return _run_pyro(estimator, args, train, test, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_pyro(estimator: str, args, train: np.ndarray, test: np.ndarray, progress) -> RunResult:
     import pyro
     import pyro.distributions as dist
-    import pyro.poutine as poutine
     import torch
     from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
     from pyro.optim import Adam
@@ -191,28 +185,18 @@ def _run_pyro(estimator: str, args, train: np.ndarray, test: np.ndarray, progres
             return float((log_joint - q.log_prob(z).sum(-1)).mean())
 
     def encoder_variance():
+        # works for every Pyro ELBO (TraceGraph_ELBO through its loss_and_grads)
         names = [n for n in pyro.get_param_store().keys() if n.startswith("encoder$$$")]
-        if hasattr(elbo, "differentiable_loss"):
+        with pyro_running_state_kept():
             stats = pre.gradient_variance(
-                elbo, model, guide, variance_batch,
-                num_samples=args.variance_samples, param_names=names,
+                elbo,
+                model,
+                guide,
+                variance_batch,
+                num_samples=args.variance_samples,
+                param_names=names,
             )
-            return stats["total_variance"]
-        # stock TraceGraph_ELBO has only loss_and_grads: read the gradients it accumulates
-        store = pyro.get_param_store()
-        samples = []
-        for _ in range(args.variance_samples):
-            with poutine.trace(param_only=True) as capture:
-                elbo.loss_and_grads(model, guide, variance_batch)
-            leaves = {s["name"]: s["value"].unconstrained() for s in capture.trace.nodes.values()}
-            grads = []
-            for name in names:
-                leaf = store[name].unconstrained() if name not in leaves else leaves[name]
-                grads.append(leaf.grad.detach().reshape(-1).clone())
-            for site in capture.trace.nodes.values():
-                site["value"].unconstrained().grad = None
-            samples.append(torch.cat(grads).numpy())
-        return float(np.var(np.stack(samples), axis=0, ddof=1).sum())
+        return stats["total_variance"]
 
     result = RunResult("pyro", estimator)
     checkpoints = set(checkpoint_steps(args.steps, args.checkpoints))
@@ -338,24 +322,10 @@ def run_numpyro(estimator: str, args, train: np.ndarray, test: np.ndarray, progr
         state = svi.init(jax.random.fold_in(rng_key, 0), variance_batch)
     update = jax.jit(svi.update)
 
-    # The variance of the encoder's gradient, measured as ``npb.gradient_variance`` does
-    # (unbiased per-coordinate variance over independent keys, summed), but compiled once
-    # per run and reused at every checkpoint: gradient_variance compiles on each call.
-    def encoder_gradient(encoder_params, other_params, key):
-        def loss(encoder_params):
-            param_map = {**other_params, **encoder_params}
-            return elbo.loss(key, param_map, model, guide, variance_batch)
-
-        return jax.grad(loss)(encoder_params)
-
-    gradients = jax.jit(jax.vmap(encoder_gradient, in_axes=(None, None, 0)))
-
-    def encoder_variance(key):
-        params = dict(svi.get_params(state), **(state.mutable_state or {}))
-        encoder = {name: value for name, value in params.items() if name.startswith("encoder.")}
-        other = {name: value for name, value in params.items() if name not in encoder}
-        samples = gradients(encoder, other, jax.random.split(key, args.variance_samples))
-        return float(sum(np.asarray(g).var(axis=0, ddof=1).sum() for g in samples.values()))
+    # encoder gradient variance: compiled once per run, reused at every checkpoint
+    measure_variance = numpyro_gradient_variance_fn(
+        elbo, model, guide, variance_batch, select=lambda name: name.startswith("encoder.")
+    )
 
     result = RunResult("numpyro", estimator)
     checkpoints = set(checkpoint_steps(args.steps, args.checkpoints))
@@ -377,7 +347,10 @@ def run_numpyro(estimator: str, args, train: np.ndarray, test: np.ndarray, progr
             result.seconds.append(train_seconds)
             params = svi.get_params(state)
             result.train_elbo_curve.append(_numpyro_discrete_elbo(params, eval_j, key, 1))
-            result.variance_curve.append(encoder_variance(jax.random.fold_in(key, 1)))
+            variance = measure_variance(
+                params, state.mutable_state, jax.random.fold_in(key, 1), args.variance_samples
+            )
+            result.variance_curve.append(variance)
     params = svi.get_params(state)
     train_key, test_key = jax.random.split(jax.random.fold_in(rng_key, args.steps + 1))
     result.train_elbo = _numpyro_discrete_elbo(params, train_j, train_key, args.eval_samples)
@@ -417,14 +390,22 @@ def plot(results: list[RunResult], path: Path) -> None:
     for column, backend in enumerate(backends):
         top, bottom = axes[0, column], axes[1, column]
         for r in (r for r in results if r.backend == backend):
-            top.plot(r.seconds, r.train_elbo_curve, "o-", ms=3, color=colors[r.estimator],
-                     label=r.label)
-            bottom.semilogy(r.steps, r.variance_curve, "o-", ms=3, color=colors[r.estimator],
-                            label=r.label)
-        top.set(title=f"{backend}: training ELBO", xlabel="training wall time (s)",
-                ylabel="ELBO (nats / image)")
-        bottom.set(title=f"{backend}: encoder gradient variance", xlabel="step",
-                   ylabel="total variance (trace of covariance)")
+            top.plot(
+                r.seconds, r.train_elbo_curve, "o-", ms=3, color=colors[r.estimator], label=r.label
+            )
+            bottom.semilogy(
+                r.steps, r.variance_curve, "o-", ms=3, color=colors[r.estimator], label=r.label
+            )
+        top.set(
+            title=f"{backend}: training ELBO",
+            xlabel="training wall time (s)",
+            ylabel="ELBO (nats / image)",
+        )
+        bottom.set(
+            title=f"{backend}: encoder gradient variance",
+            xlabel="step",
+            ylabel="total variance (trace of covariance)",
+        )
         top.legend(fontsize=8)
         top.grid(alpha=0.3)
         bottom.grid(alpha=0.3, which="both")
@@ -441,35 +422,60 @@ def parse_args(argv=None):
     )
     parser.add_argument("--steps", type=positive_int, default=300, help="SVI steps per run")
     parser.add_argument(
-        "--backends", type=comma_list(BACKENDS), default=BACKENDS,
+        "--backends",
+        type=comma_list(BACKENDS),
+        default=BACKENDS,
         help="comma-separated: pyro,numpyro (default: both)",
     )
     parser.add_argument(
-        "--estimators", type=comma_list(list(ESTIMATORS)), default=list(ESTIMATORS),
+        "--estimators",
+        type=comma_list(list(ESTIMATORS)),
+        default=list(ESTIMATORS),
         help="comma-separated subset of: " + ",".join(ESTIMATORS) + " (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--data", metavar="PATH", default=None,
+        "--data",
+        metavar="PATH",
+        default=None,
         help="your own binarized data (.npy: rows of 0/1; .npz: 'train' and 'test' or one "
         "array); default: scikit-learn's digits",
     )
-    parser.add_argument("--particles", type=positive_int, default=4,
-                        help="particles per step for every estimator (>= 2 for sf-loo)")
+    parser.add_argument(
+        "--particles",
+        type=positive_int,
+        default=4,
+        help="particles per step for every estimator (>= 2 for sf-loo)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--latents", type=positive_int, default=16, help="binary latents")
     parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units")
     parser.add_argument("--learning-rate", type=positive_float, default=3e-3)
-    parser.add_argument("--temperature", type=positive_float, default=0.5,
-                        help="relaxation temperature of concrete-st")
-    parser.add_argument("--checkpoints", type=positive_int, default=6,
-                        help="points on each curve")
-    parser.add_argument("--variance-samples", type=positive_int, default=25,
-                        help="gradient estimates per variance measurement (>= 2)")
-    parser.add_argument("--eval-samples", type=positive_int, default=20,
-                        help="guide draws per image for the final ELBOs")
-    parser.add_argument("--eval-size", type=positive_int, default=512,
-                        help="training images used for the ELBO curve")
+    parser.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=0.5,
+        help="relaxation temperature of concrete-st",
+    )
+    parser.add_argument("--checkpoints", type=positive_int, default=6, help="points on each curve")
+    parser.add_argument(
+        "--variance-samples",
+        type=positive_int,
+        default=25,
+        help="gradient estimates per variance measurement (>= 2)",
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=positive_int,
+        default=20,
+        help="guide draws per image for the final ELBOs",
+    )
+    parser.add_argument(
+        "--eval-size",
+        type=positive_int,
+        default=512,
+        help="training images used for the ELBO curve",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_output_argument(parser)
     args = parser.parse_args(argv)
@@ -496,8 +502,13 @@ def main(argv=None) -> list[RunResult]:
     runs = [(b, e) for b in args.backends for e in args.estimators]
     results = []
     started = time.perf_counter()
-    with tqdm(total=len(runs) * args.steps, disable=args.no_progress, unit="step",
-              file=sys.stderr, dynamic_ncols=True) as progress:
+    with tqdm(
+        total=len(runs) * args.steps,
+        disable=args.no_progress,
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as progress:
         for backend, estimator in runs:
             progress.set_description(f"{backend}/{estimator}")
             runner = run_pyro if backend == "pyro" else run_numpyro
