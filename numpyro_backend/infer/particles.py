@@ -52,12 +52,14 @@ from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
+from numpyro_backend.backend.distributions import OneHotCategorical
 from numpyro_backend.distributions.concrete import (
     bernoulli_conditional_relaxed_logits,
     bernoulli_hard,
     bernoulli_relaxed_logits,
     bernoulli_soft,
     categorical_conditional_relaxed_logits,
+    categorical_hard,
     categorical_relaxed_logits,
     uniform_noise,
 )
@@ -111,10 +113,12 @@ def _base_distribution(fn):
 
 
 def relaxation_kind(fn) -> str | None:
-    """``"bernoulli"``, ``"categorical"`` or None: how REBAR/RELAX relax a site's distribution."""
+    """``"bernoulli"``, ``"categorical"``, ``"one_hot"`` or None: how a site is relaxed."""
     base = _base_distribution(fn)
     if isinstance(base, (BernoulliLogits, BernoulliProbs)):
         return "bernoulli"
+    if isinstance(base, OneHotCategorical):
+        return "one_hot"
     if isinstance(base, (CategoricalLogits, CategoricalProbs)):
         return "categorical"
     return None
@@ -133,11 +137,14 @@ def score_wrt_logits(kind: str, logits, value) -> jnp.ndarray:
     """s = ∇_logits log q(value | logits), per logit coordinate (same shape as ``logits``)."""
     if kind == "bernoulli":
         return value - jax.nn.sigmoid(logits)
+    if kind == "one_hot":
+        return value - jax.nn.softmax(logits, -1)
     return jax.nn.one_hot(value, logits.shape[-1], dtype=logits.dtype) - jax.nn.softmax(logits, -1)
 
 
 def relaxed_log_prob(fn, value) -> jnp.ndarray:
-    """Continuous extension b log p + (1 − b) log(1 − p) of a Bernoulli log-density ([2] §3.3).
+    """Continuous extension b log p + (1 − b) log(1 − p) of a Bernoulli log-density ([2] §3.3);
+    the dot product of a relaxed one-hot value with log π for a OneHotCategorical.
 
     Follows the wrappers (``Independent``, ``expand``, ``mask``) of ``fn`` so that the result
     has ``fn.batch_shape`` like ``fn.log_prob``.
@@ -151,6 +158,8 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
         log_prob = relaxed_log_prob(fn.base_dist, value)
         return jnp.where(fn._mask, log_prob, 0.0)
     logits = fn.logits
+    if isinstance(fn, OneHotCategorical):
+        return jnp.sum(value * jax.nn.log_softmax(logits, -1), -1)
     return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
 
 
@@ -217,6 +226,10 @@ class _DrawWithNoise(Messenger):
             hard = bernoulli_hard(z)
             z_tilde = bernoulli_conditional_relaxed_logits(logits, hard, v)
             value = hard
+        elif kind == "one_hot":
+            z = categorical_relaxed_logits(logits, u)
+            value = categorical_hard(z)
+            z_tilde = categorical_conditional_relaxed_logits(logits, value, v)
         else:
             z = categorical_relaxed_logits(logits, u)
             index = jnp.argmax(z, -1)
@@ -231,8 +244,9 @@ class _RelaxedReplay(Messenger):
     """Replay a guide with given values at some sites and relaxed noise draws at others.
 
     ``values``: site -> value to substitute (hard samples, a relaxed value, a category k).
-    ``relax``: Bernoulli site -> temperature; the site is redrawn from its own noise as
-    σ(z/λ) with logits from this run (it lies downstream of the relaxed site).
+    ``relax``: Bernoulli / OneHotCategorical site -> (kind, temperature); the site is redrawn
+    from its own noise as σ(z/λ) (softmax) with logits from this run (it lies downstream of
+    the relaxed site).
     """
 
     def __init__(self, fn=None, values=None, relax=None):
@@ -245,9 +259,14 @@ class _RelaxedReplay(Messenger):
             return
         name = msg["name"]
         if name in self.relax:
-            logits = site_logits(msg["fn"], "bernoulli")
+            kind, temperature = self.relax[name]
+            logits = site_logits(msg["fn"], kind)
             u, _ = _noise(msg["kwargs"]["rng_key"], logits)
-            msg["value"] = bernoulli_soft(bernoulli_relaxed_logits(logits, u), self.relax[name])
+            if kind == "bernoulli":
+                z = bernoulli_relaxed_logits(logits, u)
+            else:
+                z = categorical_relaxed_logits(logits, u)
+            msg["value"] = relaxed_value(kind, z, temperature)
         elif name in self.values:
             msg["value"] = self.values[name]
 
@@ -392,7 +411,11 @@ class Particle:
         """
         params = lax.stop_gradient(self.params)
         downstream = self._downstream_discrete(node)
-        relax = {n: temperatures[n] for n in downstream if self.records[n]["kind"] == "bernoulli"}
+        relax = {
+            n: (self.records[n]["kind"], temperatures[n])
+            for n in downstream
+            if self.records[n]["kind"] != "categorical"
+        }
         values = {n: self.guide_trace[n]["value"] for n in self.nonreparam if n not in relax}
         values[node] = value
         relaxed = frozenset(relax) | (frozenset([node]) if relaxed_value else frozenset())
@@ -416,7 +439,7 @@ class Particle:
         downstream = self._downstream_discrete(node)
         if any(self.records[n]["kind"] == "categorical" for n in downstream):
             return self._own_cost_fn(node)
-        if record["kind"] == "bernoulli":
+        if record["kind"] != "categorical":
             return lambda s: self.relaxed_cost(node, s, temperatures, relaxed_value=True)
         shape = jnp.shape(self.guide_trace[node]["value"])
         num_categories = record["z"].shape[-1]
@@ -443,7 +466,7 @@ class Particle:
             fn = jax.tree.map(lax.stop_gradient, site["fn"])
             scale = 1.0 if site["scale"] is None else site["scale"]
             terms.append((fn, sign * scale))
-        if record["kind"] == "bernoulli":
+        if record["kind"] != "categorical":
             return lambda s: sum(c * relaxed_log_prob(fn, s) for fn, c in terms)
         value = self.guide_trace[node]["value"]
         ks = jnp.arange(record["z"].shape[-1])
@@ -456,7 +479,7 @@ class Particle:
 
 
 def relaxed_value(kind: str, z, temperature):
-    """σ(z/λ) (Bernoulli) or softmax(z/λ) (Categorical weights)."""
+    """σ(z/λ) (Bernoulli) or softmax(z/λ) (one-hot value, Categorical weights)."""
     if kind == "bernoulli":
         return bernoulli_soft(z, temperature)
     return jax.nn.softmax(z / temperature, axis=-1)
