@@ -10,12 +10,16 @@ from tests.infer.models import EstimatorModel
 
 
 def torch_inputs(entry: EstimatorModel) -> tuple[dict, dict]:
-    """(data, init) of an entry as float64 tensors (Python ints and None left as they are)."""
+    """(data, init) of an entry as float64 tensors (Python ints and None left as they are).
+
+    Copies: Pyro's param store adopts an unconstrained init tensor as the parameter itself and
+    the optimizer updates it in place, which must not reach the catalogue's numpy arrays.
+    """
     data = {
-        k: torch.as_tensor(v, dtype=torch.float64) if isinstance(v, np.ndarray) else v
+        k: torch.tensor(v, dtype=torch.float64) if isinstance(v, np.ndarray) else v
         for k, v in entry.make_data().items()
     }
-    init = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in entry.init_params.items()}
+    init = {k: torch.tensor(v, dtype=torch.float64) for k, v in entry.init_params.items()}
     return data, init
 
 
