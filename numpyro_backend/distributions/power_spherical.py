@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import jax.random as random
 from jax import lax
@@ -17,6 +19,20 @@ from numpyro_backend.distributions.von_mises_fisher import _embed, _sphere_param
 from numpyro_backend.ops.sphere import householder_rotate, uniform_tangent
 
 __all__ = ["PowerSpherical"]
+
+
+@partial(jax.jit, static_argnames=("sample_shape",))
+def _sample_power_spherical(key, loc, concentration, sample_shape):
+    key_s, key_tangent = random.split(key)
+    dim = loc.shape[-1]
+    shape = sample_shape + jnp.shape(concentration)
+    beta = (dim - 1) / 2
+    s = random.beta(
+        key_s, jnp.full_like(concentration, beta), concentration + beta, shape, dtype=loc.dtype
+    )
+    tangent = uniform_tangent(key_tangent, shape, dim - 1, dtype=loc.dtype)
+    z = householder_rotate(loc, _embed(2 * s, tangent))
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
 class PowerSpherical(Distribution):
@@ -68,14 +84,7 @@ class PowerSpherical(Distribution):
 
     def sample(self, key, sample_shape=()):
         assert is_prng_key(key)
-        key_s, key_tangent = random.split(key)
-        shape = tuple(sample_shape) + self.batch_shape
-        alpha, beta = self._alpha_beta()
-        dtype = self.loc.dtype
-        s = random.beta(key_s, jnp.full_like(alpha, beta), alpha, shape, dtype=dtype)
-        tangent = uniform_tangent(key_tangent, shape, self.dim - 1, dtype=dtype)
-        z = householder_rotate(self.loc, _embed(2 * s, tangent))
-        return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        return _sample_power_spherical(key, self.loc, self.concentration, tuple(sample_shape))
 
     def log_normalizer(self):
         """log C(κ, d) = −[(α+β) log 2 + β log π + log Γ(α) − log Γ(α+β)]  ([1, eq. 6])."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import jax.random as random
 from jax import lax
@@ -40,6 +42,18 @@ def _sphere_params(loc, concentration):
         jnp.broadcast_to(concentration, batch_shape),
         batch_shape,
     )
+
+
+@partial(jax.jit, static_argnames=("sample_shape",))
+def _sample_vmf(key, loc, concentration, sample_shape):
+    """One compiled program per shape (op-by-op dispatch of ~40 small ops is slow to warm up)."""
+    key_t, key_tangent = random.split(key)
+    dim = loc.shape[-1]
+    t = vmf_marginal_sample_t(key_t, concentration, dim, sample_shape)
+    tangent = uniform_tangent(key_tangent, t.shape, dim - 1, dtype=loc.dtype)
+    z = householder_rotate(loc, _embed(t, tangent))
+    # one rounding-level renormalization keeps samples inside constraints.sphere's tolerance
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
 class VonMisesFisher(Distribution):
@@ -103,13 +117,7 @@ class VonMisesFisher(Distribution):
 
     def sample(self, key, sample_shape=()):
         assert is_prng_key(key)
-        key_t, key_tangent = random.split(key)
-        shape = tuple(sample_shape) + self.batch_shape
-        t = vmf_marginal_sample_t(key_t, self.concentration, self.dim, sample_shape)
-        tangent = uniform_tangent(key_tangent, shape, self.dim - 1, dtype=self.loc.dtype)
-        z = householder_rotate(self.loc, _embed(t, tangent))
-        # one rounding-level renormalization keeps samples inside constraints.sphere's tolerance
-        return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        return _sample_vmf(key, self.loc, self.concentration, tuple(sample_shape))
 
     def log_normalizer(self):
         """log C_d(κ) = (d/2−1) log κ − (d/2) log 2π − log I_{d/2−1}(κ); −log|S^{d−1}| at κ = 0."""

@@ -233,6 +233,16 @@ def _broadcast(v, x):
     return jnp.asarray(v, dtype=x.dtype), x
 
 
+@jax.jit
+def _log_bessel_iv_jit(v, x):
+    return _log_bessel_iv(v, x)
+
+
+@jax.jit
+def _bessel_iv_ratio_jit(v, x):
+    return _bessel_iv_ratio(v, x)
+
+
 def log_bessel_iv(v, x) -> jnp.ndarray:
     """log I_v(x), the log of the modified Bessel function of the first kind.
 
@@ -240,7 +250,7 @@ def log_bessel_iv(v, x) -> jnp.ndarray:
     :param x: argument, x ≥ 0; the result has its dtype.
     :returns: log I_v(x), with −inf at x = 0 for v > 0.
     """
-    return _log_bessel_iv(*_broadcast(v, x))
+    return _log_bessel_iv_jit(*_broadcast(v, x))
 
 
 def bessel_iv_ratio(v, x) -> jnp.ndarray:
@@ -252,4 +262,4 @@ def bessel_iv_ratio(v, x) -> jnp.ndarray:
     :param v: order, v ≥ 0 (float or array, broadcast against ``x``; not differentiated).
     :param x: argument, x ≥ 0; the result has its dtype.
     """
-    return _bessel_iv_ratio(*_broadcast(v, x))
+    return _bessel_iv_ratio_jit(*_broadcast(v, x))

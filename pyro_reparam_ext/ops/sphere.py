@@ -29,6 +29,8 @@ References:
     [2] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients. NeurIPS.
     [3] T. R. Davidson, L. Falorsi, N. De Cao, T. Kipf, J. M. Tomczak (2018). Hyperspherical
         Variational Auto-Encoders. UAI (Householder reflection, Algorithm 1).
+    [4] G. Ulrich (1984). Computer generation of distributions on the m-sphere. Journal of the
+        Royal Statistical Society C (Applied Statistics) 33(2), 158–163.
 """
 
 from __future__ import annotations
@@ -82,10 +84,24 @@ def _wood_envelope(concentration: torch.Tensor, dim: int) -> torch.Tensor:
     return m / (2 * concentration + torch.sqrt(4 * concentration**2 + m * m))
 
 
+def _symmetric_beta(a: float, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A Beta(a, a) draw from two uniforms by Ulrich's polar method [4] (a ≥ 1/2):
+    with r = sqrt(1 − u^{2/(2a−1)}), x = (1 + r cos 2πv)/2, written as
+    x = (u^{2/(2a−1)}/(1 + r) + 2r cos²πv)/2 so that x keeps its relative precision near 0.
+    Exact, loop-free and cheaper than a Gamma-based Beta sampler.
+    """
+    if a == 0.5:  # the arcsine law: r = 1
+        return torch.cos(math.pi * v) ** 2
+    log_uc = 2 / (2 * a - 1) * torch.log(u)
+    r = torch.sqrt(-torch.expm1(log_uc))
+    return (torch.exp(log_uc) / (1 + r) + 2 * r * torch.cos(math.pi * v) ** 2) / 2
+
+
 def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> torch.Tensor:
     """t = 1 − w for w ~ exp(κw)(1 − w²)^{(d−3)/2} on [−1, 1], by Wood's algorithm [1].
 
-    Proposal: x ~ Beta((d−1)/2, (d−1)/2), w = (1 − (1+b)x)/(1 − (1−b)x), i.e.
+    Proposal: x ~ Beta((d−1)/2, (d−1)/2) (by Ulrich's method, :func:`_symmetric_beta`),
+    w = (1 − (1+b)x)/(1 − (1−b)x), i.e.
     t = 2bx/(1 − (1−b)x); accepted when
     κw + (d−1) log(1 − x₀w) − c ≥ log u (x₀ = (1−b)/(1+b), c = κx₀ + (d−1) log(1 − x₀²)),
     rewritten in t without cancellation. All elements propose at once; rejected ones propose
@@ -101,14 +117,14 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
     shape = torch.Size(sample_shape) + concentration.shape
     kappa = concentration.expand(shape)
     b = _wood_envelope(kappa, dim)
-    half = torch.full_like(kappa, (dim - 1) / 2)
-    proposal = torch.distributions.Beta(half, half)
     log_shift = torch.log((1 + b) / 2)
+    tiny = torch.finfo(kappa.dtype).tiny
     t = torch.zeros_like(kappa)
     done = torch.zeros(shape, dtype=torch.bool, device=kappa.device)
     while True:
-        x = proposal.sample()
-        u = torch.rand_like(kappa).clamp(min=torch.finfo(kappa.dtype).tiny)
+        uniforms = torch.rand((3,) + shape, dtype=kappa.dtype, device=kappa.device).clamp(min=tiny)
+        x = _symmetric_beta((dim - 1) / 2, uniforms[0], uniforms[1])
+        u = uniforms[2]
         t_prop = 2 * b * x / (1 - (1 - b) * x)
         # (d−1)·log((2b + (1−b)t)(1+b)/(4b)) = (d−1)·log((1+b)/2 + (1−b²)t/(4b))
         log_ratio = 2 * kappa * b / (1 + b) - kappa * t_prop
