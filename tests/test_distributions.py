@@ -87,6 +87,8 @@ def test_expand_and_shapes(case, backend):
 def test_infer_shapes(case, backend):
     dist = backend.make(case.dist_name, case.params)
     arg_shapes = {k: tuple(np.shape(v)) for k, v in case.params.items() if not isinstance(v, int)}
+    if case.infer_shapes_takes_ints:
+        arg_shapes.update({k: v for k, v in case.params.items() if isinstance(v, int)})
     batch_shape, event_shape = type(dist).infer_shapes(**arg_shapes)
     assert tuple(batch_shape) == tuple(dist.batch_shape)
     assert tuple(event_shape) == tuple(dist.event_shape)

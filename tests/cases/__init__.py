@@ -39,9 +39,12 @@ class DistCase:
     invalid_params: list = field(default_factory=list)
     #: the distribution has rsample
     has_rsample: bool = True
+    #: infer_shapes takes the structural Python-int parameters as they are (e.g. the
+    #: ambient dimension of HypersphericalUniform), besides the shapes of the others
+    infer_shapes_takes_ints: bool = False
 
 
 # One import per family module; each module defines ``CASES: list[DistCase]``.
-from tests.cases import concrete, implicit  # noqa: E402  (more families join here)
+from tests.cases import concrete, implicit, sphere  # noqa: E402  (more families join here)
 
-ALL_CASES: list[DistCase] = [*concrete.CASES, *implicit.CASES]
+ALL_CASES: list[DistCase] = [*concrete.CASES, *implicit.CASES, *sphere.CASES]
