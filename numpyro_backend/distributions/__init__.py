@@ -20,7 +20,7 @@ from numpyro_backend.distributions.implicit import (
 )
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
-from numpyro_backend.distributions import kl  # registers the sphere KLs (side effect)
+from numpyro_backend.distributions.kl import SPHERE_KL_PAIRS  # registers the sphere KLs
 from numpyro_backend.distributions.power_spherical import PowerSpherical
 from numpyro_backend.distributions.von_mises_fisher import HypersphericalUniform, VonMisesFisher
 

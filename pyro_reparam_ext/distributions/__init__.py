@@ -20,7 +20,7 @@ from pyro_reparam_ext.distributions.implicit import (
 )
 
 # Sphere: von Mises-Fisher, uniform, Power Spherical, KLs
-from pyro_reparam_ext.distributions import kl  # registers the sphere KLs (side effect)
+from pyro_reparam_ext.distributions.kl import SPHERE_KL_PAIRS  # registers the sphere KLs
 from pyro_reparam_ext.distributions.power_spherical import PowerSpherical
 from pyro_reparam_ext.distributions.von_mises_fisher import HypersphericalUniform, VonMisesFisher
 

@@ -20,6 +20,12 @@ from pyro_reparam_ext.distributions.von_mises_fisher import (
     log_sphere_area,
 )
 
+#: the (p, q) type pairs registered here
+SPHERE_KL_PAIRS = (
+    (VonMisesFisher, HypersphericalUniform),
+    (PowerSpherical, HypersphericalUniform),
+)
+
 
 def _kl_to_uniform(p, q):
     if p.event_shape != q.event_shape:
