@@ -4,13 +4,15 @@ For a discrete guide site with logits ℓ (Bernoulli, Categorical or OneHotCateg
 wrapped by ``to_event`` / ``expand`` / ``mask``) the estimators draw uniform noise u, v and
 
     z = ℓ + logistic(u) (Gumbel for categorical),  b = H(z),  z̃ ~ p(z | b) from v,
-    ĝ = [R(b) − c(z̃)] ∇ log q(b) + ∇c(z) − ∇c(z̃)                   ([2] eq. 8, [1] eq. 4)
+    ĝ = [R(b) − c(z̃) − β] ∇ log q(b) + ∇c(z) − ∇c(z̃)               ([2] eq. 8, [1] eq. 4)
 
-where R is the site's plate-aware downstream reward (see :mod:`.particles`) and c a
-control variate: REBAR's c(z) = η·R(σ_λ(z)) ([1]) and RELAX's c(z) = η·R(σ_λ(z)) + r_ρ(z)
-([2]). ĝ is unbiased for any η, λ, ρ, which are trained by the SVI optimizer to minimise the
-single-sample variance Σ ĝ² ([2] eq. 10): the returned loss has gradient ĝ for the model and
-guide parameters and ∇_φ Σ ĝ² (a second, ``create_graph`` backward pass) for φ = (η, λ, ρ).
+where R is the site's plate-aware downstream reward (see :mod:`.particles`), c a control
+variate — REBAR's c(z) = η·R(σ_λ(z)) ([1]), RELAX's c(z) = η·R(σ_λ(z)) + r_ρ(z) ([2]) — and
+β, with ``num_particles >= 2`` only, the leave-one-out mean of the other particles'
+R − c(z̃) (zero otherwise). ĝ is unbiased for any η, λ, ρ, which are trained by the SVI
+optimizer to minimise the single-sample variance Σ ĝ² ([2] eq. 10): the returned loss has
+gradient ĝ for the model and guide parameters and ∇_φ Σ ĝ² (a second, ``create_graph``
+backward pass) for φ = (η, λ, ρ).
 
 How R(σ_λ(z)) is evaluated ("the relaxed replay"): the guide is re-run from the random-number
 state of the original run, so every continuous (reparameterized) site draws the same noise
@@ -184,10 +186,11 @@ def _set_rng_state(state: dict) -> None:
 
 
 class ControlVariateNet(nn.Module):
-    """Default r_ρ: one hidden layer MLP from a site element's relaxed logits to a scalar.
+    """Default r_ρ: a one-hidden-layer tanh MLP from a site element's input to a scalar.
 
-    Input ``z`` of shape ``batch + (event_size,)``; output of shape ``batch``. The output
-    layer starts at zero so that RELAX starts as REBAR.
+    RELAX feeds it the relaxed logits z and the site's (detached) logits, concatenated:
+    ``batch + (event_size,)`` in, ``batch`` out. The output layer starts at zero, so RELAX
+    starts as REBAR.
     """
 
     def __init__(self, event_size: int, hidden_dim: int = 32):
@@ -224,8 +227,6 @@ class REBAR_ELBO(DiscreteLatentELBO):
     :param bool learn_temperature: train λ (registered as ``reparam_ext.<site>.log_temperature``).
     :param bool learn_eta: train η (registered as ``reparam_ext.<site>.eta``).
     """
-
-    _uses_network = False
 
     def __init__(
         self,
@@ -448,23 +449,25 @@ class RELAX_ELBO(REBAR_ELBO):
     r"""RELAX ELBO (Grathwohl et al. 2018): REBAR's control variate plus a learned network.
 
     c(z) = η·R(σ_λ(z)) + r_ρ(z), with r_ρ a small neural network of each site element's
-    relaxed logits (default :class:`ControlVariateNet`, one hidden layer of ``hidden_dim``
-    tanh units, output initialised at zero) registered as ``reparam_ext.relax.<site>``.
+    relaxed logits z and, as context, its detached logits ℓ (a fixed function of z for the
+    identity behind ĝ; ℓ carries what the guide conditions on, e.g. the data point). Default
+    :class:`ControlVariateNet` (one hidden layer of ``hidden_dim`` tanh units, output
+    initialised at zero), registered as ``reparam_ext.relax.<site>``.
 
     Example::
 
         svi = SVI(model, guide, Adam({"lr": 1e-2}), loss=RELAX_ELBO(num_particles=2))
 
-    :param control_variate: None for the default network; an ``nn.Module`` mapping
-        ``z`` of shape ``batch + (event_size,)`` to ``batch`` (shared by every site, registered
-        as ``reparam_ext.relax``); or a callable ``(site_name, event_size) -> nn.Module``
-        building one network per site (registered as ``reparam_ext.relax.<site>``).
+    :param control_variate: None for the default network; an ``nn.Module`` mapping the
+        concatenation [z, ℓ] of shape ``batch + (input_size,)`` to ``batch`` (shared by every
+        site, registered as ``reparam_ext.relax``); or a callable
+        ``(site_name, input_size) -> nn.Module`` building one network per site (registered
+        as ``reparam_ext.relax.<site>``). ``input_size`` is twice the number of logits of one
+        site element.
     :param int hidden_dim: hidden units of the default network.
 
     Other arguments as :class:`REBAR_ELBO`.
     """
-
-    _uses_network = True
 
     def __init__(
         self,
