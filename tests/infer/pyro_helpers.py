@@ -38,19 +38,20 @@ def with_draws(fn, num_draws: int, dim: int):
 
 
 def gradient_batches(
-    make_elbo, entry: EstimatorModel, num_calls: int, num_draws: int
+    make_elbo, entry: EstimatorModel, num_calls: int, num_draws: int, names=None
 ) -> dict[str, np.ndarray]:
     """``num_calls`` gradient estimates of −ELBO, each the mean of ``num_draws`` draws.
 
     ``make_elbo(max_plate_nesting)`` builds the estimator; the draws plate sits just outside
-    the entry's own plates. Returns name -> array of shape (num_calls,) + param shape.
+    the entry's own plates. Returns name -> array of shape (num_calls,) + param shape, for
+    ``names`` (default: the entry's reference gradients).
     """
     data, init = torch_inputs(entry)
     nesting = entry.max_plate_nesting + 1
     model = with_draws(entry.model, num_draws, -nesting)
     guide = with_draws(entry.guide, num_draws, -nesting)
     elbo = make_elbo(nesting)
-    names = list(entry.exact_grads)
+    names = list(entry.exact_grads) if names is None else list(names)
     out = {name: [] for name in names}
     for _ in range(num_calls):
         loss = elbo.differentiable_loss(model, guide, data, init)
