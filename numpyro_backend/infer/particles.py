@@ -13,19 +13,25 @@ every cost term inside that plate. The score term therefore multiplies the *unsc
 log-density by the (scaled) downstream cost; multiplying two scaled factors — what NumPyro's
 ``TraceGraph_ELBO`` does — inflates the score term by N/M (Pyro issue #531).
 
-Relaxations (REBAR, RELAX). At a Bernoulli or Categorical guide site the particle draws the
-uniform noise u, v explicitly from the site's PRNG key (``numpyro.handlers.seed``), takes
-z = logits + noise, b = H(z) and z̃ ~ p(z | b) ([1], appendix), and records z, z̃. The
-relaxed cost f(σ_λ(z)) replays guide and model with the *same* PRNG keys (so reparameterized
-sites reuse their noise) and the relaxed value substituted:
+Relaxations (REBAR, RELAX). At a Bernoulli / Categorical / OneHotCategorical guide site the
+particle draws the uniform noise u, v explicitly from the site's PRNG key
+(``numpyro.handlers.seed``), takes z = logits + noise, b = H(z) and z̃ ~ p(z | b) ([1],
+appendix), and records z, z̃. The relaxed cost f(σ_λ(z)) replays guide and model with the
+*same* PRNG keys (so reparameterized sites reuse their noise) and the relaxed value
+substituted:
 
-- Bernoulli: the value σ(z/λ) itself, densities by the continuous extension
-  b log p + (1 − b) log(1 − p) ([2], section 3.3). Discrete guide sites downstream of the
-  relaxed one are relaxed too, with their own noise, so that the control variate is a smooth
-  function of z given the other noises (the condition for unbiasedness).
+- Bernoulli / OneHotCategorical: the value σ(z/λ) (softmax(z/λ)) itself, densities by the
+  continuous extension b log p + (1 − b) log(1 − p) (one-hot · log π) ([2], section 3.3).
+  Bernoulli / one-hot guide sites that depend on the relaxed one are relaxed too, with their
+  own noise, so that the control variate is a smooth function of z given the other noises
+  (the condition for unbiasedness); independent discrete sites keep their samples. Only cost
+  terms inside every plate of the site enter (a term outside would couple plate elements).
 - Categorical: model code indexes with the value (``locs[z]``), which a relaxed one-hot cannot
   do, so f is extended multilinearly, f̃(σ) = Σ_k σ_k f(k), from K replays with the site set
   to k; σ = softmax(z/λ). As λ → 0 this tends to f(H(z)), like the substituted relaxation.
+- A Categorical guide site that depends on the relaxed site can be neither relaxed nor held
+  fixed without bias; then f̃ is the site's own relaxed log p − log q only (as on the Pyro
+  backend): unbiased, less variance reduction.
 
 References:
     [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein (2017). REBAR.
@@ -237,7 +243,7 @@ class _DrawWithNoise(Messenger):
             z_tilde = categorical_conditional_relaxed_logits(logits, one_hot, v)
             value = index
         msg["value"] = lax.stop_gradient(value)
-        self.records[msg["name"]] = {"kind": kind, "z": z, "z_tilde": z_tilde}
+        self.records[msg["name"]] = {"kind": kind, "logits": logits, "z": z, "z_tilde": z_tilde}
 
 
 class _RelaxedReplay(Messenger):

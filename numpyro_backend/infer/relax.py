@@ -1,4 +1,4 @@
-"""REBAR and RELAX ELBO estimators for Bernoulli and Categorical guide sites (NumPyro).
+"""REBAR and RELAX ELBO estimators for Bernoulli, Categorical and OneHotCategorical sites.
 
 For a discrete guide site with logits θ: u, v uniform; z = θ + noise; b = H(z);
 z̃ ~ p(z | b). The estimator is ([2], eq. 8)
@@ -24,10 +24,12 @@ Example::
     svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=RELAX_ELBO(num_particles=2))
     result = svi.run(jax.random.PRNGKey(0), 1000, data)
 
-Guide sites of other non-reparameterized types raise ``ValueError`` naming the site (use
-:class:`~numpyro_backend.infer.ScoreFunction_ELBO` for those). Known limitation: the control
-variate of a site is exact only if the Categorical guide sites downstream of it do not
-depend on it (Bernoulli ones are relaxed with it; see ``particles.py``).
+Sites handled: Bernoulli, Categorical and the pyroapi alias's OneHotCategorical (also wrapped
+in ``Independent`` / ``expand`` / ``mask``; a Categorical with event dims raises). Guide sites
+of other non-reparameterized types raise ``ValueError`` naming the site (use
+:class:`~numpyro_backend.infer.ScoreFunction_ELBO` for those). How f is relaxed per site type,
+and the weaker own-terms control variate used when a Categorical guide site depends on the
+relaxed one, are described in ``particles.py``. The estimator is unbiased for every φ.
 
 References:
     [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein (2017). REBAR:
@@ -51,9 +53,12 @@ from numpyro_backend.infer.particles import (
     check_relaxable,
     control_variate_input,
     guide_sites,
+    leave_one_out_mean,
     network_name,
     relaxation_kind,
     relaxed_value,
+    site_logits,
+    site_options,
     split_param_map,
     state_name,
 )
@@ -66,13 +71,13 @@ def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
 
     Returns ``(init_fn(rng_key, event_size, dtype) -> params, apply_fn(params, x) -> value)``
     with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``. The output
-    layer starts at zero, so r_ρ starts as the zero function.
+    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR); hidden
+    weights start at N(0, 0.1²), as on the Pyro backend.
     """
 
     def init_fn(rng_key, event_size, dtype=jnp.float64):
-        scale = 1.0 / math.sqrt(event_size)
         return {
-            "w1": scale * random.normal(rng_key, (event_size, hidden_dim), dtype),
+            "w1": 0.1 * random.normal(rng_key, (event_size, hidden_dim), dtype),
             "b1": jnp.zeros(hidden_dim, dtype),
             "w2": jnp.zeros(hidden_dim, dtype),
             "b2": jnp.zeros((), dtype),
@@ -118,6 +123,25 @@ class REBAR_ELBO(ParticleELBO):
 
     # -- state -----------------------------------------------------------------------------
 
+    def _settings(self, sites: dict) -> dict:
+        """site -> initial temperature, initial η and residual baseline, after per-site
+        ``infer={"reparam_ext": {...}}`` options (static: resolved at trace time)."""
+        settings = {}
+        for name, site in sites.items():
+            options = site_options(site)
+            temperature = float(options.get("temperature", self.temperature))
+            if not temperature > 0:
+                raise ValueError(f"site '{name}': temperature must be > 0, got {temperature!r}")
+            baseline = options.get("baseline", "loo")
+            if baseline not in ("loo", "none"):
+                raise ValueError(
+                    f"site '{name}': infer['reparam_ext']['baseline'] must be 'loo' or "
+                    f"'none' for {self._estimator}, got {baseline!r}"
+                )
+            eta = float(options.get("eta", self.eta))
+            settings[name] = {"temperature": temperature, "eta": eta, "baseline": baseline}
+        return settings
+
     def _learned_names(self, site: str) -> list[str]:
         names = []
         if self.learn_eta:
@@ -126,6 +150,9 @@ class REBAR_ELBO(ParticleELBO):
             names.append(state_name(site, "log_temperature"))
         return names
 
+    def _all_learned_names(self, site: str) -> list[str]:
+        return self._learned_names(site)
+
     def _network_params(self, rng_key, site: dict):
         return None
 
@@ -133,43 +160,49 @@ class REBAR_ELBO(ParticleELBO):
         """η, log λ (and RELAX's network) for every discrete guide site."""
         params, _ = split_param_map(param_map)
         sites = guide_sites(rng_key, params, guide, args, kwargs)
+        sites = {n: s for n, s in sites.items() if relaxation_kind(s["fn"]) is not None}
+        settings = self._settings(sites)  # unrelaxable sites: the loss raises naming them
         learned = {}
+        dtype = jnp.result_type(float)
         for index, (name, site) in enumerate(sites.items()):
-            if relaxation_kind(site["fn"]) is None:
-                continue  # the loss raises a ValueError naming the site
-            dtype = jnp.result_type(float)
             if self.learn_eta:
-                learned[state_name(name, "eta")] = jnp.array(self.eta, dtype)
+                learned[state_name(name, "eta")] = jnp.array(settings[name]["eta"], dtype)
             if self.learn_temperature:
                 learned[state_name(name, "log_temperature")] = jnp.array(
-                    math.log(self.temperature), dtype
+                    math.log(settings[name]["temperature"]), dtype
                 )
             net = self._network_params(random.fold_in(rng_key, index), site)
             if net is not None:
                 learned[network_name(name)] = net
         return learned, {}
 
-    def _control_variate_params(self, phi: dict, site: str) -> dict:
-        eta = phi.get(state_name(site, "eta"), self.eta)
-        log_temperature = phi.get(state_name(site, "log_temperature"), math.log(self.temperature))
+    def _control_variate_params(self, phi: dict, site: str, setting: dict) -> dict:
+        eta = phi.get(state_name(site, "eta"), setting["eta"])
+        log_temperature = phi.get(
+            state_name(site, "log_temperature"), math.log(setting["temperature"])
+        )
         return {"eta": eta, "temperature": jnp.exp(log_temperature), "net": None}
 
-    def _network(self, net_params, kind, z, event_ndim):
+    def _network(self, net_params, kind, z, logits, event_ndim):
         return 0.0
 
     # -- loss ------------------------------------------------------------------------------
 
-    def _particle_surrogate(self, rng_key, theta, phi, model, guide, args, kwargs):
-        """One particle's surrogate S (∇_θ S = ĝ) and its ELBO value."""
+    def _particle(self, rng_key, theta, phi, model, guide, args, kwargs, settings) -> dict:
+        """One particle: its ELBO (pathwise gradient) and, per discrete site, log q(b), the
+        score weight R − c(z̃) (no θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃)."""
         particle = Particle(rng_key, theta, model, guide, args, kwargs, draw_with_noise=True)
         check_relaxable(particle.guide_trace, self._estimator)
-        cv = {name: self._control_variate_params(phi, name) for name in particle.records}
+        cv = {
+            name: self._control_variate_params(phi, name, settings[name])
+            for name in particle.records
+        }
         temperatures = {name: p["temperature"] for name, p in cv.items()}
-        elbo = particle.elbo()
-        surrogate = elbo
+        sites = {}
         for name in particle.nonreparam:
             record = particle.records[name]
             kind, z, z_tilde = record["kind"], record["z"], record["z_tilde"]
+            logits = record["logits"]
             eta, temperature = cv[name]["eta"], cv[name]["temperature"]
             event_ndim = len(particle.guide_trace[name]["fn"].event_shape)
             cost = particle.downstream_cost(name)
@@ -186,31 +219,44 @@ class REBAR_ELBO(ParticleELBO):
             )
             weight_tilde = lax.stop_gradient(c_tilde) + c_tilde_phi
             net = cv[name]["net"]
-            r_z = self._network(net, kind, z, event_ndim)
-            r_tilde = self._network(net, kind, z_tilde, event_ndim)
-            r_tilde_phi = self._network(net, kind, lax.stop_gradient(z_tilde), event_ndim)
-            weight = cost - eta * weight_tilde - r_tilde_phi
-            surrogate = (
-                surrogate
-                + jnp.sum(particle.log_prob(name) * weight)
-                + jnp.sum(eta * (c_z - c_tilde) + r_z - r_tilde)
-            )
-        return surrogate, lax.stop_gradient(elbo)
+            r_z = self._network(net, kind, z, logits, event_ndim)
+            r_tilde = self._network(net, kind, z_tilde, logits, event_ndim)
+            r_tilde_phi = self._network(net, kind, lax.stop_gradient(z_tilde), logits, event_ndim)
+            sites[name] = {
+                "log_prob": particle.log_prob(name),
+                "residual": cost - eta * weight_tilde - r_tilde_phi,
+                "control": jnp.sum(eta * (c_z - c_tilde) + r_z - r_tilde),
+            }
+        return {"elbo": particle.elbo(), "sites": sites}
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         theta, phi = split_param_map(param_map)
         sites = guide_sites(random.PRNGKey(0), theta, guide, args, kwargs)
         check_relaxable(sites, self._estimator)
+        settings = self._settings(sites)
         learned_names = [n for name in sites for n in self._all_learned_names(name)]
         self._require(phi, learned_names)
         phi = {k: v for k, v in phi.items() if k in learned_names}
+        num = self.num_particles
 
         def surrogate_fn(theta, phi):
-            surrogates, elbos = self.map_particles(
-                lambda key: self._particle_surrogate(key, theta, phi, model, guide, args, kwargs),
+            """S with ∇_θ S = ĝ (particle average); aux: the ELBO estimate."""
+            out = self.map_particles(
+                lambda key: self._particle(key, theta, phi, model, guide, args, kwargs, settings),
                 rng_key,
             )
-            return jnp.mean(surrogates), jnp.mean(elbos)
+            surrogate = jnp.mean(out["elbo"])
+            for name, site in out["sites"].items():
+                residual = site["residual"]
+                if num > 1 and settings[name]["baseline"] == "loo":
+                    # β: the other particles' mean R − c(z̃); independent of this particle's
+                    # draw (unbiased) and a function of φ (∇_φ Σ ĝ² sees it follow φ)
+                    residual = residual - leave_one_out_mean(residual)
+                surrogate = (
+                    surrogate
+                    + (jnp.sum(site["log_prob"] * residual) + jnp.sum(site["control"])) / num
+                )
+            return surrogate, lax.stop_gradient(jnp.mean(out["elbo"]))
 
         if not phi:
             surrogate, elbo = surrogate_fn(theta, phi)
@@ -228,18 +274,16 @@ class REBAR_ELBO(ParticleELBO):
         )
         return {"loss": loss, "mutable_state": None}
 
-    def _all_learned_names(self, site: str) -> list[str]:
-        return self._learned_names(site)
-
 
 class RELAX_ELBO(REBAR_ELBO):
     """ELBO with the RELAX estimator [2]: REBAR's control variate plus a learned r_ρ(z).
 
     :param control_variate: ``None`` for :func:`mlp_control_variate` with ``hidden_dim``
         units, or a pair ``(init_fn(rng_key, event_size, dtype) -> params,
-        apply_fn(params, x) -> value)`` where ``x`` (shape ``batch + (event_size,)``) is σ(z)
-        of a Bernoulli site with its event dims flattened (softmax(z) for a Categorical,
-        event_size = K) and ``value`` has shape ``batch``.
+        apply_fn(params, x) -> value)`` where ``x`` (shape ``batch + (event_size,)``) is the
+        relaxed logits z of a site element (event dims, and K for a Categorical, flattened)
+        concatenated with the site's logits (gradient stopped), so event_size is twice the
+        element size, and ``value`` has shape ``batch``.
     :param int hidden_dim: hidden units of the default network.
 
     The other arguments are :class:`REBAR_ELBO`'s.
@@ -288,17 +332,27 @@ class RELAX_ELBO(REBAR_ELBO):
     def _network_params(self, rng_key, site: dict):
         fn = site["fn"]
         kind = relaxation_kind(fn)
-        event_size = math.prod(fn.event_shape)
+        size = math.prod(fn.event_shape)
         if kind == "categorical":
-            event_size = event_size * fn.logits.shape[-1]
+            size = size * site_logits(fn, kind).shape[-1]
         init_fn, _ = self.control_variate
-        return init_fn(rng_key, event_size, jnp.result_type(float))
+        return init_fn(rng_key, 2 * size, jnp.result_type(float))  # z and the logits
 
-    def _control_variate_params(self, phi: dict, site: str) -> dict:
-        params = super()._control_variate_params(phi, site)
+    def _control_variate_params(self, phi: dict, site: str, setting: dict) -> dict:
+        params = super()._control_variate_params(phi, site, setting)
         params["net"] = phi[network_name(site)]
         return params
 
-    def _network(self, net_params, kind, z, event_ndim):
+    def _network(self, net_params, kind, z, logits, event_ndim):
+        # input: the relaxed logits z and, as context, the site's logits with the gradient
+        # stopped (r_ρ must be a fixed function of z for the identity behind ĝ; the logits
+        # carry what the guide conditions on, e.g. the data point in a VAE) — as on Pyro
         _, apply_fn = self.control_variate
-        return apply_fn(net_params, control_variate_input(kind, z, event_ndim))
+        x = jnp.concatenate(
+            [
+                control_variate_input(kind, z, event_ndim),
+                control_variate_input(kind, lax.stop_gradient(logits), event_ndim),
+            ],
+            -1,
+        )
+        return apply_fn(net_params, x)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pyroapi
+import pytest
 
 from numpyro_backend.backend.pyro import clear_param_store
 from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO, gradient_variance
@@ -24,6 +25,19 @@ ESTIMATORS = {
     "relax-K2": lambda: RELAX_ELBO(num_particles=2, max_plate_nesting=1),
 }
 NUM_SAMPLES = 2000
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """XLA with most optimizations off for one test module.
+
+    These tests are compile-bound (2000 draws of a tiny model run in well under a second,
+    compiling takes 2-15 s), and XLA's optimization passes roughly double compile time.
+    """
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def jax_inputs(entry: EstimatorModel) -> tuple[dict, dict]:

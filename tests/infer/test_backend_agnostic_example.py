@@ -6,6 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.infer.numpyro_helpers import fast_compile  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 _PATH = Path(__file__).resolve().parents[2] / "examples" / "backend_agnostic.py"
 _spec = importlib.util.spec_from_file_location("backend_agnostic", _PATH)
 example = importlib.util.module_from_spec(_spec)

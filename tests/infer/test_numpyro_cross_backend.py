@@ -13,8 +13,13 @@ import pytest
 
 import pyro_reparam_ext.infer as pyro_infer
 from tests.infer.models import UNBIASEDNESS_MODELS
-from tests.infer.numpyro_helpers import estimator_gradient_stats
+from tests.infer.numpyro_helpers import (
+    estimator_gradient_stats,
+    fast_compile,  # noqa: F401  (fixture)
+)
 from tests.infer.pyro_helpers import gradient_batches
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 NUM_CALLS = 30
 NUM_DRAWS = 64

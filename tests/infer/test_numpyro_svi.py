@@ -13,7 +13,12 @@ from numpyro.optim import Adam
 from numpyro_backend.backend.pyro import clear_param_store
 from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, SVI, ScoreFunction_ELBO
 from tests.infer.models import RELAX_TOY
-from tests.infer.numpyro_helpers import jax_inputs
+from tests.infer.numpyro_helpers import (
+    fast_compile,  # noqa: F401  (fixture)
+    jax_inputs,
+)
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _run(elbo, entry, steps, init_params=None, seed=0):

@@ -24,8 +24,11 @@ from tests.infer.numpyro_helpers import (
     ESTIMATORS,
     NUM_SAMPLES,
     estimator_gradient_stats,
+    fast_compile,  # noqa: F401  (fixture)
     z_scores,
 )
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 Z_MAX = 5.0
 
