@@ -213,8 +213,9 @@ def downstream_rewards(model_trace, guide_trace, sites: list[str]):
     return rewards, nodes
 
 
-def frames_of(site: dict) -> frozenset:
-    return frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+def frames_of_stack(stack) -> frozenset:
+    """The vectorized plate frames of a ``cond_indep_stack`` (what MultiFrameTensor keys on)."""
+    return frozenset(f for f in stack if f.vectorized)
 
 
 def sum_local_terms(terms: list[tuple[tuple, torch.Tensor]], site: dict) -> torch.Tensor:
@@ -224,14 +225,10 @@ def sum_local_terms(terms: list[tuple[tuple, torch.Tensor]], site: dict) -> torc
     control variate built from it would couple the elements' noises and lose unbiasedness, so
     it is left out (the control variate may be any smooth function of the site's own noise).
     """
-    target = frames_of(site)
+    target = frames_of_stack(site["cond_indep_stack"])
     total = MultiFrameTensor()
     total.add(*((stack, value) for stack, value in terms if target <= frames_of_stack(stack)))
     return total.sum_to(site["cond_indep_stack"])
-
-
-def frames_of_stack(stack) -> frozenset:
-    return frozenset(f for f in stack if f.vectorized)
 
 
 def param_leaves(*traces, exclude_prefix: str = PARAM_PREFIX) -> dict[str, torch.Tensor]:
