@@ -55,9 +55,10 @@ def gradient_variance(
     :param dict params: constrained parameter values, e.g. ``svi.get_params(state)``
         (default: the init values of the param sites).
     :returns: ``{"params": {name: {"mean": ndarray, "variance": ndarray}},
-        "total_variance": float, "num_samples": int}`` — variance is the unbiased sample
-        variance of each coordinate; ``total_variance`` sums it over every coordinate of the
-        selected parameters (the trace of the covariance of the estimate).
+        "total_variance": float, "total_variance_se": float, "num_samples": int}`` —
+        variance is the unbiased sample variance of each coordinate; ``total_variance`` sums
+        it over every coordinate of the selected parameters (the trace of the covariance of
+        the estimate) and ``total_variance_se`` is its standard error.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
@@ -97,11 +98,22 @@ def gradient_variance(
         random.split(rng_key, num_samples)
     )
     stats = {}
-    total = 0.0
+    squared_deviations = 0.0
     for name, values in samples.items():
         values = np.asarray(values)
-        variance = values.var(axis=0, ddof=1)
-        stats[name] = {"mean": values.mean(axis=0), "variance": variance}
-        total += float(variance.sum())
+        mean = values.mean(axis=0)
+        stats[name] = {"mean": mean, "variance": values.var(axis=0, ddof=1)}
+        deviation = (values - mean).reshape(num_samples, -1)
+        squared_deviations = squared_deviations + (deviation**2).sum(axis=1)
     assert not any(name.startswith(PREFIX) for name in stats)
-    return {"params": stats, "total_variance": total, "num_samples": num_samples}
+    # total variance = mean squared distance of the samples to their mean (× n/(n−1)); its
+    # standard error follows from the spread of those distances (as on the Pyro backend)
+    correction = num_samples / (num_samples - 1)
+    return {
+        "params": stats,
+        "total_variance": float(np.mean(squared_deviations) * correction),
+        "total_variance_se": float(
+            np.std(squared_deviations, ddof=1) / np.sqrt(num_samples) * correction
+        ),
+        "num_samples": num_samples,
+    }

@@ -11,7 +11,7 @@ from numpyro.infer import SVI as StockSVI
 from numpyro.optim import Adam
 
 from numpyro_backend.backend.pyro import clear_param_store
-from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, SVI, ScoreFunction_ELBO
+from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, SVI, ScoreFunction_ELBO, gradient_variance
 from tests.infer.models import RELAX_TOY
 from tests.infer.numpyro_helpers import (
     fast_compile,  # noqa: F401  (fixture)
@@ -126,3 +126,24 @@ def test_bad_arguments_raise_value_errors_naming_them():
         REBAR_ELBO(temperature=0.0)
     with pytest.raises(ValueError, match="control_variate"):
         RELAX_ELBO(control_variate="mlp")
+
+
+def test_gradient_variance_structure_and_total():
+    # a case with known moments: a reparameterized Normal guide
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    def guide():
+        loc = numpyro.param("loc", 0.3)
+        numpyro.sample("x", dist.Normal(loc, 1.0))
+
+    stats = gradient_variance(
+        ScoreFunction_ELBO(), model, guide, num_samples=4000, rng_key=jax.random.PRNGKey(0)
+    )
+    assert set(stats) == {"params", "total_variance", "total_variance_se", "num_samples"}
+    # loss = x²/2 − ε²/2 + const with x = loc + ε: the gradient is x = loc + ε,
+    # mean loc, variance 1
+    grad = stats["params"]["loc"]
+    se_mean = np.sqrt(grad["variance"] / 4000)
+    assert abs(grad["mean"] - 0.3) < 5 * se_mean
+    assert abs(stats["total_variance"] - 1.0) < 5 * stats["total_variance_se"]
