@@ -210,7 +210,6 @@ def numpyro_gradient_variance_fn(elbo, model, guide, *args, select):
     ``state.mutable_state`` (running baselines; held fixed during the measurement).
     """
     import jax
-    import jax.numpy as jnp
 
     def gradient(selected, others, key):
         def loss(selected):
@@ -219,15 +218,17 @@ def numpyro_gradient_variance_fn(elbo, model, guide, *args, select):
         return jax.grad(loss)(selected)
 
     @jax.jit
-    def total_variance(selected, others, keys):
-        samples = jax.vmap(gradient, in_axes=(None, None, 0))(selected, others, keys)
-        return sum(jnp.sum(jnp.var(g, axis=0, ddof=1)) for g in jax.tree.leaves(samples))
+    def gradient_samples(selected, others, keys):
+        return jax.vmap(gradient, in_axes=(None, None, 0))(selected, others, keys)
 
     def measure(params, mutable_state, key, num_samples: int) -> float:
         params = dict(params, **(mutable_state or {}))
         selected = {name: value for name, value in params.items() if select(name)}
         others = {name: value for name, value in params.items() if name not in selected}
-        return float(total_variance(selected, others, jax.random.split(key, num_samples)))
+        samples = gradient_samples(selected, others, jax.random.split(key, num_samples))
+        # the variance in float64 on the host, as gradient_variance does
+        leaves = [np.asarray(g, dtype=np.float64) for g in jax.tree.leaves(samples)]
+        return float(sum(g.var(axis=0, ddof=1).sum() for g in leaves))
 
     return measure
 
