@@ -389,10 +389,11 @@ def test_float32_finite_samples_and_gradients(backend):
             arrays = {k: jnp.asarray(v, dtype=jnp.float32) for k, v in values.items()}
 
             def total(p, name=name):
-                return getattr(numpyro_backend, name)(**p).sample(jax.random.PRNGKey(0)).sum()
+                z = getattr(numpyro_backend, name)(**p).sample(jax.random.PRNGKey(0))
+                return z.sum(), z
 
-            z = np.asarray(getattr(numpyro_backend, name)(**arrays).sample(jax.random.PRNGKey(0)))
-            grads = list(jax.grad(total)(arrays).values())
+            grads, z = jax.jit(jax.grad(total, has_aux=True))(arrays)
+            z, grads = np.asarray(z), list(grads.values())
         assert z.dtype == np.float32, name
         assert np.all(np.isfinite(z)), name
         for g in grads:
