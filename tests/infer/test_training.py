@@ -154,3 +154,29 @@ def test_custom_control_variate_module_is_registered():
     assert any(k.startswith("reparam_ext.relax$$$") for k in pyro.get_param_store().keys())
     (grad,) = torch.autograd.grad(loss, [net[0].weight])
     assert grad.abs().sum() > 0  # the network gets the variance gradient
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ScoreFunction_ELBO(max_plate_nesting=1),
+        lambda: ScoreFunction_ELBO(num_particles=3, max_plate_nesting=1),
+        lambda: REBAR_ELBO(num_particles=2, max_plate_nesting=1),
+        lambda: RELAX_ELBO(max_plate_nesting=1),
+    ],
+    ids=["optimal-K1", "optimal-K3", "rebar-K2", "relax-K1"],
+)
+def test_float32_stays_float32_and_finite(make):
+    # tensors created inside the estimators (noise, running state, η, λ, the network) take
+    # the dtype of the inputs
+    data = {"x": torch.tensor(BINARY_VAE.make_data()["x"], dtype=torch.float32)}
+    data["prior_logits"] = torch.zeros(3, dtype=torch.float32)
+    init = {k: torch.tensor(v, dtype=torch.float32) for k, v in BINARY_VAE.init_params.items()}
+    with pyroapi.pyro_backend("pyro_reparam_ext"):
+        loss = make().differentiable_loss(BINARY_VAE.model, BINARY_VAE.guide, data, init)
+    store = pyro.get_param_store()
+    assert loss.dtype == torch.float32
+    assert all(store.get_param(name).dtype == torch.float32 for name in store.keys())
+    leaves = [param_leaf(name) for name in BINARY_VAE.init_params]
+    for grad in torch.autograd.grad(loss, leaves):
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
