@@ -13,7 +13,9 @@ both backends. Three timings per estimator:
     python benchmarks/backends.py [--quick]
 
 writes ``benchmarks/results/backends.md`` and ``.json``. Compile time is reported apart and
-excluded from steps/s.
+excluded from steps/s. ``infer.TraceGraph_ELBO`` is Pyro's on Pyro and, under the
+``numpyro_backend`` alias, the Pyro-semantics one of ``numpyro_backend/backend/infer.py``
+(plate-aware score terms without baseline).
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ def main(argv=None) -> None:
         "Discrete VAE of examples/backend_agnostic.py (32 points, 12 pixels, 3 latents), "
         f"num_particles=2, Adam lr={LR}; {steps} steps per timing block (scan: {steps * 5}), "
         f"median of {repeats} blocks; torch with one intra-op thread. Speedup = NumPyro "
-        "steps/s / Pyro steps/s; compile time (first step) excluded."
+        "steps/s / Pyro steps/s; compile time (first step) excluded. TraceGraph_ELBO under "
+        "the numpyro_backend alias has Pyro's semantics (ScoreFunction_ELBO, baseline none)."
     )
     path = write_results(
         "backends", "SVI steps per second: Pyro vs NumPyro (jit)", rows, list(rows[0]), notes
