@@ -186,11 +186,13 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     :param concentration: κ ≥ 0, broadcastable to ``t``.
     :param int dim: ambient dimension d ≥ 2.
     """
-    t, kappa = jnp.broadcast_arrays(lax.stop_gradient(t), lax.stop_gradient(concentration))
+    # A_d(κ) on the parameters' own shape (not once per sample)
+    concentration = lax.stop_gradient(concentration)
+    one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, concentration)
+    t, kappa, one_minus_a = jnp.broadcast_arrays(lax.stop_gradient(t), concentration, one_minus_a)
     dtype = t.dtype
     nodes = jnp.asarray(_RULE[0], dtype=dtype)
     weights = jnp.asarray(_RULE[1], dtype=dtype)
-    one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
     tiny = jnp.finfo(dtype).tiny
     theta = 2 * jnp.arcsin(jnp.minimum(jnp.sqrt(t / 2), 1.0))
     sin_theta = jnp.sqrt(jnp.maximum(t * (2 - t), 0.0))
@@ -262,4 +264,4 @@ def vmf_marginal_sample_t(key, concentration, dim: int, sample_shape=()) -> jnp.
         u = jax.random.uniform(key, shape, dtype=dtype, minval=jnp.finfo(dtype).tiny)
         return _inverse_cdf_t_dim3(concentration, u)
     t = wood_sample_t(key, concentration, dim, sample_shape)
-    return _implicit_vmf_marginal(t, jnp.broadcast_to(concentration, shape), dim)
+    return _implicit_vmf_marginal(t, concentration, dim)

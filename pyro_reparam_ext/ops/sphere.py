@@ -180,10 +180,11 @@ def vmf_marginal_dt_dconcentration(
     :param torch.Tensor concentration: κ ≥ 0, broadcastable to ``t``.
     :param int dim: ambient dimension d ≥ 2.
     """
-    t, kappa = torch.broadcast_tensors(t.detach(), concentration.detach())
+    # A_d(κ) on the parameters' own shape (not once per sample)
+    one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, concentration.detach())
+    t, kappa, one_minus_a = torch.broadcast_tensors(t.detach(), concentration.detach(), one_minus_a)
     nodes = torch.tensor(_RULE[0], dtype=t.dtype, device=t.device)
     weights = torch.tensor(_RULE[1], dtype=t.dtype, device=t.device)
-    one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
     tiny = torch.finfo(t.dtype).tiny
     theta = 2 * torch.asin(torch.sqrt(t / 2).clamp(max=1.0))
     sin_theta = torch.sqrt((t * (2 - t)).clamp(min=0.0))
