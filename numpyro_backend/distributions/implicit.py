@@ -7,11 +7,11 @@ CDF F, without inverting it: holding the CDF value fixed while θ moves gives
 
 The sampler can be anything (rejection sampling included) and needs no gradient. Here this
 gives pathwise gradients to the Gamma (relative error ~1e-13 in α, at a fraction of the cost
-of differentiating through ``jax.random.gamma``), Beta, Dirichlet and Student-t (through Gamma
-variates) and the von Mises, which NumPyro cannot differentiate in its concentration
-(NumPyro issue #1726). :class:`ImplicitlyReparameterized` makes any user distribution with a
-sampler and a differentiable CDF reparameterizable. Everything is jit- and vmap-compatible and
-sampled with explicit PRNG keys; the same names and behaviour as
+of differentiating through ``jax.random.gamma``), the Beta (through its CDF), Dirichlet and
+Student-t (through Gamma variates) and the von Mises, which NumPyro cannot differentiate in
+its concentration (NumPyro issue #1726). :class:`ImplicitlyReparameterized` makes any user
+distribution with a sampler and a differentiable CDF reparameterizable. Everything is jit- and
+vmap-compatible and sampled with explicit PRNG keys; the same names and behaviour as
 ``pyro_reparam_ext.distributions.implicit``.
 
 References:
@@ -28,6 +28,7 @@ from jax import lax, random
 from jax.scipy.special import i0e
 from numpyro.distributions.util import is_prng_key, validate_sample, von_mises_centered
 
+from numpyro_backend.ops.betainc import beta_grad
 from numpyro_backend.ops.gamma import standard_gamma_grad
 from numpyro_backend.ops.von_mises import centered_von_mises_grad
 
@@ -54,6 +55,24 @@ def _implicit_standard_gamma_jvp(primals, tangents):
     value = _implicit_standard_gamma(key, concentration)
     # the gradient is computed only when something differentiates the sample
     return value, standard_gamma_grad(concentration, value) * concentration_dot
+
+
+@jax.custom_jvp
+def _implicit_beta(key, concentration1, concentration0):
+    """Beta draws (shape of the concentrations) with the implicit gradient of the Beta CDF."""
+    value = random.beta(key, concentration1, concentration0, dtype=jnp.result_type(concentration1))
+    # as numpyro's Dirichlet: stay inside the open interval where log_prob is finite
+    finfo = jnp.finfo(value.dtype)
+    return jnp.clip(value, finfo.tiny, 1 - finfo.eps)
+
+
+@_implicit_beta.defjvp
+def _implicit_beta_jvp(primals, tangents):
+    key, concentration1, concentration0 = primals
+    _, concentration1_dot, concentration0_dot = tangents
+    value = _implicit_beta(key, concentration1, concentration0)
+    dz_da, dz_db = beta_grad(concentration1, concentration0, value)
+    return value, dz_da * concentration1_dot + dz_db * concentration0_dot
 
 
 @jax.custom_jvp
@@ -165,10 +184,13 @@ class ImplicitGamma(dist.Gamma):
 class ImplicitBeta(dist.Beta):
     r"""Beta(concentration1, concentration0) with implicit reparameterization gradients.
 
-    Reparameterized through Gamma variates as in [1], §3: z = x/(x + y) with
-    x ~ Gamma(α, 1), y ~ Gamma(β, 1) from :class:`ImplicitGamma`'s exact implicit gradient.
-    The estimate of ∇E[f(z)] is unbiased; per sample it differs from the implicit gradient of
-    the Beta CDF (which is its conditional expectation given z).
+    Samples come from ``jax.random.beta`` (not differentiated); the sample's JVP is the
+    implicit gradient of the Beta CDF ([1], eq. 7) in both concentrations,
+    dz/dα = -(∂I_z(α, β)/∂α)/p(z) and likewise for β, from
+    :func:`~numpyro_backend.ops.betainc.beta_grad` (relative error ≤ 1e-9 for
+    α, β ∈ [0.01, 1000]). This is the exact per-sample implicit gradient; the alternative of
+    differentiating z = x/(x + y) through two Gamma variates ([1], §3, as
+    :class:`ImplicitDirichlet` does) is also unbiased but is that gradient plus noise.
 
     Example::
 
@@ -186,12 +208,11 @@ class ImplicitBeta(dist.Beta):
     def sample(self, key, sample_shape=()) -> jax.Array:
         assert is_prng_key(key)
         shape = sample_shape + self.batch_shape
-        key_x, key_y = random.split(key)
-        x = _implicit_standard_gamma(key_x, jnp.broadcast_to(self.concentration1, shape))
-        y = _implicit_standard_gamma(key_y, jnp.broadcast_to(self.concentration0, shape))
-        finfo = jnp.finfo(x.dtype)
-        x, y = jnp.maximum(x, finfo.tiny), jnp.maximum(y, finfo.tiny)  # both underflowed
-        return jnp.clip(x / (x + y), finfo.tiny, 1 - finfo.eps)
+        return _implicit_beta(
+            key,
+            jnp.broadcast_to(self.concentration1, shape),
+            jnp.broadcast_to(self.concentration0, shape),
+        )
 
 
 class ImplicitDirichlet(dist.Dirichlet):
