@@ -118,6 +118,7 @@ class SVI(_svi.SVI):
         super().__init__(model, guide, optim, loss)
         self.svi_state = None
         self._compiled = {}
+        self._constrained_params = jax.jit(super().get_params)
 
     def _call(self, method, *args, **kwargs):
         # Python scalars (sizes, names) become compile-time constants; arrays stay traced.
@@ -151,7 +152,7 @@ class SVI(_svi.SVI):
     def step(self, *args, rng_key=None, **kwargs) -> float:
         self._ensure_state(args, kwargs, rng_key)
         self.svi_state, loss = self._call("update", *args, **kwargs)
-        get_param_store().update(super().get_params(self.svi_state))
+        get_param_store().update(self._constrained_params(self.svi_state))
         return float(loss)
 
     def evaluate_loss(self, *args, **kwargs) -> float:
