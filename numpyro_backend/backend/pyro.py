@@ -9,6 +9,10 @@ optimizer's value wins; the store holds constrained values and is filled by
 
 from __future__ import annotations
 
+import pickle
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import constraints
 from numpyro.primitives import (  # noqa: F401  (re-exported primitives)
@@ -41,11 +45,13 @@ class ParamStore(dict):
         self.update(state["params"])
 
     def save(self, filename) -> None:
-        np.savez(filename, **{k: np.asarray(v) for k, v in self.items()})
+        """Pickle the store (values as numpy arrays; pytrees such as RELAX's network kept)."""
+        with open(filename, "wb") as f:
+            pickle.dump(jax.tree.map(np.asarray, dict(self)), f)
 
     def load(self, filename) -> None:
-        with np.load(filename) as data:
-            self.update({k: data[k] for k in data.files})
+        with open(filename, "rb") as f:
+            self.update(jax.tree.map(jnp.asarray, pickle.load(f)))
 
 
 _PARAM_STORE = ParamStore()

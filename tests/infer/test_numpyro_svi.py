@@ -147,3 +147,33 @@ def test_gradient_variance_structure_and_total():
     se_mean = np.sqrt(grad["variance"] / 4000)
     assert abs(grad["mean"] - 0.3) < 5 * se_mean
     assert abs(stats["total_variance"] - 1.0) < 5 * stats["total_variance_se"]
+
+
+def test_param_store_save_and_load_resumes_learned_state(tmp_path):
+    # through the pyroapi alias, as a backend-agnostic user would
+    data, init = jax_inputs(RELAX_TOY)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        from pyroapi import infer, optim, pyro
+
+        pyro.clear_param_store()
+        svi = infer.SVI(
+            RELAX_TOY.model, RELAX_TOY.guide, optim.Adam({"lr": 0.05}), infer.RELAX_ELBO()
+        )
+        for _ in range(5):
+            svi.step(data, init)
+        saved = {k: v for k, v in pyro.get_param_store().items()}
+        pyro.get_param_store().save(tmp_path / "store.pkl")
+        pyro.clear_param_store()
+        pyro.get_param_store().load(tmp_path / "store.pkl")
+        resumed = infer.SVI(
+            RELAX_TOY.model, RELAX_TOY.guide, optim.Adam({"lr": 0.05}), infer.RELAX_ELBO()
+        )
+        resumed.evaluate_loss(data, init)  # initializes from the store
+        params = resumed.get_params()
+        pyro.clear_param_store()
+    assert saved["reparam_ext.b.eta"] != pytest.approx(1.0)
+    for name in ("theta_logit", "reparam_ext.b.eta", "reparam_ext.b.log_temperature"):
+        assert params[name] == pytest.approx(float(saved[name]))
+    np.testing.assert_allclose(
+        params["reparam_ext.relax.b"]["w2"], saved["reparam_ext.relax.b"]["w2"]
+    )
