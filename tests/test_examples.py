@@ -209,10 +209,66 @@ def test_relax_toy_bad_flags_one_line(relax_toy, capsys, argv, needle):
     one_line_error(capsys, needle)
 
 
+# ---- Gamma latents and the hyperspherical VAE --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend, guides", [("pyro", "implicit,builtin,score"), ("numpyro", "implicit")]
+)
+def test_gamma_latent_runs(tmp_path, capsys, backend, guides):
+    example = load(EXAMPLES / "gamma_latent.py")
+    argv = ["--backend", backend, "--guides", guides, "--steps", "4", "--every", "2"]
+    argv += ["--users", "6", "--items", "5", "--eval-particles", "2", "--variance-samples", "3"]
+    histories = example.main([*argv, "--output-dir", str(tmp_path)])
+    assert list(histories) == guides.split(",")
+    for history in histories.values():
+        assert history["step"] == [2, 4]
+        # a Poisson log-likelihood per count is ≤ 0 and the KL ≥ 0, so the ELBO per count ≤ 0
+        assert all(np.isfinite(e) and e <= 0 for e in history["elbo"])
+    assert (tmp_path / f"gamma_latent_{backend}.png").is_file()
+    assert "ImplicitGamma" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_hyperspherical_vae_runs(tmp_path, capsys, backend):
+    example = load(EXAMPLES / "hyperspherical_vae.py")
+    argv = ["--backend", backend, "--steps", "3", "--batch-size", "16", "--hidden", "8"]
+    results = example.main([*argv, "--is-samples", "4", "--output-dir", str(tmp_path)])
+    assert list(results) == ["svae", "nvae"]
+    for result in results.values():
+        # the IS estimate with S samples is the mean of log-mean-exp ≥ the mean log weight
+        assert np.isfinite(result["elbo"]) and result["log_likelihood"] >= result["elbo"] - 1e-4
+        assert result["means"].shape == (359, 3)
+    # S-VAE means are directions on the sphere
+    np.testing.assert_allclose(np.linalg.norm(results["svae"]["means"], axis=1), 1.0, rtol=1e-5)
+    assert (tmp_path / f"hyperspherical_vae_{backend}.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "name, argv, needle",
+    [
+        ("gamma_latent", ["--guides", "implicit,gamma"], "gamma"),
+        ("gamma_latent", ["--steps", "10", "--every", "4"], "--every"),
+        ("gamma_latent", ["--particles", "1"], "--particles"),
+        ("hyperspherical_vae", ["--latent-dim", "1"], "--latent-dim"),
+        ("hyperspherical_vae", ["--models", "svae,vae"], "vae"),
+        ("hyperspherical_vae", ["--backend", "tf"], "--backend"),
+    ],
+)
+def test_more_bad_flags_one_line(capsys, name, argv, needle):
+    example = load(EXAMPLES / f"{name}.py")
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(argv)
+    assert exit_info.value.code == 2
+    one_line_error(capsys, needle)
+
+
 # ---- every example: --help ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["estimator_shootout", "relax_toy"])
+@pytest.mark.parametrize(
+    "name", ["estimator_shootout", "relax_toy", "gamma_latent", "hyperspherical_vae"]
+)
 def test_help(name, capsys):
     example = load(EXAMPLES / f"{name}.py")
     with pytest.raises(SystemExit) as exit_info:
