@@ -13,9 +13,9 @@ data point, x | z ~ Bernoulli(logits = z W + c); guide: z | x ~ Bernoulli(logits
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyroapi
@@ -24,6 +24,14 @@ from pyroapi import infer, ops, optim, pyro
 
 import numpyro_backend  # noqa: F401  (registers the "numpyro_backend" pyroapi backend)
 import pyro_reparam_ext  # noqa: F401  (registers the "pyro_reparam_ext" pyroapi backend)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402  (the examples folder is put on sys.path just above)
+    ExampleParser,
+    add_backend_argument,
+    positive_float,
+    positive_int,
+)
 
 BACKENDS = {"pyro": "pyro_reparam_ext", "numpyro": "numpyro_backend"}
 
@@ -94,36 +102,18 @@ def train(
     return losses
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def main(argv=None) -> int:
-    parser = _Parser(
+    parser = ExampleParser(
         prog="backend_agnostic.py",
         description="Train one backend-agnostic discrete VAE with RELAX_ELBO on Pyro or NumPyro.",
     )
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpyro")
-    parser.add_argument("--steps", type=_positive(int), default=200, help="SVI steps")
-    parser.add_argument("--lr", type=_positive(float), default=0.05, help="Adam learning rate")
-    parser.add_argument("--latent-dim", type=_positive(int), default=3)
-    parser.add_argument("--num-points", type=_positive(int), default=32)
-    parser.add_argument("--num-pixels", type=_positive(int), default=12)
-    parser.add_argument("--particles", type=_positive(int), default=2)
+    add_backend_argument(parser, default="numpyro")
+    parser.add_argument("--steps", type=positive_int, default=200, help="SVI steps")
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate")
+    parser.add_argument("--latent-dim", type=positive_int, default=3)
+    parser.add_argument("--num-points", type=positive_int, default=32)
+    parser.add_argument("--num-pixels", type=positive_int, default=12)
+    parser.add_argument("--particles", type=positive_int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -31,8 +31,8 @@ def test_help_and_bad_flags(capsys):
     assert "--backend" in capsys.readouterr().out
     for argv, expected in [
         (["--backend", "jax"], "invalid choice"),
-        (["--steps", "0"], "must be > 0"),
-        (["--lr", "fast"], "expected a float"),
+        (["--steps", "0"], "must be at least 1"),
+        (["--lr", "fast"], "expected a number"),
         (["--no-such-flag"], "unrecognized arguments"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
