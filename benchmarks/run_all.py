@@ -48,11 +48,11 @@ def run_script(script: Path, quick: bool) -> tuple[bool, float, str]:
 
 
 def collect(results_dir: Path = RESULTS_DIR) -> str:
-    """Every ``results/*.md`` (except the index itself) as one markdown text, by file name."""
+    """Every ``results/*.md`` as one markdown text, by file name (``*_quick.md`` left out)."""
     parts = []
     for path in sorted(results_dir.glob("*.md")):
-        if path.name == "README.md":
-            continue
+        if path.name == "README.md" or path.stem.endswith("_quick"):
+            continue  # the index itself; smoke runs (``--quick``) that name their files so
         text = path.read_text().strip()
         # demote the scripts' "## Title" to "###" so they nest under the README's section
         if text.startswith("## "):

@@ -298,6 +298,7 @@ def test_run_all_publishes_tables_between_markers(run_all, tmp_path):
     (results / "b.md").write_text("## Second\n\n| x |\n|---|\n| 2 |\n")
     (results / "a.md").write_text("## First\n\n| x |\n|---|\n| 1 |\n")
     (results / "a.json").write_text(json.dumps({"rows": []}))
+    (results / "a_quick.md").write_text("## Smoke run\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n\n## Benchmarks\n\n{run_all.START}\nold\n{run_all.END}\ntail\n")
     run_all.publish(readme, results)
@@ -305,7 +306,7 @@ def test_run_all_publishes_tables_between_markers(run_all, tmp_path):
     assert "old" not in text and text.endswith(f"{run_all.END}\ntail\n")
     section = text.split(run_all.START)[1].split(run_all.END)[0]
     assert section.index("### First") < section.index("### Second")  # demoted, in name order
-    assert "| 1 |" in section and "| 2 |" in section
+    assert "| 1 |" in section and "| 2 |" in section and "Smoke run" not in section
     index = (results / "README.md").read_text()
     assert "### First" in index and "### Second" in index
     run_all.publish(readme, results)  # idempotent: a second run gives the same file
@@ -317,3 +318,13 @@ def test_run_all_needs_the_markers(run_all, tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="bench:start"):
         run_all.publish(readme, tmp_path)
+
+
+def test_run_all_reports_failing_scripts(run_all, tmp_path):
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text("import sys\nprint('quick' if '--quick' in sys.argv else 'full')\n")
+    bad.write_text("raise SystemExit('broken benchmark')\n")
+    ok, seconds, tail = run_all.run_script(good, quick=True)
+    assert ok and seconds >= 0 and tail == "quick"
+    ok, _, tail = run_all.run_script(bad, quick=False)
+    assert not ok and "broken benchmark" in tail
