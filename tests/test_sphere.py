@@ -8,7 +8,9 @@ the test is |mean − exact| ≤ 5 standard errors. Reference values of A_d(κ) 
 mpmath, independent of the library's Bessel code.
 """
 
+import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ from scipy import stats
 
 import numpyro_backend as npb
 import pyro_reparam_ext as prx
+from numpyro_backend.ops.sphere import vmf_marginal_dt_dconcentration as vmf_dt_jax
+from pyro_reparam_ext.ops.sphere import vmf_marginal_dt_dconcentration as vmf_dt_torch
 
 Z_SCORE = 5.0
 CONCENTRATIONS = np.array([0.1, 1.0, 10.0, 100.0, 1000.0])
@@ -187,8 +191,10 @@ def test_density_integrates_to_one_on_s2(backend, dist_name):
         assert abs((np.exp(log_p) * weights).sum() - 1) < 1e-10, kappa
 
 
-@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
-@pytest.mark.parametrize("dim", [3, 100])
+@pytest.mark.parametrize(
+    "backend,dim",
+    [("pyro", 3), ("pyro", 100), ("numpyro", 100)],  # one JAX compile suffices
+)
 def test_kl_to_uniform(backend, dim):
     """KL(p ‖ U) through the backend's registry, against a Monte-Carlo estimate of
     E_p[log p(z) − log u(z)] (5 standard errors), for both families; KL(κ = 0) = 0."""
@@ -293,10 +299,8 @@ def test_extreme_parameters_stay_finite_pyro(dim, dtype):
 
 # JAX compiles one program per (dimension, dtype), ~5–20 s each on 2 shared cores; the
 # float32/float64 × {2, 3, 64, 4096} grid is covered in full by the Pyro test above, and the
-# NumPyro code is a line-by-line mirror, so NumPyro runs the two dtypes at the extremes of d.
-@pytest.mark.parametrize(
-    "dim,dtype", [(2, "float32"), (3, "float64"), (4096, "float32"), (4096, "float64")]
-)
+# NumPyro code is a line-by-line mirror, so NumPyro runs each dtype at one extreme of d.
+@pytest.mark.parametrize("dim,dtype", [(2, "float64"), (4096, "float32")])
 def test_extreme_parameters_stay_finite_numpyro(dim, dtype):
     dtype = getattr(jnp, dtype)
     mu, _ = _frame(dim, len(EXTREME_CONCENTRATIONS), seed=dim)
@@ -345,3 +349,30 @@ def test_householder_is_stable_at_the_poles():
         z = prx.VonMisesFisher(loc, torch.tensor(1e3)).rsample((1000,))
         assert torch.isfinite(z).all()
         assert abs((z @ loc).mean().item() - mean_resultant_length(4, 1e3)) < 1e-3
+
+
+def _marginal_reference():
+    path = Path(__file__).parent / "data" / "vmf_marginal_reference.json"
+    rows = json.loads(path.read_text())["rows"]
+    return {
+        key: np.array([float(r[name]) for r in rows])
+        for key, name in [("d", "d"), ("kappa", "kappa"), ("t", "t"), ("dt", "dt_dkappa")]
+    }
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_implicit_derivative_matches_mpmath(backend):
+    """dt/dκ of the marginal (the quadrature inside the implicit gradient) against 20-digit
+    mpmath values (``tests/make_sphere_reference.py``), d ∈ [2, 4096], κ ∈ [1e-4, 1e5],
+    samples from 1e-3 to 20 times the mean of t. Contract: relative error ≤ 1e-6, far below
+    any Monte-Carlo standard error a gradient estimate can reach."""
+    ref = _marginal_reference()
+    for dim in np.unique(ref["d"]).astype(int):
+        rows = ref["d"] == dim
+        t, kappa = ref["t"][rows], ref["kappa"][rows]
+        if backend == "pyro":
+            got = vmf_dt_torch(torch.tensor(t), torch.tensor(kappa), int(dim)).numpy()
+        else:
+            got = np.asarray(vmf_dt_jax(jnp.asarray(t), jnp.asarray(kappa), int(dim)))
+        np.testing.assert_allclose(got, ref["dt"][rows], rtol=1e-6, err_msg=f"d={dim}")
+        assert np.all(got <= 0)
