@@ -144,6 +144,11 @@ def run_numpyro(name: str, args, train, test) -> dict:
 
     import numpyro_backend as npb
 
+    # float64: numpyro_backend's VonMisesFisher sampler is biased in float32 at the time of
+    # writing (mean resultant length 0.43 instead of 0.54 at κ = 2, d = 3); the Pyro run
+    # uses torch's default float32, where the sampler is accurate.
+    jax.config.update("jax_enable_x64", True)
+    dtype = jnp.float64
     d, hidden, pixels = args.latent_dim, args.hidden, train.shape[1]
     outputs = d + 1 if name == "svae" else 2 * d
     key = jax.random.PRNGKey(args.seed)
@@ -153,8 +158,8 @@ def run_numpyro(name: str, args, train, test) -> dict:
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             w_key, b_key = jax.random.split(jax.random.fold_in(key, i))
             bound = 1.0 / np.sqrt(fan_in)
-            w = jax.random.uniform(w_key, (fan_in, fan_out), jnp.float32, -bound, bound)
-            b = jax.random.uniform(b_key, (fan_out,), jnp.float32, -bound, bound)
+            w = jax.random.uniform(w_key, (fan_in, fan_out), dtype, -bound, bound)
+            b = jax.random.uniform(b_key, (fan_out,), dtype, -bound, bound)
             params[f"{prefix}.w{i}"] = numpyro.param(f"{prefix}.w{i}", w)
             params[f"{prefix}.b{i}"] = numpyro.param(f"{prefix}.b{i}", b)
         return params
@@ -172,8 +177,8 @@ def run_numpyro(name: str, args, train, test) -> dict:
 
     def prior(n):
         if name == "svae":
-            return npb.HypersphericalUniform(d, dtype=jnp.float32).expand([n])
-        return dist.Normal(jnp.zeros(d, jnp.float32), 1.0).to_event(1).expand([n])
+            return npb.HypersphericalUniform(d, dtype=dtype).expand([n])
+        return dist.Normal(jnp.zeros(d, dtype), 1.0).to_event(1).expand([n])
 
     encoder_key, decoder_key = jax.random.split(jax.random.fold_in(key, 1))
 
@@ -190,7 +195,7 @@ def run_numpyro(name: str, args, train, test) -> dict:
             numpyro.sample("z", posterior(params, images))
 
     svi = SVI(model, guide, Adam(args.learning_rate), Trace_ELBO())
-    train_j, test_j = jnp.asarray(train, jnp.float32), jnp.asarray(test, jnp.float32)
+    train_j, test_j = jnp.asarray(train, dtype), jnp.asarray(test, dtype)
     state = svi.init(jax.random.fold_in(key, 2), train_j[: args.batch_size])
     update = jax.jit(svi.update)
     rng = np.random.default_rng(args.seed)
