@@ -363,7 +363,7 @@ class Particle:
 
     def elbo(self) -> jnp.ndarray:
         """The ELBO estimate; its gradient is the pathwise part (score terms are added apart)."""
-        elbo = jnp.array(0.0)
+        elbo = 0.0  # a weak-typed zero keeps the inputs' dtype (float32 stays float32)
         for site in self.model_trace.values():
             if site["type"] == "sample":
                 elbo = elbo + jnp.sum(site["log_prob"])
@@ -373,7 +373,7 @@ class Particle:
                 if not site["fn"].has_rsample:
                     log_prob = lax.stop_gradient(log_prob)  # E[∇ log q] = 0
                 elbo = elbo - log_prob
-        return elbo
+        return jnp.asarray(elbo)
 
     def downstream_cost(self, node: str) -> jnp.ndarray:
         """Scaled downstream cost of guide site ``node`` (gradient stopped)."""

@@ -153,7 +153,7 @@ class REBAR_ELBO(ParticleELBO):
     def _all_learned_names(self, site: str) -> list[str]:
         return self._learned_names(site)
 
-    def _network_params(self, rng_key, site: dict):
+    def _network_params(self, rng_key, site: dict, dtype):
         return None
 
     def init_state(self, rng_key, param_map, model, guide, *args, **kwargs):
@@ -163,15 +163,15 @@ class REBAR_ELBO(ParticleELBO):
         sites = {n: s for n, s in sites.items() if relaxation_kind(s["fn"]) is not None}
         settings = self._settings(sites)  # unrelaxable sites: the loss raises naming them
         learned = {}
-        dtype = jnp.result_type(float)
         for index, (name, site) in enumerate(sites.items()):
+            dtype = site_logits(site["fn"], relaxation_kind(site["fn"])).dtype  # the model's
             if self.learn_eta:
                 learned[state_name(name, "eta")] = jnp.array(settings[name]["eta"], dtype)
             if self.learn_temperature:
                 learned[state_name(name, "log_temperature")] = jnp.array(
                     math.log(settings[name]["temperature"]), dtype
                 )
-            net = self._network_params(random.fold_in(rng_key, index), site)
+            net = self._network_params(random.fold_in(rng_key, index), site, dtype)
             if net is not None:
                 learned[network_name(name)] = net
         return learned, {}
@@ -329,14 +329,14 @@ class RELAX_ELBO(REBAR_ELBO):
     def _all_learned_names(self, site: str) -> list[str]:
         return self._learned_names(site) + [network_name(site)]
 
-    def _network_params(self, rng_key, site: dict):
+    def _network_params(self, rng_key, site: dict, dtype):
         fn = site["fn"]
         kind = relaxation_kind(fn)
         size = math.prod(fn.event_shape)
         if kind == "categorical":
             size = size * site_logits(fn, kind).shape[-1]
         init_fn, _ = self.control_variate
-        return init_fn(rng_key, 2 * size, jnp.result_type(float))  # z and the logits
+        return init_fn(rng_key, 2 * size, dtype)  # input: z and the logits
 
     def _control_variate_params(self, phi: dict, site: str, setting: dict) -> dict:
         params = super()._control_variate_params(phi, site, setting)

@@ -176,7 +176,7 @@ class ScoreFunction_ELBO(ParticleELBO):
             lambda key: self._particle(key, params, model, guide, args, kwargs, plan), rng_key
         )
         num = self.num_particles
-        surrogate = jnp.array(0.0)
+        surrogate = 0.0  # weak-typed: keeps the inputs' dtype
         new_state = {}
         for name, site in out["sites"].items():
             baseline, decay, _ = plan[name]
@@ -205,6 +205,7 @@ class ScoreFunction_ELBO(ParticleELBO):
                 reward = reward - old
             surrogate = surrogate + jnp.sum(site["log_prob"] * lax.stop_gradient(reward)) / num
         elbo = jnp.mean(out["elbo"])
+        surrogate = jnp.asarray(surrogate, elbo.dtype)
         loss = -(elbo + surrogate - lax.stop_gradient(surrogate))
         mutable = {}
         if num == 1:

@@ -177,3 +177,24 @@ def test_param_store_save_and_load_resumes_learned_state(tmp_path):
     np.testing.assert_allclose(
         params["reparam_ext.relax.b"]["w2"], saved["reparam_ext.relax.b"]["w2"]
     )
+
+
+@pytest.mark.parametrize("estimator", [ScoreFunction_ELBO, RELAX_ELBO])
+def test_float32_inputs_give_float32_finite_gradients_and_state(estimator):
+    entry = RELAX_TOY
+    data, init = jax_inputs(entry)
+    data = {k: v.astype(jnp.float32) if hasattr(v, "astype") else v for k, v in data.items()}
+    init = {k: v.astype(jnp.float32) for k, v in init.items()}
+    elbo = estimator(num_particles=2)
+    with pyroapi.pyro_backend("numpyro_backend"):
+        learned, _ = elbo.init_state(
+            jax.random.PRNGKey(0), init, entry.model, entry.guide, data, init
+        )
+        grads = jax.jit(
+            jax.grad(
+                lambda p: elbo.loss(jax.random.PRNGKey(1), p, entry.model, entry.guide, data, init)
+            )
+        )({**init, **learned})
+    for leaf in jax.tree.leaves(learned) + jax.tree.leaves(grads):
+        assert leaf.dtype == jnp.float32
+        assert np.all(np.isfinite(np.asarray(leaf)))
