@@ -5,4 +5,10 @@ from numpyro_backend.infer.relax import REBAR_ELBO, RELAX_ELBO
 from numpyro_backend.infer.score_function import ScoreFunction_ELBO
 from numpyro_backend.infer.svi import SVI
 
-__all__: list[str] = ["REBAR_ELBO", "RELAX_ELBO", "ScoreFunction_ELBO", "gradient_variance"]
+__all__: list[str] = [
+    "REBAR_ELBO",
+    "RELAX_ELBO",
+    "SVI",
+    "ScoreFunction_ELBO",
+    "gradient_variance",
+]

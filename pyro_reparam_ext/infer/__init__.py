@@ -1,7 +1,15 @@
 """ELBO gradient estimators for the Pyro (PyTorch) backend."""
 
+from pyro.infer import SVI  # re-exported so both packages name the same SVI entry point
+
 from pyro_reparam_ext.infer.diagnostics import gradient_variance
 from pyro_reparam_ext.infer.relax import REBAR_ELBO, RELAX_ELBO
 from pyro_reparam_ext.infer.score_function import ScoreFunction_ELBO
 
-__all__: list[str] = ["REBAR_ELBO", "RELAX_ELBO", "ScoreFunction_ELBO", "gradient_variance"]
+__all__: list[str] = [
+    "REBAR_ELBO",
+    "RELAX_ELBO",
+    "SVI",
+    "ScoreFunction_ELBO",
+    "gradient_variance",
+]
