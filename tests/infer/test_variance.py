@@ -1,4 +1,4 @@
-"""Gradient variance on the small binary VAE, measured with ``gradient_variance``.
+"""Gradient variance on the small binary VAE and the RELAX toy, measured with ``gradient_variance``.
 
 All estimators at the same parameters and the same number of particles (one); variance is the
 total variance of the encoder (guide) gradient, the part the estimators differ in. A claim
@@ -8,18 +8,23 @@ it must exceed 5 standard errors.
 
 Measured ratios (TraceGraph variance / estimator variance) are printed (``pytest -s``) and
 recorded in the issue notes. The issue's target of ≥ 10× for RELAX is NOT reached on this
-model (about 2–3×, see the notes): this test checks the claims that hold.
+model: 2.4–2.7× after warm-ups of 0–500 steps at control-variate lr 0.005–0.02 (already
+2.45× with no warm-up), REBAR at its best fixed temperature (λ = 1) 2.9×; the control
+variate family η·f(σ_λ(z)) (+ r_ρ) leaves that much here (notes: report-relax-followup.md).
+These tests check the claims that hold, including the paper's toy claim that RELAX's
+network removes ≥ 10× more variance than REBAR where f(σ_λ(z)) is a poor control variate.
 """
 
 import math
 
+import pyro
 import pyroapi
 import pytest
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
-from pyro_reparam_ext.infer import RELAX_ELBO, ScoreFunction_ELBO, gradient_variance
-from tests.infer.models import BINARY_VAE
+from pyro_reparam_ext.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO, gradient_variance
+from tests.infer.models import BINARY_VAE, RELAX_TOY
 from tests.infer.pyro_helpers import torch_inputs, warm_up_control_variates
 
 ENCODER = ["enc_w", "enc_b"]
@@ -46,13 +51,14 @@ def _measure(elbo, guide, num_samples, warm_calls=0, warm_steps=0):
     )
 
 
-def _log_ratio_z(reference, other):
+def _log_ratio_z(reference, other, factor=1.0):
+    """Variance ratio reference/other and z of log(ratio / factor) (delta-method SE)."""
     log_ratio = math.log(reference["total_variance"] / other["total_variance"])
     se = math.hypot(
         reference["total_variance_se"] / reference["total_variance"],
         other["total_variance_se"] / other["total_variance"],
     )
-    return math.exp(log_ratio), log_ratio / se
+    return math.exp(log_ratio), (log_ratio - math.log(factor)) / se
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +84,31 @@ def test_relax_after_warm_up_below_tracegraph(tracegraph_variance):
     ratio, z = _log_ratio_z(tracegraph_variance, stats)
     print(f"\nvariance ratio TraceGraph/RELAX (K=1, 150 warm-up steps): {ratio:.3f}  (z = {z:.1f})")
     assert z > Z_MIN, f"ratio {ratio:.3f}, z = {z:.2f}"
+
+
+def _toy_variance(elbo, warm_steps, lr, num_samples):
+    data, init = torch_inputs(RELAX_TOY)
+    with pyroapi.pyro_backend("pyro_reparam_ext"):
+        args = (data, init)
+        warm_up_control_variates(elbo, RELAX_TOY.model, RELAX_TOY.guide, args, warm_steps, lr)
+        return gradient_variance(
+            elbo, RELAX_TOY.model, RELAX_TOY.guide, data, init, num_samples=num_samples
+        )
+
+
+def test_relax_toy_network_beats_rebar():
+    # Grathwohl et al. (2018) §6.1: on f(b) = (b − 0.499)² REBAR's relaxed f is a poor
+    # control variate (f(σ) is a parabola, f(b) is affine in b), while RELAX's network can
+    # learn the offset that REINFORCE lacks. At θ = ½, one particle, after each estimator's
+    # warm-up (REBAR: η, λ at lr 0.05, converged; RELAX: η, λ, ρ at lr 0.01 — at 0.05 Adam's
+    # step noise on ρ, not the variance gradient, sets the level), RELAX's variance must be
+    # ≥ 10× below REBAR's: log(ratio / 10) > 5 standard errors.
+    pyro.set_rng_seed(0)
+    rebar = _toy_variance(REBAR_ELBO(max_plate_nesting=0), 100, 0.05, 400)
+    pyro.set_rng_seed(0)
+    relax = _toy_variance(RELAX_ELBO(max_plate_nesting=0), 300, 0.01, 400)
+    ratio, z_ten = _log_ratio_z(rebar, relax, factor=10.0)
+    rebar_var, relax_var = rebar["total_variance"], relax["total_variance"]
+    print(f"\ntoy variance REBAR {rebar_var:.3g}, RELAX {relax_var:.3g}")
+    print(f"ratio REBAR/RELAX (K=1): {ratio:.1f}  (z vs 10x = {z_ten:.1f})")
+    assert z_ten > Z_MIN, f"ratio {ratio:.2f}, z vs 10x = {z_ten:.2f}"
