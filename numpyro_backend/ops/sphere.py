@@ -70,7 +70,11 @@ def householder_rotate(loc: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     sign = jnp.where(loc[..., :1] >= 0, 1.0, -1.0).astype(loc.dtype)
     e1 = jnp.zeros(loc.shape[-1], dtype=loc.dtype).at[0].set(1)
     u = e1 + sign * loc
-    scale = 2 * (u * y).sum(-1, keepdims=True) / (u * u).sum(-1, keepdims=True)
+    # uᵀy as a contraction (dot_general), not (u * y).sum(-1): on CPU, jaxlib 0.10.2's XLA
+    # miscompiles the float32 YNNPACK fusion of reduce(broadcast(u) * y) whose result is
+    # broadcast back against u (wrong rows for d = 3, 5 and ≥ ~10⁴ samples; float64 is not fused)
+    uy = jnp.einsum("...d,...d->...", y, u)[..., None]
+    scale = 2 * uy / (u * u).sum(-1, keepdims=True)
     return -sign * (y - scale * u)
 
 
