@@ -2,25 +2,136 @@
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 import numpy as np
 from jax import lax, random
-from numpyro.handlers import replay, seed, trace
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from numpyro.distributions import biject_to, constraints
+from numpyro.handlers import replay, seed, substitute, trace
 
 from numpyro_backend.infer.particles import PREFIX, split_param_map
 
 __all__ = ["gradient_variance"]
 
+# elbo -> {(model, guide, selected sites, static args): jitted sampler}; weak so that a cached
+# sampler lives as long as its ELBO (whose running state it may read) and no longer
+_SAMPLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _param_sites(rng_key, model, guide, args, kwargs, params=None) -> dict:
+    """name -> param site of guide and model (guide first), values substituted from params."""
+    model_key, guide_key = random.split(rng_key)
+    if params is not None:
+        guide, model = substitute(guide, data=params), substitute(model, data=params)
+    guide_trace = trace(seed(guide, guide_key)).get_trace(*args, **kwargs)
+    model_trace = trace(replay(seed(model, model_key), guide_trace)).get_trace(*args, **kwargs)
+    sites = {}
+    for tr in (guide_trace, model_trace):
+        for name, site in tr.items():
+            if site["type"] == "param":
+                sites.setdefault(name, site)
+    return sites
+
 
 def _initial_params(rng_key, model, guide, args, kwargs) -> dict:
     """Constrained initial values of the param sites of guide and model (as SVI.init)."""
-    model_key, guide_key = random.split(rng_key)
-    guide_trace = trace(seed(guide, guide_key)).get_trace(*args, **kwargs)
-    model_trace = trace(replay(seed(model, model_key), guide_trace)).get_trace(*args, **kwargs)
-    params = {}
-    for tr in (model_trace, guide_trace):
-        params.update({n: s["value"] for n, s in tr.items() if s["type"] == "param"})
-    return params
+    sites = _param_sites(rng_key, model, guide, args, kwargs)
+    return {name: site["value"] for name, site in sites.items()}
+
+
+def _transform(site):
+    """Bijection from unconstrained space onto a param site's support (as SVI.init)."""
+    return biject_to(site["kwargs"].get("constraint", constraints.real))
+
+
+def _key_name(key) -> str:
+    if isinstance(key, DictKey):
+        return str(key.key)
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, (SequenceKey, FlattenedIndexKey)):
+        return str(key.idx)
+    return str(key)
+
+
+def _flatten(name: str, value) -> dict:
+    """Leaves of a (possibly nested) parameter, named ``name.key.key`` (``name`` for arrays)."""
+    leaves = jax.tree_util.tree_flatten_with_path(value)[0]
+    return {
+        ".".join([name, *map(_key_name, path)]) if path else name: leaf for path, leaf in leaves
+    }
+
+
+def _is_array(leaf) -> bool:
+    # Python scalars stay static: programs use them in Python control flow (plate sizes)
+    return isinstance(leaf, (jax.Array, np.ndarray))
+
+
+def _static_key(leaves) -> tuple:
+    """Hashable stand-ins for the non-array leaves of the program arguments."""
+    out = []
+    for leaf in leaves:
+        try:
+            hash(leaf)
+            out.append(leaf)
+        except TypeError:
+            out.append(("id", id(leaf)))
+    return tuple(out)
+
+
+def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
+    """The jitted ``(params, mutable, keys, dynamic args) -> gradient samples`` for a program.
+
+    Compiled once per (elbo, model, guide, selected sites, static arguments); jit itself
+    recompiles only for new shapes/dtypes (e.g. another ``num_samples``).
+    """
+    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: x is None)
+    dynamic = [_is_array(leaf) for leaf in leaves]
+    static = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d]
+    cache_key = (model, guide, selected, treedef, tuple(dynamic), _static_key(static))
+    cache = _SAMPLERS.setdefault(elbo, {})
+    if cache_key in cache:
+        return cache[cache_key]
+
+    elbo_ref = weakref.ref(elbo)  # the cache must not keep its key alive
+
+    def rebuild(dynamic_leaves):
+        dynamic_iter, static_iter = iter(dynamic_leaves), iter(static)
+        merged = [next(dynamic_iter) if d else next(static_iter) for d in dynamic]
+        return jax.tree.unflatten(treedef, merged)
+
+    def sample(params, mutable, keys, dynamic_leaves):
+        args, kwargs = rebuild(dynamic_leaves)
+        elbo = elbo_ref()
+        # the param sites' constraints, found at trace time (static: one compile)
+        sites = _param_sites(keys[0], model, guide, args, kwargs, params)
+        transforms = {name: _transform(sites[name]) for name in selected}
+        unconstrained = {
+            name: jax.tree.map(transforms[name].inv, params[name]) for name in selected
+        }
+        fixed = {k: v for k, v in params.items() if k not in unconstrained}
+
+        def loss_fn(unconstrained, key, state):
+            constrained = {n: jax.tree.map(transforms[n], u) for n, u in unconstrained.items()}
+            param_map = {**fixed, **constrained, **state}
+            if state:
+                out = elbo.loss_with_mutable_state(key, param_map, model, guide, *args, **kwargs)
+                new_state = {k: v for k, v in (out["mutable_state"] or {}).items() if k in state}
+                return out["loss"], new_state
+            return elbo.loss(key, param_map, model, guide, *args, **kwargs), state
+
+        def step(state, key):
+            grads, state = jax.grad(loss_fn, has_aux=True)(unconstrained, key, state)
+            return state, grads
+
+        # sequential, so that running-average baselines update between samples (as training,
+        # and as the Pyro backend's param-store state does)
+        return lax.scan(step, mutable, keys)[1]
+
+    cache[cache_key] = jitted = (jax.jit(sample), rebuild, dynamic)
+    return jitted
 
 
 def gradient_variance(
@@ -37,28 +148,37 @@ def gradient_variance(
     """Per-coordinate mean and variance of an ELBO's gradient estimate, without stepping.
 
     Differentiates ``elbo.loss(key, params, model, guide, *args, **kwargs)`` with respect to
-    the model and guide parameters (estimator state ``reparam_ext.*`` excluded) for
-    ``num_samples`` independent keys, in one jit-compiled ``lax.scan``. No optimizer step is
-    taken; running-average baselines do update between calls, as in training.
+    the *unconstrained* model and guide parameters (what the optimizer sees, as on the Pyro
+    backend; estimator state ``reparam_ext.*`` excluded) for ``num_samples`` independent keys,
+    in one ``lax.scan``. The compiled sampler is cached per (elbo, model, guide, selected
+    parameters, non-array arguments): later calls with the same shapes do not recompile. No
+    optimizer step is taken; running-average baselines update between the samples, as in
+    training, from the values in ``params`` (the caller's state is not changed).
+
+    Nested parameters (``numpyro.module`` / stax / flax pytrees) are flattened into leaves
+    named ``site.key.key`` (e.g. ``net$params.0.1`` for stax's first bias).
 
     Example::
 
         stats = gradient_variance(RELAX_ELBO(), model, guide, data, num_samples=200,
-                                  rng_key=jax.random.PRNGKey(0), params=svi_params)
+                                  rng_key=jax.random.PRNGKey(0),
+                                  params={**svi.get_params(state), **state.mutable_state})
         stats["total_variance"], stats["params"]["enc_w"]["variance"]
 
     :param elbo: a NumPyro ELBO (stock ones included); this package's estimators also get
         their state from ``elbo.init_state`` when ``params`` lacks it.
     :param int num_samples: number of independent gradient estimates (≥ 2).
-    :param param_names: restrict to these parameters (default: all the programs use).
+    :param param_names: restrict to these parameters, by site name (all leaves of the site)
+        or by leaf name (default: all the programs use).
     :param rng_key: PRNG key (default ``PRNGKey(0)``).
-    :param dict params: constrained parameter values, e.g. ``svi.get_params(state)``
-        (default: the init values of the param sites).
+    :param dict params: constrained parameter values, e.g. ``svi.get_params(state)``, and
+        optionally estimator state (default: the init values of the param sites).
     :returns: ``{"params": {name: {"mean": ndarray, "variance": ndarray}},
         "total_variance": float, "total_variance_se": float, "num_samples": int}`` —
-        variance is the unbiased sample variance of each coordinate; ``total_variance`` sums
-        it over every coordinate of the selected parameters (the trace of the covariance of
-        the estimate) and ``total_variance_se`` is its standard error.
+        gradients are w.r.t. the unconstrained parameters; variance is the unbiased sample
+        variance of each coordinate; ``total_variance`` sums it over every coordinate of the
+        selected parameters (the trace of the covariance of the estimate) and
+        ``total_variance_se`` is its standard error.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
@@ -74,33 +194,35 @@ def gradient_variance(
         for name, value in learned.items():
             params.setdefault(name, value)
         mutable = {k: params.pop(k, v) for k, v in mutable.items()}
-    theta, phi = split_param_map(params)
-    if param_names is not None:
-        missing = set(param_names) - set(theta)
+    theta, _ = split_param_map(params)
+    leaf_sites = {leaf: name for name in theta for leaf in _flatten(name, theta[name])}
+    if param_names is None:
+        selected, wanted = tuple(theta), None
+    else:
+        missing = {n for n in param_names if n not in theta and n not in leaf_sites}
         if missing:
             raise ValueError(f"param_names {sorted(missing)} are not used by model/guide")
-        theta = {name: theta[name] for name in param_names}
-    fixed = {k: v for k, v in params.items() if k not in theta}
+        sites = [n if n in theta else leaf_sites[n] for n in param_names]
+        selected = tuple(dict.fromkeys(sites))
+        wanted = {
+            leaf
+            for n in param_names
+            for leaf in (_flatten(n, theta[n]) if n in theta else {n: None})
+        }
+    sample, _, dynamic = _sampler(elbo, model, guide, selected, args, kwargs)
+    leaves = jax.tree.leaves((args, kwargs), is_leaf=lambda x: x is None)
+    dynamic_leaves = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
+    grads = sample(params, mutable, random.split(rng_key, num_samples), dynamic_leaves)
 
-    def loss_fn(theta, key, state):
-        param_map = {**fixed, **theta, **state}
-        if state:
-            out = elbo.loss_with_mutable_state(key, param_map, model, guide, *args, **kwargs)
-            new_state = {k: v for k, v in (out["mutable_state"] or {}).items() if k in state}
-            return out["loss"], new_state
-        return elbo.loss(key, param_map, model, guide, *args, **kwargs), state
-
-    def step(state, key):
-        grads, state = jax.grad(loss_fn, has_aux=True)(theta, key, state)
-        return state, grads
-
-    _, samples = jax.jit(lambda keys: lax.scan(step, mutable, keys))(
-        random.split(rng_key, num_samples)
-    )
+    samples = {}
+    for name in selected:
+        samples.update(_flatten(name, grads[name]))
+    if wanted is not None:
+        samples = {name: value for name, value in samples.items() if name in wanted}
     stats = {}
     squared_deviations = 0.0
     for name, values in samples.items():
-        values = np.asarray(values)
+        values = np.asarray(values, dtype=np.float64)
         mean = values.mean(axis=0)
         stats[name] = {"mean": mean, "variance": values.var(axis=0, ddof=1)}
         deviation = (values - mean).reshape(num_samples, -1)
