@@ -272,6 +272,10 @@ def pyro_running_state_kept():
     try:
         yield
     finally:
+        # state the measurement created must go too: left behind, it hands the first training
+        # step a warmed-up baseline that an unmeasured run never has
+        for name in [n for n in store.keys() if n.startswith(running) and n not in saved]:
+            del store[name]
         with torch.no_grad():
             for name, value in saved.items():
                 current = store.get_param(name).unconstrained()
