@@ -12,6 +12,9 @@ import torch
 
 jax.config.update("jax_enable_x64", True)
 torch.set_default_dtype(torch.float64)
+# The tests' tensors are small: intra-op thread hand-offs cost more than they save, and on a
+# busy 2-core machine they make small torch ops 10-1000x slower.
+torch.set_num_threads(1)
 
 import numpyro  # noqa: E402  (after the x64 switch)
 
