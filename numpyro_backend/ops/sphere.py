@@ -67,7 +67,8 @@ def householder_rotate(loc: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     :param y: points, shape ``sample + batch + (d,)``.
     """
     loc = loc / jnp.linalg.norm(loc, axis=-1, keepdims=True)
-    sign = jnp.where(loc[..., :1] >= 0, 1.0, -1.0).astype(loc.dtype)
+    one = jnp.ones((), dtype=loc.dtype)  # a float32 program stays free of float64 under x64
+    sign = jnp.where(loc[..., :1] >= 0, one, -one)
     e1 = jnp.zeros(loc.shape[-1], dtype=loc.dtype).at[0].set(1)
     u = e1 + sign * loc
     # uᵀy as a contraction (dot_general), not (u * y).sum(-1): on CPU, jaxlib 0.10.2's XLA
