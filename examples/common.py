@@ -200,35 +200,31 @@ def pyplot():
 
 
 def numpyro_gradient_variance_fn(elbo, model, guide, *args, select):
-    """A reusable measurement of ``numpyro_backend.gradient_variance``'s ``total_variance``.
+    """``numpyro_backend.gradient_variance``'s ``total_variance`` as ``measure(...)``.
 
-    ``gradient_variance`` compiles its loop on every call; an example that measures at many
-    checkpoints compiles once here instead. Returns ``measure(params, mutable_state, key,
-    num_samples) -> total variance``: the unbiased per-coordinate variance of ∇ −ELBO over
+    Returns ``measure(params, mutable_state, key, num_samples) -> total variance``: the
+    unbiased per-coordinate variance of ∇ −ELBO (w.r.t. the unconstrained parameters) over
     ``num_samples`` independent keys, summed over the parameters whose names satisfy
     ``select(name)``; ``params`` as ``svi.get_params(state)``, ``mutable_state`` as
-    ``state.mutable_state`` (running baselines; held fixed during the measurement).
+    ``state.mutable_state`` (running baselines update between the samples, as on Pyro; the
+    caller's state is not changed). ``gradient_variance`` compiles once per program, so
+    measuring at many checkpoints costs one compile.
     """
-    import jax
-
-    def gradient(selected, others, key):
-        def loss(selected):
-            return elbo.loss(key, {**others, **selected}, model, guide, *args)
-
-        return jax.grad(loss)(selected)
-
-    @jax.jit
-    def gradient_samples(selected, others, keys):
-        return jax.vmap(gradient, in_axes=(None, None, 0))(selected, others, keys)
+    import numpyro_backend as npb
 
     def measure(params, mutable_state, key, num_samples: int) -> float:
-        params = dict(params, **(mutable_state or {}))
-        selected = {name: value for name, value in params.items() if select(name)}
-        others = {name: value for name, value in params.items() if name not in selected}
-        samples = gradient_samples(selected, others, jax.random.split(key, num_samples))
-        # the variance in float64 on the host, as gradient_variance does
-        leaves = [np.asarray(g, dtype=np.float64) for g in jax.tree.leaves(samples)]
-        return float(sum(g.var(axis=0, ddof=1).sum() for g in leaves))
+        names = [n for n in params if select(n) and not n.startswith("reparam_ext.")]
+        stats = npb.gradient_variance(
+            elbo,
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            param_names=names,
+            rng_key=key,
+            params={**params, **(mutable_state or {})},
+        )
+        return stats["total_variance"]
 
     return measure
 

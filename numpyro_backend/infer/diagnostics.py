@@ -126,6 +126,8 @@ def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
             grads, state = jax.grad(loss_fn, has_aux=True)(unconstrained, key, state)
             return state, grads
 
+        if not mutable:  # independent samples: one vectorized call
+            return jax.vmap(lambda key: step(mutable, key)[1])(keys)
         # sequential, so that running-average baselines update between samples (as training,
         # and as the Pyro backend's param-store state does)
         return lax.scan(step, mutable, keys)[1]
