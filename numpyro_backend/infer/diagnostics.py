@@ -91,7 +91,10 @@ def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
     dynamic = [_is_array(leaf) for leaf in leaves]
     static = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d]
     cache_key = (model, guide, selected, treedef, tuple(dynamic), _static_key(static))
-    cache = _SAMPLERS.setdefault(elbo, {})
+    try:
+        cache = _SAMPLERS.setdefault(elbo, {})
+    except TypeError:  # an ELBO that cannot be weakly referenced or hashed: no caching
+        cache = {}
     if cache_key in cache:
         return cache[cache_key]
 
