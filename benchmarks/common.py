@@ -81,7 +81,6 @@ def write_results(
     md_path = RESULTS_DIR / f"{name}.md"
     md_path.write_text("\n".join(md) + "\n")
     (RESULTS_DIR / f"{name}.json").write_text(
-        json.dumps({"title": title, "machine": meta, "rows": rows, "notes": notes}, indent=2)
-        + "\n"
+        json.dumps({"title": title, "machine": meta, "rows": rows, "notes": notes}, indent=2) + "\n"
     )
     return md_path

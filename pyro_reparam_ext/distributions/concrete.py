@@ -242,9 +242,7 @@ class ExpConcrete(TorchDistribution):
         temperature = self.temperature.unsqueeze(-1)
         # [1] eq. 14 in log space: log((K-1)!) + (K-1) log λ + Σ_k (ℓ_k - λ y_k) - K lse(ℓ - λ y)
         score = self.logits - temperature * value
-        log_normalizer = math.lgamma(num_classes) + (num_classes - 1) * torch.log(
-            self.temperature
-        )
+        log_normalizer = math.lgamma(num_classes) + (num_classes - 1) * torch.log(self.temperature)
         return log_normalizer + (score - score.logsumexp(-1, keepdim=True)).sum(-1)
 
     def log_prob(self, value):
