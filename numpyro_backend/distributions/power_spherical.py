@@ -8,14 +8,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import jax.random as random
-from jax import lax
 from jax.scipy.special import digamma, gammaln
-from numpyro.distributions import constraints
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
-from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import is_prng_key, validate_sample
 
-from numpyro_backend.distributions.von_mises_fisher import _embed, _sphere_params
+from numpyro_backend.distributions.von_mises_fisher import SphereLocConcentration, _embed
 from numpyro_backend.ops.sphere import householder_rotate, uniform_tangent
 
 __all__ = ["PowerSpherical"]
@@ -35,7 +32,7 @@ def _sample_power_spherical(key, loc, concentration, sample_shape):
     return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
-class PowerSpherical(Distribution):
+class PowerSpherical(SphereLocConcentration):
     r"""Power Spherical distribution on the unit sphere S^{d−1}, any d ≥ 2.
 
     .. math:: p(z) = C(κ, d)\, (1 + μ^⊤ z)^κ, \quad
@@ -60,23 +57,6 @@ class PowerSpherical(Distribution):
         [1] N. De Cao, W. Aziz (2020). The Power Spherical distribution. ICML workshop on INNF+,
             arXiv:2006.04437.
     """
-
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
-    support = constraints.sphere
-    reparametrized_params = ["loc", "concentration"]
-    pytree_data_fields = ("loc", "concentration")
-
-    def __init__(self, loc, concentration, *, validate_args=None):
-        self.loc, self.concentration, batch_shape = _sphere_params(loc, concentration)
-        super().__init__(batch_shape, self.loc.shape[-1:], validate_args=validate_args)
-
-    @staticmethod
-    def infer_shapes(loc, concentration):
-        return lax.broadcast_shapes(tuple(loc[:-1]), tuple(concentration)), tuple(loc[-1:])
-
-    @property
-    def dim(self) -> int:
-        return self.event_shape[0]
 
     def _alpha_beta(self):
         beta = (self.dim - 1) / 2

@@ -56,7 +56,34 @@ def _sample_vmf(key, loc, concentration, sample_shape):
     return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
-class VonMisesFisher(Distribution):
+class SphereLocConcentration(Distribution):
+    """Shared base of the (loc, concentration) families on S^{d−1}: VonMisesFisher and
+    PowerSpherical. Holds argument handling and shapes; subclasses add sampling and densities.
+
+    :param loc: unit mean directions, shape ``batch + (d,)`` with d ≥ 2.
+    :param concentration: κ ≥ 0, broadcastable to ``batch``.
+    """
+
+    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
+    support = constraints.sphere
+    reparametrized_params = ["loc", "concentration"]
+    pytree_data_fields = ("loc", "concentration")
+
+    def __init__(self, loc, concentration, *, validate_args=None):
+        self.loc, self.concentration, batch_shape = _sphere_params(loc, concentration)
+        super().__init__(batch_shape, self.loc.shape[-1:], validate_args=validate_args)
+
+    @staticmethod
+    def infer_shapes(loc, concentration):
+        return lax.broadcast_shapes(tuple(loc[:-1]), tuple(concentration)), tuple(loc[-1:])
+
+    @property
+    def dim(self) -> int:
+        """Ambient dimension d (the sphere is S^{d−1})."""
+        return self.event_shape[0]
+
+
+class VonMisesFisher(SphereLocConcentration):
     r"""von Mises–Fisher distribution on the unit sphere S^{d−1}, any d ≥ 2.
 
     .. math:: p(z) = C_d(κ) \exp(κ μ^⊤ z), \quad
@@ -96,24 +123,6 @@ class VonMisesFisher(Distribution):
         [4] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients.
             NeurIPS.
     """
-
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
-    support = constraints.sphere
-    reparametrized_params = ["loc", "concentration"]
-    pytree_data_fields = ("loc", "concentration")
-
-    def __init__(self, loc, concentration, *, validate_args=None):
-        self.loc, self.concentration, batch_shape = _sphere_params(loc, concentration)
-        super().__init__(batch_shape, self.loc.shape[-1:], validate_args=validate_args)
-
-    @staticmethod
-    def infer_shapes(loc, concentration):
-        return lax.broadcast_shapes(tuple(loc[:-1]), tuple(concentration)), tuple(loc[-1:])
-
-    @property
-    def dim(self) -> int:
-        """Ambient dimension d (the sphere is S^{d−1})."""
-        return self.event_shape[0]
 
     def sample(self, key, sample_shape=()):
         assert is_prng_key(key)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions import constraints
-from pyro.distributions.torch_distribution import TorchDistribution
 
-from pyro_reparam_ext.distributions.von_mises_fisher import _embed
+from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration, _embed
 from pyro_reparam_ext.ops.sphere import householder_rotate, uniform_tangent
 
 __all__ = ["PowerSpherical"]
 
 
-class PowerSpherical(TorchDistribution):
+class PowerSpherical(SphereLocConcentration):
     r"""Power Spherical distribution on the unit sphere S^{d−1}, any d ≥ 2.
 
     .. math:: p(z) = C(κ, d)\, (1 + μ^⊤ z)^κ, \quad
@@ -40,39 +38,6 @@ class PowerSpherical(TorchDistribution):
         [1] N. De Cao, W. Aziz (2020). The Power Spherical distribution. ICML workshop on INNF+,
             arXiv:2006.04437.
     """
-
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(self, loc, concentration, *, validate_args=None):
-        if loc.dim() < 1 or loc.shape[-1] < 2:
-            raise ValueError(
-                f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
-            )
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        self.loc = loc.expand(batch_shape + loc.shape[-1:])
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
-
-    @staticmethod
-    def infer_shapes(loc, concentration):
-        batch_shape = torch.broadcast_shapes(loc[:-1], concentration)
-        return batch_shape, loc[-1:]
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        new = self._get_checked_instance(PowerSpherical, _instance)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(PowerSpherical, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self.__dict__.get("_validate_args")
-        return new
-
-    @property
-    def dim(self) -> int:
-        return self.event_shape[0]
 
     def _alpha_beta(self):
         beta = (self.dim - 1) / 2

@@ -25,7 +25,51 @@ def _embed(t: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
     return torch.cat([(1 - t).unsqueeze(-1), radius.unsqueeze(-1) * tangent], dim=-1)
 
 
-class VonMisesFisher(TorchDistribution):
+class SphereLocConcentration(TorchDistribution):
+    """Shared base of the (loc, concentration) families on S^{d−1}: VonMisesFisher and
+    PowerSpherical. Holds argument handling, shapes and ``expand``; subclasses add sampling
+    and densities.
+
+    :param torch.Tensor loc: unit mean directions, shape ``batch + (d,)`` with d ≥ 2.
+    :param concentration: κ ≥ 0, broadcastable to ``batch``.
+    """
+
+    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
+    support = constraints.sphere
+    has_rsample = True
+
+    def __init__(self, loc, concentration, *, validate_args=None):
+        if loc.dim() < 1 or loc.shape[-1] < 2:
+            raise ValueError(
+                f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
+            )
+        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        self.loc = loc.expand(batch_shape + loc.shape[-1:])
+        self.concentration = concentration.expand(batch_shape)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    @staticmethod
+    def infer_shapes(loc, concentration):
+        batch_shape = torch.broadcast_shapes(loc[:-1], concentration)
+        return batch_shape, loc[-1:]
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(type(self), _instance)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.concentration = self.concentration.expand(batch_shape)
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self.__dict__.get("_validate_args")
+        return new
+
+    @property
+    def dim(self) -> int:
+        """Ambient dimension d (the sphere is S^{d−1})."""
+        return self.event_shape[0]
+
+
+class VonMisesFisher(SphereLocConcentration):
     r"""von Mises–Fisher distribution on the unit sphere S^{d−1}, any d ≥ 2.
 
     .. math:: p(z) = C_d(κ) \exp(κ μ^⊤ z), \quad
@@ -67,40 +111,6 @@ class VonMisesFisher(TorchDistribution):
         [4] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients.
             NeurIPS.
     """
-
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(self, loc, concentration, *, validate_args=None):
-        if loc.dim() < 1 or loc.shape[-1] < 2:
-            raise ValueError(
-                f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
-            )
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        self.loc = loc.expand(batch_shape + loc.shape[-1:])
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
-
-    @staticmethod
-    def infer_shapes(loc, concentration):
-        batch_shape = torch.broadcast_shapes(loc[:-1], concentration)
-        return batch_shape, loc[-1:]
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        new = self._get_checked_instance(VonMisesFisher, _instance)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(VonMisesFisher, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self.__dict__.get("_validate_args")
-        return new
-
-    @property
-    def dim(self) -> int:
-        """Ambient dimension d (the sphere is S^{d−1})."""
-        return self.event_shape[0]
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
