@@ -24,6 +24,28 @@ def Categorical(probs=None, logits=None, *, validate_args=None):
     return _discrete.Categorical(probs=probs, logits=logits, validate_args=validate_args)
 
 
+class BernoulliLogits(_discrete.BernoulliLogits):
+    """NumPyro's ``BernoulliLogits`` with a log-density whose gradient is right at logits = 0.
+
+    NumPyro 0.22's (``binary_cross_entropy_with_logits``, built on ``clip`` and ``abs``) gives
+    the logit-gradients 0 and 1 at logits = 0 for the values 0 and 1, instead of −½ and ½ —
+    the point where zero-initialized biases start. Here log σ(±ℓ), selected by the value.
+    """
+
+    @validate_sample
+    def log_prob(self, value):
+        return jnp.where(
+            value > 0, jax.nn.log_sigmoid(self.logits), jax.nn.log_sigmoid(-self.logits)
+        )
+
+
+def Bernoulli(probs=None, logits=None, *, validate_args=None):
+    """NumPyro's Bernoulli; with ``logits``, the :class:`BernoulliLogits` above."""
+    if logits is not None and probs is None:
+        return BernoulliLogits(logits, validate_args=validate_args)
+    return _discrete.Bernoulli(probs=probs, logits=logits, validate_args=validate_args)
+
+
 class _OneHot(constraints._SingletonConstraint):
     """One-hot vectors along the last axis (torch's ``constraints.one_hot``)."""
 

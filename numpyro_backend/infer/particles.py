@@ -169,6 +169,55 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
     return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
 
 
+def decision_shape(fn, kind: str) -> tuple:
+    """Shape of the decisions in one site element: its event dims without the categories."""
+    if kind == "bernoulli":
+        return tuple(fn.event_shape)
+    if kind == "one_hot":
+        return tuple(fn.event_shape[:-1])
+    return ()
+
+
+def has_mask(fn) -> bool:
+    """Whether a (wrapped) distribution masks its log-density (``.mask(...)``)."""
+    while isinstance(fn, (Independent, ExpandedDistribution, MaskedDistribution)):
+        if isinstance(fn, MaskedDistribution):
+            return True
+        fn = fn.base_dist
+    return False
+
+
+def coordinate_log_prob(kind: str, logits, hard, mask) -> jnp.ndarray:
+    """log q of the decisions selected by ``mask`` (from :func:`decision_shape`, plus a
+    trailing 1 for one-hot values), per site element; differentiable in the logits."""
+    if kind == "bernoulli":
+        elementwise = hard * jax.nn.log_sigmoid(logits) + (1 - hard) * jax.nn.log_sigmoid(-logits)
+        selected = jnp.where(mask, elementwise, 0.0)
+        return jnp.sum(selected, axis=tuple(range(-mask.ndim, 0)))
+    elementwise = jnp.sum(hard * jax.nn.log_softmax(logits, -1), -1)
+    selected = jnp.where(mask[..., 0], elementwise, 0.0)
+    return jnp.sum(selected, axis=tuple(range(-(mask.ndim - 1), 0)))
+
+
+def bernoulli_log_prob(fn, value) -> jnp.ndarray:
+    """log q(value) of a (wrapped) Bernoulli, with the right gradient at logits = 0.
+
+    NumPyro 0.22's ``BernoulliLogits.log_prob`` (``binary_cross_entropy_with_logits``, built
+    on ``clip`` and ``abs``) has a wrong logit-gradient exactly at logits = 0: 0 and 1
+    instead of −½ and ½ for values 0 and 1 — the point where zero-initialized biases start.
+    Here log σ(±ℓ), selected by the value. Follows ``Independent`` / ``expand`` / ``mask``.
+    """
+    if isinstance(fn, Independent):
+        log_prob = bernoulli_log_prob(fn.base_dist, value)
+        return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
+    if isinstance(fn, ExpandedDistribution):
+        return jnp.broadcast_to(bernoulli_log_prob(fn.base_dist, value), fn.batch_shape)
+    if isinstance(fn, MaskedDistribution):
+        return jnp.where(fn._mask, bernoulli_log_prob(fn.base_dist, value), 0.0)
+    logits = fn.logits
+    return jnp.where(value > 0, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
+
+
 def _is_latent(site: dict) -> bool:
     return site["type"] == "sample" and not site.get("is_observed", False)
 
@@ -297,6 +346,8 @@ def _log_probs(tr: dict, relaxed: frozenset = frozenset()) -> None:
             continue
         if name in relaxed:
             log_prob = relaxed_log_prob(site["fn"], site["value"])
+        elif isinstance(_base_distribution(site["fn"]), BernoulliLogits):
+            log_prob = bernoulli_log_prob(site["fn"], site["value"])
         elif site["intermediates"]:
             log_prob = site["fn"].log_prob(site["value"], site["intermediates"])
         else:

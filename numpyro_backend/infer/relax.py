@@ -52,7 +52,10 @@ from numpyro_backend.infer.particles import (
     ParticleELBO,
     check_relaxable,
     control_variate_input,
+    coordinate_log_prob,
+    decision_shape,
     guide_sites,
+    has_mask,
     leave_one_out_mean,
     network_name,
     relaxation_kind,
@@ -112,6 +115,7 @@ class REBAR_ELBO(ParticleELBO):
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
+        coordinatewise: bool = True,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -120,6 +124,7 @@ class REBAR_ELBO(ParticleELBO):
         self.eta = eta
         self.learn_temperature = learn_temperature
         self.learn_eta = learn_eta
+        self.coordinatewise = bool(coordinatewise)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -183,14 +188,65 @@ class REBAR_ELBO(ParticleELBO):
         )
         return {"eta": eta, "temperature": jnp.exp(log_temperature), "net": None}
 
-    def _network(self, net_params, kind, z, logits, event_ndim):
+    def _network(self, net_params, kind, relaxed, logits, hard, mask, event_ndim):
         return 0.0
+
+    def _coordinate_masks(self, site: dict):
+        """None (one joint control variate) or boolean masks (D,) + element shape, one per
+        decision of a site element, when ``coordinatewise`` and D > 1 (see REBAR_ELBO)."""
+        fn = site["fn"]
+        kind = relaxation_kind(fn)
+        shape = decision_shape(fn, kind)
+        size = math.prod(shape)
+        if not self.coordinatewise or size <= 1 or has_mask(fn):
+            return None
+        masks = jnp.eye(size, dtype=bool).reshape((size,) + shape)
+        return masks if kind == "bernoulli" else masks[..., None]
+
+    def _site_terms(self, particle, name, cv, temperatures, mask):
+        """log q of the decisions in ``mask`` (all if None), the score weight R − c(z̃) (no
+        θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃), for one control variate."""
+        record = particle.records[name]
+        kind, z, z_tilde, logits = record["kind"], record["z"], record["z_tilde"], record["logits"]
+        eta, temperature, net = cv["eta"], cv["temperature"], cv["net"]
+        hard = particle.guide_trace[name]["value"]
+        cost = particle.downstream_cost(name)
+        cost_fn = particle.relaxed_cost_fn(name, temperatures)
+        if mask is None:
+            log_prob = particle.log_prob(name)
+            place = cost_fn
+        else:  # decision j relaxed, the others at their sampled values
+            log_prob = coordinate_log_prob(kind, logits, hard, mask)
+
+            def place(s):
+                return cost_fn(jnp.where(mask, s, hard))
+
+        relaxed_z = relaxed_value(kind, z, temperature)
+        c_z = place(relaxed_z)
+        # c(z̃) twice: once differentiable in θ (through z̃), once for the score weight,
+        # where only φ may carry gradient: value sg(c(z̃)), tangent in λ via a JVP.
+        relaxed_tilde = relaxed_value(kind, z_tilde, temperature)
+        relaxed_tilde_phi = relaxed_value(kind, lax.stop_gradient(z_tilde), temperature)
+        c_tilde, c_tilde_phi = jax.jvp(
+            place, (relaxed_tilde,), (relaxed_tilde_phi - lax.stop_gradient(relaxed_tilde_phi),)
+        )
+        weight_tilde = lax.stop_gradient(c_tilde) + c_tilde_phi
+        event_ndim = len(particle.guide_trace[name]["fn"].event_shape)
+        network_inputs = (logits, hard, mask, event_ndim)
+        r_z = self._network(net, kind, relaxed_z, *network_inputs)
+        r_tilde = self._network(net, kind, relaxed_tilde, *network_inputs)
+        r_tilde_phi = self._network(net, kind, relaxed_tilde_phi, *network_inputs)
+        return {
+            "log_prob": log_prob,
+            "residual": cost - eta * weight_tilde - r_tilde_phi,
+            "control": jnp.sum(eta * (c_z - c_tilde) + r_z - r_tilde),
+        }
 
     # -- loss ------------------------------------------------------------------------------
 
     def _particle(self, rng_key, theta, phi, model, guide, args, kwargs, settings) -> dict:
-        """One particle: its ELBO (pathwise gradient) and, per discrete site, log q(b), the
-        score weight R − c(z̃) (no θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃)."""
+        """One particle: its ELBO (pathwise gradient) and, per discrete site (per decision
+        when coordinate-wise), log q(b), the score weight R − c(z̃) and Σ c(z) − c(z̃)."""
         particle = Particle(rng_key, theta, model, guide, args, kwargs, draw_with_noise=True)
         check_relaxable(particle.guide_trace, self._estimator)
         cv = {
@@ -200,33 +256,17 @@ class REBAR_ELBO(ParticleELBO):
         temperatures = {name: p["temperature"] for name, p in cv.items()}
         sites = {}
         for name in particle.nonreparam:
-            record = particle.records[name]
-            kind, z, z_tilde = record["kind"], record["z"], record["z_tilde"]
-            logits = record["logits"]
-            eta, temperature = cv[name]["eta"], cv[name]["temperature"]
-            event_ndim = len(particle.guide_trace[name]["fn"].event_shape)
-            cost = particle.downstream_cost(name)
-            cost_fn = particle.relaxed_cost_fn(name, temperatures)
-            c_z = cost_fn(relaxed_value(kind, z, temperature))
-            # c(z̃) twice: once differentiable in θ (through z̃), once for the score weight,
-            # where only φ may carry gradient: value sg(c(z̃)), tangent in λ via a JVP.
-            relaxed_tilde = relaxed_value(kind, z_tilde, temperature)
-            relaxed_tilde_phi = relaxed_value(kind, lax.stop_gradient(z_tilde), temperature)
-            c_tilde, c_tilde_phi = jax.jvp(
-                cost_fn,
-                (relaxed_tilde,),
-                (relaxed_tilde_phi - lax.stop_gradient(relaxed_tilde_phi),),
-            )
-            weight_tilde = lax.stop_gradient(c_tilde) + c_tilde_phi
-            net = cv[name]["net"]
-            r_z = self._network(net, kind, z, logits, event_ndim)
-            r_tilde = self._network(net, kind, z_tilde, logits, event_ndim)
-            r_tilde_phi = self._network(net, kind, lax.stop_gradient(z_tilde), logits, event_ndim)
-            sites[name] = {
-                "log_prob": particle.log_prob(name),
-                "residual": cost - eta * weight_tilde - r_tilde_phi,
-                "control": jnp.sum(eta * (c_z - c_tilde) + r_z - r_tilde),
-            }
+            masks = self._coordinate_masks(particle.guide_trace[name])
+            if masks is None:
+                sites[name] = self._site_terms(particle, name, cv[name], temperatures, None)
+            else:
+
+                def terms_of(mask, name=name):
+                    return self._site_terms(particle, name, cv[name], temperatures, mask)
+
+                terms = jax.vmap(terms_of)(masks)
+                terms["control"] = jnp.sum(terms["control"])
+                sites[name] = terms
         return {"elbo": particle.elbo(), "sites": sites}
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
@@ -336,23 +376,37 @@ class RELAX_ELBO(REBAR_ELBO):
         if kind == "categorical":
             size = size * site_logits(fn, kind).shape[-1]
         init_fn, _ = self.control_variate
-        return init_fn(rng_key, 2 * size, dtype)  # input: z and the logits
+        if self._coordinate_masks(site) is None:
+            return init_fn(rng_key, 2 * size, dtype)  # input: σ_λ(z) and the logits
+        # input: decision j's σ_λ(z), the logits, the other decisions' values, one-hot of j
+        decisions = math.prod(decision_shape(fn, kind))
+        own = 1 if kind == "bernoulli" else fn.event_shape[-1]
+        return init_fn(rng_key, own + 2 * size + decisions, dtype)
 
     def _control_variate_params(self, phi: dict, site: str, setting: dict) -> dict:
         params = super()._control_variate_params(phi, site, setting)
         params["net"] = phi[network_name(site)]
         return params
 
-    def _network(self, net_params, kind, z, logits, event_ndim):
-        # input: the relaxed logits z and, as context, the site's logits with the gradient
-        # stopped (r_ρ must be a fixed function of z for the identity behind ĝ; the logits
-        # carry what the guide conditions on, e.g. the data point in a VAE) — as on Pyro
+    def _network(self, net_params, kind, relaxed, logits, hard, mask, event_ndim):
+        # input: the relaxed value σ_λ(z) (softmax), centred as 2σ − 1, and, as context, the
+        # site's logits with the gradient stopped (r_ρ must be a fixed function of z for the
+        # identity behind ĝ; the logits carry what the guide conditions on, e.g. the data
+        # point in a VAE); coordinate-wise, decision j's relaxed value only, with the other
+        # decisions' sampled values and a one-hot of j — as on Pyro
         _, apply_fn = self.control_variate
-        x = jnp.concatenate(
-            [
-                control_variate_input(kind, z, event_ndim),
-                control_variate_input(kind, lax.stop_gradient(logits), event_ndim),
-            ],
-            -1,
-        )
-        return apply_fn(net_params, x)
+        flat_logits = control_variate_input(kind, lax.stop_gradient(logits), event_ndim)
+        batch_shape = flat_logits.shape[:-1]
+        centred = 2.0 * relaxed - 1.0
+        if mask is None:
+            parts = [control_variate_input(kind, centred, event_ndim), flat_logits]
+        elif kind == "bernoulli":
+            own = jnp.sum(jnp.where(mask, centred, 0.0), tuple(range(-mask.ndim, 0)))[..., None]
+        else:
+            own = jnp.sum(jnp.where(mask, centred, 0.0), tuple(range(-mask.ndim, -1)))
+        if mask is not None:
+            others = control_variate_input(kind, jnp.where(mask, 0.0, hard), event_ndim)
+            position = mask.reshape(-1).astype(relaxed.dtype)
+            parts = [own, flat_logits, others, position]
+        parts = [jnp.broadcast_to(p, batch_shape + p.shape[-1:]) for p in parts]
+        return apply_fn(net_params, jnp.concatenate(parts, -1))

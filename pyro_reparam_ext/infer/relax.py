@@ -182,6 +182,37 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _hard_one_hot(kind, value, logits) -> torch.Tensor:
+    """The sampled value as a float tensor shaped like the relaxed value (one-hot for K > 2)."""
+    if kind == CATEGORICAL:
+        return F.one_hot(value, logits.shape[-1]).to(logits.dtype)
+    return value.to(logits.dtype)
+
+
+def _decision_shape(kind, logits, batch_shape) -> tuple:
+    """Shape of the decisions in one site element: the event dims (without K)."""
+    shape = tuple(logits.shape[len(batch_shape) :])
+    return shape if kind == BERNOULLI else shape[:-1]
+
+
+def _decision_dims(kind, mask) -> tuple:
+    """The dims of a (relaxed or hard) value that index decisions (not categories)."""
+    ndim = mask.dim() - (0 if kind == BERNOULLI else 1)
+    offset = 0 if kind == BERNOULLI else 1
+    return tuple(range(-ndim - offset, -offset if offset else 0))
+
+
+def _coordinate_log_q(kind, logits, hard, mask, batch_shape) -> torch.Tensor:
+    """log q of the decisions selected by ``mask``, per site element (differentiable)."""
+    if kind == BERNOULLI:
+        elementwise = hard * F.logsigmoid(logits) + (1.0 - hard) * F.logsigmoid(-logits)
+        selected = elementwise * mask
+    else:
+        selected = ((hard * torch.log_softmax(logits, dim=-1)) * mask).sum(-1)
+        mask = mask.squeeze(-1)
+    return selected.sum(tuple(range(-mask.dim(), 0))) if mask.dim() else selected
+
+
 # ---- control variate networks -------------------------------------------------------------
 
 
@@ -238,6 +269,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         learn_temperature: bool = True,
         learn_eta: bool = True,
         retain_graph: bool | None = None,
+        coordinatewise: bool = True,
     ):
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -246,6 +278,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         self.eta = float(eta)
         self.learn_temperature = learn_temperature
         self.learn_eta = learn_eta
+        self.coordinatewise = bool(coordinatewise)
         self._theta = {}
         self._phi = {}
 
@@ -276,8 +309,24 @@ class REBAR_ELBO(DiscreteLatentELBO):
             controls[name] = {"temperature": log_temp.exp(), "eta": eta}
         return controls
 
-    def _network_term(self, name, z, logits, batch_shape) -> torch.Tensor | float:
+    def _network_term(self, name, z, logits, batch_shape, kind, hard, mask):
         return 0.0
+
+    def _coordinate_masks(self, kind, logits, batch_shape) -> list:
+        """[None] (one joint control variate) or one boolean mask per decision of an element.
+
+        With ``coordinatewise`` and D > 1 decisions per site element (event dims), mask j
+        (shape ``decision_shape``, plus a trailing 1 over the categories of a one-hot) selects
+        decision j.
+        """
+        shape = _decision_shape(kind, logits, batch_shape)
+        size = math.prod(shape)
+        if not self.coordinatewise or size <= 1:
+            return [None]
+        masks = torch.eye(size, dtype=torch.bool, device=logits.device).reshape((size,) + shape)
+        if kind != BERNOULLI:
+            masks = masks.unsqueeze(-1)
+        return list(masks.unbind(0))
 
     # ---- one particle run -----------------------------------------------------------------
 
@@ -322,43 +371,53 @@ class REBAR_ELBO(DiscreteLatentELBO):
                     z_tilde = categorical_conditional_relaxed_logits(logits, one_hot, record["v"])
                 later = order[order.index(name) :]
                 replayable = all(records[t]["kind"] != CATEGORICAL for t in later)
-                c_values = []
-                for z_point in (z, z_tilde):
-                    soft = _soft(kind, z_point, temperature)
-                    if replayable:
-                        relaxed = self._replay_reward(
-                            model,
-                            guide,
-                            args,
-                            kwargs,
-                            rng_before,
-                            records,
-                            name,
-                            soft,
-                            controls,
-                            nodes[name],
-                            site,
-                        )
+                batch_shape = site["score_parts"].score_function.shape
+                hard = _hard_one_hot(kind, record["value"], logits)
+                for mask in self._coordinate_masks(kind, logits, batch_shape):
+                    if mask is None:
+                        score = site["score_parts"].score_function
                     else:
-                        relaxed = self._own_reward(model_trace, guide_trace, name, kind, soft)
-                    batch_shape = site["score_parts"].score_function.shape
-                    c = eta * torch.broadcast_to(relaxed, batch_shape)
-                    c = c + self._network_term(name, z_point, logits, batch_shape)
-                    c_values.append(c)
-                c_z, c_z_tilde = c_values
-                score = site["score_parts"].score_function
-                # gradient w.r.t. θ: ∇log q·(R − c(z̃)) + ∇c(z) − ∇c(z̃)  ([2] eq. 8); the
-                # score.detach()·c(z̃) term cancels −score·∇c(z̃) while keeping c(z̃)'s
-                # dependence on φ inside ∇_θ, which the variance gradient needs.
-                # the baseline β of R − c(z̃) keeps its φ-dependence (leave-one-out: through
-                # the other particles' c(z̃)), so ∇_φ Σ ĝ² sees that β follows φ
-                residual = rewards[name] - c_z_tilde
-                shift = c_z_tilde + self._residual_baseline(site, residual)
-                surrogate = (
-                    surrogate
-                    + (score * (rewards[name] - shift) + score.detach() * shift).sum()
-                    + (c_z - c_z_tilde).sum()
-                )
+                        score = _coordinate_log_q(kind, logits, hard, mask, batch_shape)
+                    c_values = []
+                    for z_point in (z, z_tilde):
+                        relaxed_point = _soft(kind, z_point, temperature)
+                        soft = relaxed_point
+                        if mask is not None:  # decision j relaxed, the others at b
+                            soft = torch.where(mask, soft, hard)
+                        if replayable:
+                            relaxed = self._replay_reward(
+                                model,
+                                guide,
+                                args,
+                                kwargs,
+                                rng_before,
+                                records,
+                                name,
+                                soft,
+                                controls,
+                                nodes[name],
+                                site,
+                            )
+                        else:
+                            relaxed = self._own_reward(model_trace, guide_trace, name, kind, soft)
+                        c = eta * torch.broadcast_to(relaxed, batch_shape)
+                        c = c + self._network_term(
+                            name, relaxed_point, logits, batch_shape, kind, hard, mask
+                        )
+                        c_values.append(c)
+                    c_z, c_z_tilde = c_values
+                    # gradient w.r.t. θ: ∇log q·(R − c(z̃)) + ∇c(z) − ∇c(z̃)  ([2] eq. 8); the
+                    # score.detach()·c(z̃) term cancels −score·∇c(z̃) while keeping c(z̃)'s
+                    # dependence on φ inside ∇_θ, which the variance gradient needs.
+                    # the baseline β of R − c(z̃) keeps its φ-dependence (leave-one-out:
+                    # through the other particles' c(z̃)), so ∇_φ Σ ĝ² sees that β follows φ
+                    residual = rewards[name] - c_z_tilde
+                    shift = c_z_tilde + self._residual_baseline(site, residual)
+                    surrogate = (
+                        surrogate
+                        + (score * (rewards[name] - shift) + score.detach() * shift).sum()
+                        + (c_z - c_z_tilde).sum()
+                    )
         finally:
             _set_rng_state(rng_after)
         return -elbo, -surrogate
@@ -492,6 +551,7 @@ class RELAX_ELBO(REBAR_ELBO):
         control_variate: nn.Module | Callable[[str, int], nn.Module] | None = None,
         hidden_dim: int = 32,
         retain_graph: bool | None = None,
+        coordinatewise: bool = True,
     ):
         super().__init__(
             num_particles,
@@ -502,6 +562,7 @@ class RELAX_ELBO(REBAR_ELBO):
             learn_temperature,
             learn_eta,
             retain_graph,
+            coordinatewise,
         )
         if control_variate is not None and not callable(control_variate):
             raise ValueError(
@@ -525,14 +586,25 @@ class RELAX_ELBO(REBAR_ELBO):
             self._networks[name] = net
         return pyro.module(f"reparam_ext.relax.{name}", net, update_module_params=True)
 
-    def _network_term(self, name, z, logits, batch_shape) -> torch.Tensor:
-        # input: the relaxed logits z and, as context, the site's logits (detached, so the
-        # network is a fixed function of z for the identity behind ĝ; they carry what the
-        # guide conditions on, e.g. the data point in a VAE)
-        flat = torch.cat(
-            [z.reshape(batch_shape + (-1,)), logits.detach().reshape(batch_shape + (-1,))], -1
-        )
-        net = self._network(name, flat.shape[-1], z)
+    def _network_term(self, name, relaxed, logits, batch_shape, kind, hard, mask):
+        # input: the relaxed value σ_λ(z) (softmax for one-hot), centred as 2σ − 1, and, as
+        # context, the site's logits (detached, so the network is a fixed function of z for
+        # the identity behind ĝ; they carry what the guide conditions on, e.g. the data point
+        # in a VAE); coordinate-wise: decision j's relaxed value only, with the other
+        # decisions' sampled values and a one-hot of j as more context
+        flat_logits = logits.detach().reshape(batch_shape + (-1,))
+        centred = 2.0 * relaxed - 1.0
+        if mask is None:
+            parts = [centred.reshape(batch_shape + (-1,)), flat_logits]
+        else:
+            own = (centred * mask).sum(_decision_dims(kind, mask))
+            if kind == BERNOULLI:
+                own = own.unsqueeze(-1)
+            others = (hard * ~mask).reshape(batch_shape + (-1,))
+            position = mask.reshape(-1).to(relaxed.dtype).expand(batch_shape + (-1,))
+            parts = [own, flat_logits, others, position]
+        flat = torch.cat([torch.broadcast_to(p, batch_shape + p.shape[-1:]) for p in parts], -1)
+        net = self._network(name, flat.shape[-1], relaxed)
         for param_name, param in net.named_parameters():
             self._phi[f"reparam_ext.relax.{name}${param_name}"] = param
         return net(flat)

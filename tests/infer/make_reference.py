@@ -13,6 +13,7 @@ writes ``tests/data/estimator_reference.json``. Methods, one per model:
   cross-checked here against ``TraceEnum_ELBO`` (c enumerated, z sampled with 200k particles)
   within 5 standard errors.
 - ``relax_toy``: closed form (two terms).
+- ``event_sites``: explicit enumeration of the 3² one-hot values of z and the 2² values of c.
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ def main():
                 loss, init = bernoulli_normal_reference(entry)
             elif name == "relax_toy":
                 loss, init = relax_toy_reference(entry)
+            elif name == "event_sites":
+                one_hots = torch.eye(3).tolist()
+                z_values = [[a, b] for a in one_hots for b in one_hots]
+                c_values = [[a, b] for a in (0.0, 1.0) for b in (0.0, 1.0)]
+                loss, init = brute_force_reference(entry, {"z": z_values, "c": c_values})
             out[name] = {"loss": loss.item(), "grads": _grads(loss, init)}
             print(name, out[name]["loss"])
 

@@ -247,6 +247,53 @@ BINARY_VAE = EstimatorModel(
 
 
 # ---------------------------------------------------------------------------------------------
+# 6. Sites with several decisions per element (event dims), for the coordinate-wise control
+#    variates of REBAR/RELAX: z = two one-hot decisions over 3 categories (to_event), then two
+#    Bernoulli decisions c whose guide logits depend on z.
+
+
+def _event_model(data, init):
+    locs = pyro.param("locs", init["locs"])
+    w = pyro.param("w", init["w"])
+    z = pyro.sample("z", dist.OneHotCategorical(logits=data["prior_z_logits"]).to_event(1))
+    c = pyro.sample("c", dist.Bernoulli(logits=data["prior_c_logits"]).to_event(1))
+    h = z @ locs  # one value per decision: (..., 2)
+    mean = ops.tanh(h[..., 0] - 0.5 * h[..., 1] + (c * w).sum(-1) * h[..., 0])
+    with pyro.plate("obs", data["x"].shape[-1]):
+        pyro.sample("x", dist.Normal(mean, 0.5), obs=data["x"])
+
+
+def _event_guide(data, init):
+    z_logits = pyro.param("q_z_logits", init["q_z_logits"])
+    c_logits = pyro.param("q_c_logits", init["q_c_logits"])
+    coupling = pyro.param("q_coupling", init["q_coupling"])
+    z = pyro.sample("z", dist.OneHotCategorical(logits=z_logits).to_event(1))
+    pyro.sample("c", dist.Bernoulli(logits=c_logits + z @ coupling).to_event(1))
+
+
+EVENT_SITES = EstimatorModel(
+    name="event_sites",
+    model=_event_model,
+    guide=_event_guide,
+    make_data=lambda: {
+        "x": np.array([0.9, -0.3, 0.6]),
+        "prior_z_logits": np.array([[0.2, -0.3, 0.1], [0.0, 0.4, -0.2]]),
+        "prior_c_logits": np.array([0.3, -0.6]),
+    },
+    init_params={
+        "locs": np.array([-1.0, 0.5, 2.0]),
+        "w": np.array([0.8, -0.6]),
+        "q_z_logits": np.array([[0.3, -0.4, 0.2], [-0.1, 0.5, 0.0]]),
+        "q_c_logits": np.array([0.2, -0.3]),
+        "q_coupling": np.array([0.7, -0.5, 0.3]),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("z", "c"),
+    description="z: 2 one-hot decisions (to_event), c | z: 2 Bernoulli decisions (to_event)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. The RELAX toy [1]: minimise E_{b ~ Bernoulli(θ)}[(b − 0.499)²]; optimum θ → 0.
 #    As an ELBO: an observation N(0.499 | b, 1/√2) contributes −(b − 0.499)² − ½ log π, and
 #    the latent b (prior Bernoulli(1/2)) sits under ``handlers.scale(KL_SCALE)`` in model and
@@ -283,8 +330,17 @@ RELAX_TOY = EstimatorModel(
 
 #: The three models every estimator's unbiasedness is checked on.
 UNBIASEDNESS_MODELS = [BERNOULLI_NONLINEAR, CATEGORICAL_MIXTURE, BERNOULLI_NORMAL]
+#: Models whose discrete sites hold several decisions per element (coordinate-wise REBAR/RELAX).
+EVENT_MODELS = [EVENT_SITES, BINARY_VAE]
 #: Every entry, by name.
 MODELS = {
     m.name: m
-    for m in [BERNOULLI_NONLINEAR, CATEGORICAL_MIXTURE, BERNOULLI_NORMAL, BINARY_VAE, RELAX_TOY]
+    for m in [
+        BERNOULLI_NONLINEAR,
+        CATEGORICAL_MIXTURE,
+        BERNOULLI_NORMAL,
+        BINARY_VAE,
+        RELAX_TOY,
+        EVENT_SITES,
+    ]
 }

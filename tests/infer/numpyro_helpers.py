@@ -23,6 +23,7 @@ ESTIMATORS = {
     "none-K1": lambda: ScoreFunction_ELBO(num_particles=1, baseline="none"),
     "rebar-K1": lambda: REBAR_ELBO(num_particles=1),
     "relax-K2": lambda: RELAX_ELBO(num_particles=2, max_plate_nesting=1),
+    "rebar-joint-K1": lambda: REBAR_ELBO(num_particles=1, coordinatewise=False),
 }
 NUM_SAMPLES = 2000
 

@@ -12,7 +12,7 @@ import pyroapi
 import pytest
 
 import pyro_reparam_ext.infer as pyro_infer
-from tests.infer.models import UNBIASEDNESS_MODELS
+from tests.infer.models import EVENT_MODELS, UNBIASEDNESS_MODELS
 from tests.infer.numpyro_helpers import (
     estimator_gradient_stats,
     fast_compile,  # noqa: F401  (fixture)
@@ -32,8 +32,14 @@ PYRO_ESTIMATORS = {
 }
 
 
-@pytest.mark.parametrize("estimator", list(PYRO_ESTIMATORS))
-@pytest.mark.parametrize("entry", UNBIASEDNESS_MODELS, ids=lambda e: e.name)
+CASES = [(entry, name) for entry in UNBIASEDNESS_MODELS for name in PYRO_ESTIMATORS] + [
+    (entry, "relax-K2") for entry in EVENT_MODELS
+]
+
+
+@pytest.mark.parametrize(
+    "entry, estimator", CASES, ids=[f"{entry.name}-{name}" for entry, name in CASES]
+)
 def test_backends_agree(entry, estimator):
     numpyro_stats = estimator_gradient_stats(entry.name, estimator)
     with pyroapi.pyro_backend("pyro_reparam_ext"):

@@ -19,7 +19,7 @@ import pytest
 
 from numpyro_backend.backend.distributions import OneHotCategorical
 from numpyro_backend.infer import REBAR_ELBO, gradient_variance
-from tests.infer.models import UNBIASEDNESS_MODELS
+from tests.infer.models import EVENT_MODELS, UNBIASEDNESS_MODELS
 from tests.infer.numpyro_helpers import (
     ESTIMATORS,
     NUM_SAMPLES,
@@ -33,8 +33,16 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 Z_MAX = 5.0
 
 
-@pytest.mark.parametrize("estimator", list(ESTIMATORS))
-@pytest.mark.parametrize("entry", UNBIASEDNESS_MODELS, ids=lambda e: e.name)
+# every estimator on the three models; REBAR/RELAX also on the models with several
+# decisions per site element (coordinate-wise control variates, and joint ones)
+CASES = [(entry, name) for entry in UNBIASEDNESS_MODELS for name in ESTIMATORS] + [
+    (entry, name) for entry in EVENT_MODELS for name in ESTIMATORS if name.startswith("re")
+]
+
+
+@pytest.mark.parametrize(
+    "entry, estimator", CASES, ids=[f"{entry.name}-{name}" for entry, name in CASES]
+)
 def test_mean_gradient_matches_exact(entry, estimator):
     stats = estimator_gradient_stats(entry.name, estimator)
     assert set(stats["params"]) == set(entry.exact_grads)

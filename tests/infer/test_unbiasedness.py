@@ -16,7 +16,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 from pyro_reparam_ext.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO
 from pyro_reparam_ext.infer.relax import ControlVariateNet
-from tests.infer.models import BINARY_VAE, UNBIASEDNESS_MODELS, EstimatorModel
+from tests.infer.models import EVENT_MODELS, UNBIASEDNESS_MODELS, EstimatorModel
 from tests.infer.pyro_helpers import gradient_batches, max_abs_z, param_leaf
 
 NUM_CALLS = 30
@@ -38,6 +38,13 @@ ESTIMATORS = {
     "relax-randnet-K2": lambda n: RELAX_ELBO(
         num_particles=2, max_plate_nesting=n, control_variate=_random_network
     ),
+    # one joint control variate per site element instead of one per decision
+    "rebar-joint-K2": lambda n: REBAR_ELBO(
+        num_particles=2, max_plate_nesting=n, coordinatewise=False
+    ),
+    "relax-joint-randnet-K1": lambda n: RELAX_ELBO(
+        max_plate_nesting=n, control_variate=_random_network, coordinatewise=False
+    ),
 }
 
 
@@ -50,10 +57,15 @@ def _random_network(site_name, event_size):
     return net
 
 
-# every estimator on the three models of the issue; REBAR/RELAX also on the VAE, whose
-# ``to_event`` Bernoulli site exercises the relaxation of vector-valued sites
+# every estimator on the three models of the issue; REBAR/RELAX also on the models whose
+# sites hold several decisions per element (``to_event``): the VAE's Bernoulli site, and two
+# one-hot decisions followed by two dependent Bernoulli decisions — coordinate-wise control
+# variates (the default) and joint ones
 CASES = [(entry, name) for entry in UNBIASEDNESS_MODELS for name in ESTIMATORS] + [
-    (BINARY_VAE, name) for name in ESTIMATORS if name.startswith(("rebar", "relax"))
+    (entry, name)
+    for entry in EVENT_MODELS
+    for name in ESTIMATORS
+    if name.startswith(("rebar", "relax"))
 ]
 
 

@@ -2,17 +2,16 @@
 
 All estimators at the same parameters and the same number of particles (one); variance is the
 total variance of the encoder (guide) gradient, the part the estimators differ in. A claim
-"X has lower variance than TraceGraph_ELBO" is tested on the log-ratio of the two total
-variances, whose standard error comes from the samples (``total_variance_se``, delta method):
-it must exceed 5 standard errors.
+"X has variance at least F× lower than TraceGraph_ELBO" is tested on the log-ratio of the two
+total variances, whose standard error comes from the samples (``total_variance_se``, delta
+method): log(ratio / F) must exceed 5 standard errors.
 
 Measured ratios (TraceGraph variance / estimator variance) are printed (``pytest -s``) and
-recorded in the issue notes. The issue's target of ≥ 10× for RELAX is NOT reached on this
-model: 2.4–2.7× after warm-ups of 0–500 steps at control-variate lr 0.005–0.02 (already
-2.45× with no warm-up), REBAR at its best fixed temperature (λ = 1) 2.9×; the control
-variate family η·f(σ_λ(z)) (+ r_ρ) leaves that much here (notes: report-relax-followup.md).
-These tests check the claims that hold, including the paper's toy claim that RELAX's
-network removes ≥ 10× more variance than REBAR where f(σ_λ(z)) is a poor control variate.
+recorded in the issue notes. RELAX and REBAR use coordinate-wise control variates (the
+default): each of a data point's three latent decisions is relaxed with the other two held at
+their sampled values, so the score term of a decision no longer carries the other decisions'
+noise. With one joint control variate per data point (``coordinatewise=False``, the papers'
+form) the ratio was 2.4–2.9× on this model.
 """
 
 import math
@@ -40,12 +39,12 @@ def _decaying_avg_guide(guide):
     )
 
 
-def _measure(elbo, guide, num_samples, warm_calls=0, warm_steps=0):
+def _measure(elbo, guide, num_samples, warm_calls=0, warm_steps=0, warm_lr=0.02):
     data, init = torch_inputs(BINARY_VAE)
     if warm_calls:  # let running-average baselines settle (no parameter moves)
         gradient_variance(elbo, BINARY_VAE.model, guide, data, init, num_samples=warm_calls)
     if warm_steps:  # train only the control variate's parameters
-        warm_up_control_variates(elbo, BINARY_VAE.model, guide, (data, init), warm_steps, 0.02)
+        warm_up_control_variates(elbo, BINARY_VAE.model, guide, (data, init), warm_steps, warm_lr)
     return gradient_variance(
         elbo, BINARY_VAE.model, guide, data, init, num_samples=num_samples, param_names=ENCODER
     )
@@ -77,13 +76,39 @@ def test_optimal_baseline_below_tracegraph(tracegraph_variance):
     assert z > Z_MIN, f"ratio {ratio:.3f}, z = {z:.2f}"
 
 
-def test_relax_after_warm_up_below_tracegraph(tracegraph_variance):
+def test_relax_after_warm_up_ten_times_below_tracegraph(tracegraph_variance):
+    # the issue's target: RELAX, after a short control-variate warm-up (1000 steps at lr
+    # 0.005 on η, λ and the network; the model and guide parameters stay fixed), at least
+    # 10× below TraceGraph_ELBO's decaying-average baseline at one particle each
     with pyroapi.pyro_backend("pyro_reparam_ext"):
         elbo = RELAX_ELBO(max_plate_nesting=1)
-        stats = _measure(elbo, BINARY_VAE.guide, 400, warm_steps=150)
-    ratio, z = _log_ratio_z(tracegraph_variance, stats)
-    print(f"\nvariance ratio TraceGraph/RELAX (K=1, 150 warm-up steps): {ratio:.3f}  (z = {z:.1f})")
-    assert z > Z_MIN, f"ratio {ratio:.3f}, z = {z:.2f}"
+        stats = _measure(elbo, BINARY_VAE.guide, 400, warm_steps=1000, warm_lr=0.005)
+    ratio, z_ten = _log_ratio_z(tracegraph_variance, stats, factor=10.0)
+    print(f"\nvariance ratio TraceGraph/RELAX (K=1, 1000 warm-up steps): {ratio:.2f}")
+    print(f"z of log(ratio / 10): {z_ten:.1f}")
+    assert z_ten > Z_MIN, f"ratio {ratio:.2f}, z vs 10x = {z_ten:.2f}"
+
+
+def test_rebar_coordinatewise_and_joint_below_tracegraph(tracegraph_variance):
+    # REBAR after a warm-up of η, λ (300 steps at lr 0.02): the coordinate-wise control
+    # variates must beat the joint ones, and both TraceGraph_ELBO
+    ratios = {}
+    for coordinatewise in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        with pyroapi.pyro_backend("pyro_reparam_ext"):
+            elbo = REBAR_ELBO(max_plate_nesting=1, coordinatewise=coordinatewise)
+            stats = _measure(elbo, BINARY_VAE.guide, 400, warm_steps=300, warm_lr=0.02)
+        ratios[coordinatewise] = _log_ratio_z(tracegraph_variance, stats), stats
+    (ratio_cw, z_cw), stats_cw = ratios[True]
+    (ratio_joint, z_joint), stats_joint = ratios[False]
+    print(
+        f"\nvariance ratio TraceGraph/REBAR (K=1): coordinate-wise {ratio_cw:.2f}, joint "
+        f"{ratio_joint:.2f}"
+    )
+    assert z_cw > Z_MIN and z_joint > Z_MIN, (z_cw, z_joint)
+    _, z_between = _log_ratio_z(stats_joint, stats_cw)
+    assert z_between > Z_MIN, f"coordinate-wise vs joint: z = {z_between:.2f}"
 
 
 def _toy_variance(elbo, warm_steps, lr, num_samples):
