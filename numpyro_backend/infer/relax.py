@@ -17,6 +17,14 @@ estimator's second moment Σ_j ĝ_j² ([2], eq. 9), because the loss is the surr
 
 where ĝ(φ) is computed inside the loss as a gradient with θ held fixed (``sg``: stop-gradient).
 
+Coordinate-wise control variates (``coordinatewise=True``, the default), as on the Pyro
+backend: a site element with D > 1 decisions (event dims of a Bernoulli, several one-hot
+decisions) gets one control variate per decision, c_j(z) = η f(b₋ⱼ, σ_λ(z_j)) (+ r_ρ), with
+the element's other decisions at their sampled values, used only in decision j's terms — the
+decisions are independent given the logits, so each term is the one-decision estimator at
+fixed b₋ⱼ (unbiased). The D relaxed replays run under ``jax.vmap``. Not applied to masked
+sites (``.mask(...)``), whose per-decision log-densities NumPyro does not expose.
+
 Example::
 
     from numpyro_backend.infer import RELAX_ELBO, SVI
@@ -102,6 +110,8 @@ class REBAR_ELBO(ParticleELBO):
     :param float eta: initial control-variate scale η.
     :param bool learn_temperature: learn log λ per site by minimizing the variance.
     :param bool learn_eta: learn η per site by minimizing the variance.
+    :param bool coordinatewise: one control variate per decision of a site element (default)
+        instead of one per element; see the module docstring.
     """
 
     _estimator = "REBAR_ELBO"
@@ -188,7 +198,7 @@ class REBAR_ELBO(ParticleELBO):
         )
         return {"eta": eta, "temperature": jnp.exp(log_temperature), "net": None}
 
-    def _network(self, net_params, kind, relaxed, logits, hard, mask, event_ndim):
+    def _network(self, net_params, kind, z, logits, hard, mask, event_ndim):
         return 0.0
 
     def _coordinate_masks(self, site: dict):
@@ -233,9 +243,9 @@ class REBAR_ELBO(ParticleELBO):
         weight_tilde = lax.stop_gradient(c_tilde) + c_tilde_phi
         event_ndim = len(particle.guide_trace[name]["fn"].event_shape)
         network_inputs = (logits, hard, mask, event_ndim)
-        r_z = self._network(net, kind, relaxed_z, *network_inputs)
-        r_tilde = self._network(net, kind, relaxed_tilde, *network_inputs)
-        r_tilde_phi = self._network(net, kind, relaxed_tilde_phi, *network_inputs)
+        r_z = self._network(net, kind, z, *network_inputs)
+        r_tilde = self._network(net, kind, z_tilde, *network_inputs)
+        r_tilde_phi = self._network(net, kind, lax.stop_gradient(z_tilde), *network_inputs)
         return {
             "log_prob": log_prob,
             "residual": cost - eta * weight_tilde - r_tilde_phi,
@@ -323,7 +333,9 @@ class RELAX_ELBO(REBAR_ELBO):
         apply_fn(params, x) -> value)`` where ``x`` (shape ``batch + (event_size,)``) is the
         relaxed logits z of a site element (event dims, and K for a Categorical, flattened)
         concatenated with the site's logits (gradient stopped), so event_size is twice the
-        element size, and ``value`` has shape ``batch``.
+        element size, and ``value`` has shape ``batch``. Coordinate-wise (elements with D > 1
+        decisions), ``x`` is [z_j, logits, the sampled values with decision j zeroed, one-hot
+        of j]: event_size = k + 2·size + D for k logits per decision — as on Pyro.
     :param int hidden_dim: hidden units of the default network.
 
     The other arguments are :class:`REBAR_ELBO`'s.
@@ -377,8 +389,8 @@ class RELAX_ELBO(REBAR_ELBO):
             size = size * site_logits(fn, kind).shape[-1]
         init_fn, _ = self.control_variate
         if self._coordinate_masks(site) is None:
-            return init_fn(rng_key, 2 * size, dtype)  # input: σ_λ(z) and the logits
-        # input: decision j's σ_λ(z), the logits, the other decisions' values, one-hot of j
+            return init_fn(rng_key, 2 * size, dtype)  # input: z and the logits
+        # input: decision j's z, the logits, the other decisions' values, a one-hot of j
         decisions = math.prod(decision_shape(fn, kind))
         own = 1 if kind == "bernoulli" else fn.event_shape[-1]
         return init_fn(rng_key, own + 2 * size + decisions, dtype)
@@ -388,25 +400,24 @@ class RELAX_ELBO(REBAR_ELBO):
         params["net"] = phi[network_name(site)]
         return params
 
-    def _network(self, net_params, kind, relaxed, logits, hard, mask, event_ndim):
-        # input: the relaxed value σ_λ(z) (softmax), centred as 2σ − 1, and, as context, the
-        # site's logits with the gradient stopped (r_ρ must be a fixed function of z for the
-        # identity behind ĝ; the logits carry what the guide conditions on, e.g. the data
-        # point in a VAE); coordinate-wise, decision j's relaxed value only, with the other
-        # decisions' sampled values and a one-hot of j — as on Pyro
+    def _network(self, net_params, kind, z, logits, hard, mask, event_ndim):
+        # input: the relaxed logits z and, as context, the site's logits with the gradient
+        # stopped (r_ρ must be a fixed function of z for the identity behind ĝ; the logits
+        # carry what the guide conditions on, e.g. the data point in a VAE); coordinate-wise,
+        # decision j's z only, with the other decisions' sampled values and a one-hot of j —
+        # as on Pyro
         _, apply_fn = self.control_variate
         flat_logits = control_variate_input(kind, lax.stop_gradient(logits), event_ndim)
         batch_shape = flat_logits.shape[:-1]
-        centred = 2.0 * relaxed - 1.0
         if mask is None:
-            parts = [control_variate_input(kind, centred, event_ndim), flat_logits]
+            parts = [control_variate_input(kind, z, event_ndim), flat_logits]
         elif kind == "bernoulli":
-            own = jnp.sum(jnp.where(mask, centred, 0.0), tuple(range(-mask.ndim, 0)))[..., None]
+            own = jnp.sum(jnp.where(mask, z, 0.0), tuple(range(-mask.ndim, 0)))[..., None]
         else:
-            own = jnp.sum(jnp.where(mask, centred, 0.0), tuple(range(-mask.ndim, -1)))
+            own = jnp.sum(jnp.where(mask, z, 0.0), tuple(range(-mask.ndim, -1)))
         if mask is not None:
             others = control_variate_input(kind, jnp.where(mask, 0.0, hard), event_ndim)
-            position = mask.reshape(-1).astype(relaxed.dtype)
+            position = mask.reshape(-1).astype(z.dtype)
             parts = [own, flat_logits, others, position]
         parts = [jnp.broadcast_to(p, batch_shape + p.shape[-1:]) for p in parts]
         return apply_fn(net_params, jnp.concatenate(parts, -1))

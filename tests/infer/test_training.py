@@ -26,8 +26,8 @@ def test_rebar_toy_reaches_the_right_end(seed):
     # with K = 2 gets the cost's offset exactly from the leave-one-out baseline (η → 0).
     # test_variance.py checks the paper's toy claim (RELAX's variance ≪ REBAR's at K = 1).
     data, init = torch_inputs(RELAX_TOY)
-    pyro.set_rng_seed(seed)
     with pyroapi.pyro_backend("pyro_reparam_ext"):
+        pyro.set_rng_seed(seed)  # inside: entering pyro_backend reseeds the RNG (pyroapi)
         elbo = REBAR_ELBO(num_particles=2)
         warm_up_control_variates(elbo, RELAX_TOY.model, RELAX_TOY.guide, (data, init), 100, 0.05)
         svi = SVI(RELAX_TOY.model, RELAX_TOY.guide, Adam({"lr": 0.05}), loss=elbo)
@@ -147,8 +147,10 @@ def test_unknown_site_option_names_site_and_key():
 
 
 def test_custom_control_variate_module_is_registered():
+    # coordinate-wise input of a 3-decision Bernoulli element: the decision's relaxed value
+    # (1), the element's logits (3), the other decisions' values (3), a one-hot of j (3)
     data, init = torch_inputs(BINARY_VAE)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     net = net.double()
     with pyroapi.pyro_backend("pyro_reparam_ext"):
         elbo = RELAX_ELBO(
