@@ -112,6 +112,7 @@ def test_rebar_coordinatewise_and_joint_below_tracegraph(tracegraph_variance):
 
 
 def _toy_variance(elbo, warm_steps, lr, num_samples):
+    pyro.clear_param_store()  # each estimator warms up its own control variate from scratch
     data, init = torch_inputs(RELAX_TOY)
     with pyroapi.pyro_backend("pyro_reparam_ext"):
         pyro.set_rng_seed(0)  # inside: entering pyro_backend reseeds the RNG (pyroapi)
