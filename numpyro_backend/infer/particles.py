@@ -148,6 +148,26 @@ def score_wrt_logits(kind: str, logits, value) -> jnp.ndarray:
     return jax.nn.one_hot(value, logits.shape[-1], dtype=logits.dtype) - jax.nn.softmax(logits, -1)
 
 
+def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
+    """``leaf(base, value)`` for the base distribution of ``fn``, summed, broadcast and masked
+    through its ``Independent`` / ``expand`` / ``mask`` wrappers like ``fn.log_prob``."""
+    if isinstance(fn, Independent):
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
+        return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
+    if isinstance(fn, ExpandedDistribution):
+        return jnp.broadcast_to(_follow_wrappers(fn.base_dist, value, leaf), fn.batch_shape)
+    if isinstance(fn, MaskedDistribution):
+        return jnp.where(fn._mask, _follow_wrappers(fn.base_dist, value, leaf), 0.0)
+    return leaf(fn, value)
+
+
+def _relaxed_leaf(fn, value):
+    logits = fn.logits
+    if isinstance(fn, OneHotCategorical):
+        return jnp.sum(value * jax.nn.log_softmax(logits, -1), -1)
+    return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
+
+
 def relaxed_log_prob(fn, value) -> jnp.ndarray:
     """Continuous extension b log p + (1 − b) log(1 − p) of a Bernoulli log-density ([2] §3.3);
     the dot product of a relaxed one-hot value with log π for a OneHotCategorical.
@@ -155,18 +175,24 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
     Follows the wrappers (``Independent``, ``expand``, ``mask``) of ``fn`` so that the result
     has ``fn.batch_shape`` like ``fn.log_prob``.
     """
-    if isinstance(fn, Independent):
-        log_prob = relaxed_log_prob(fn.base_dist, value)
-        return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
-    if isinstance(fn, ExpandedDistribution):
-        return jnp.broadcast_to(relaxed_log_prob(fn.base_dist, value), fn.batch_shape)
-    if isinstance(fn, MaskedDistribution):
-        log_prob = relaxed_log_prob(fn.base_dist, value)
-        return jnp.where(fn._mask, log_prob, 0.0)
-    logits = fn.logits
-    if isinstance(fn, OneHotCategorical):
-        return jnp.sum(value * jax.nn.log_softmax(logits, -1), -1)
-    return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
+    return _follow_wrappers(fn, value, _relaxed_leaf)
+
+
+def bernoulli_log_prob(fn, value) -> jnp.ndarray:
+    """log q(value) of a (wrapped) Bernoulli, with the right gradient at logits = 0.
+
+    NumPyro 0.22's ``BernoulliLogits.log_prob`` (``binary_cross_entropy_with_logits``, built
+    on ``clip`` and ``abs``) has a wrong logit-gradient exactly at logits = 0: 0 and 1
+    instead of −½ and ½ for values 0 and 1 — the point where zero-initialized biases start.
+    Here log σ(±ℓ), selected by the value (exact for 0/1 values, also at infinite logits).
+    """
+    return _follow_wrappers(
+        fn,
+        value,
+        lambda base, v: jnp.where(
+            v > 0, jax.nn.log_sigmoid(base.logits), jax.nn.log_sigmoid(-base.logits)
+        ),
+    )
 
 
 def decision_shape(fn, kind: str) -> tuple:
@@ -197,25 +223,6 @@ def coordinate_log_prob(kind: str, logits, hard, mask) -> jnp.ndarray:
     elementwise = jnp.sum(hard * jax.nn.log_softmax(logits, -1), -1)
     selected = jnp.where(mask[..., 0], elementwise, 0.0)
     return jnp.sum(selected, axis=tuple(range(-(mask.ndim - 1), 0)))
-
-
-def bernoulli_log_prob(fn, value) -> jnp.ndarray:
-    """log q(value) of a (wrapped) Bernoulli, with the right gradient at logits = 0.
-
-    NumPyro 0.22's ``BernoulliLogits.log_prob`` (``binary_cross_entropy_with_logits``, built
-    on ``clip`` and ``abs``) has a wrong logit-gradient exactly at logits = 0: 0 and 1
-    instead of −½ and ½ for values 0 and 1 — the point where zero-initialized biases start.
-    Here log σ(±ℓ), selected by the value. Follows ``Independent`` / ``expand`` / ``mask``.
-    """
-    if isinstance(fn, Independent):
-        log_prob = bernoulli_log_prob(fn.base_dist, value)
-        return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
-    if isinstance(fn, ExpandedDistribution):
-        return jnp.broadcast_to(bernoulli_log_prob(fn.base_dist, value), fn.batch_shape)
-    if isinstance(fn, MaskedDistribution):
-        return jnp.where(fn._mask, bernoulli_log_prob(fn.base_dist, value), 0.0)
-    logits = fn.logits
-    return jnp.where(value > 0, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
 
 
 def _is_latent(site: dict) -> bool:
