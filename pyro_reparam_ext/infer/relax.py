@@ -198,7 +198,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _hard_one_hot(kind, value, logits) -> torch.Tensor:
-    """The sampled value as a float tensor shaped like the relaxed value (one-hot for K > 2)."""
+    """The sampled value as a float tensor shaped like the relaxed value (Categorical: one-hot)."""
     if kind == CATEGORICAL:
         return F.one_hot(value, logits.shape[-1]).to(logits.dtype)
     return value.to(logits.dtype)
