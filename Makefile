@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[numpyro,examples,dev]'
 	touch $(STAMP)
 
+# Two pytest workers: the suite is CPU-bound and single-threaded per test (2-core budget).
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 lint: install
 	$(VENV)/bin/ruff check .
