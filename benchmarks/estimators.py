@@ -69,17 +69,19 @@ def estimators(k: int, nesting: int) -> dict:
             False,
         ),
         "ScoreFunction_ELBO(optimal)": (
-            lambda: ScoreFunction_ELBO(k, nesting, baseline="optimal"),
+            lambda: ScoreFunction_ELBO(k, max_plate_nesting=nesting, baseline="optimal"),
             False,
             False,
         ),
         "ScoreFunction_ELBO(loo)" if k > 1 else "ScoreFunction_ELBO(decaying_avg)": (
-            lambda: ScoreFunction_ELBO(k, nesting, baseline="loo" if k > 1 else "decaying_avg"),
+            lambda: ScoreFunction_ELBO(
+                k, max_plate_nesting=nesting, baseline="loo" if k > 1 else "decaying_avg"
+            ),
             False,
             False,
         ),
-        "REBAR_ELBO": (lambda: REBAR_ELBO(k, nesting), False, True),
-        "RELAX_ELBO": (lambda: RELAX_ELBO(k, nesting), False, True),
+        "REBAR_ELBO": (lambda: REBAR_ELBO(k, max_plate_nesting=nesting), False, True),
+        "RELAX_ELBO": (lambda: RELAX_ELBO(k, max_plate_nesting=nesting), False, True),
     }
 
 

@@ -61,14 +61,20 @@ class DiscreteLatentELBO(ELBO):
         one run when infinite, as in Pyro).
     :param bool vectorize_particles: draw the particles in one vectorized run (default) rather
         than a Python loop. Leave-one-out baselines need it when ``num_particles > 1``.
+    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
     """
 
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
@@ -77,6 +83,8 @@ class DiscreteLatentELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
         )
 
     # ---- particles -------------------------------------------------------------------------

@@ -275,23 +275,36 @@ class REBAR_ELBO(DiscreteLatentELBO):
     :param bool coordinatewise: one control variate per decision of a site element (default;
         2·D replays for D decisions) instead of one per element (2 replays); see the module
         docstring.
+    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
     """
 
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         temperature: float = 0.5,
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
-        retain_graph: bool | None = None,
         coordinatewise: bool = True,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles, retain_graph)
+        super().__init__(
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
         self.temperature = float(temperature)
         self.eta = float(eta)
         self.learn_temperature = learn_temperature
@@ -563,27 +576,32 @@ class RELAX_ELBO(REBAR_ELBO):
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         temperature: float = 0.5,
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
+        coordinatewise: bool = True,
         control_variate: nn.Module | Callable[[str, int], nn.Module] | None = None,
         hidden_dim: int = 32,
         retain_graph: bool | None = None,
-        coordinatewise: bool = True,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         super().__init__(
             num_particles,
-            max_plate_nesting,
-            vectorize_particles,
-            temperature,
-            eta,
-            learn_temperature,
-            learn_eta,
-            retain_graph,
-            coordinatewise,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            temperature=temperature,
+            eta=eta,
+            learn_temperature=learn_temperature,
+            learn_eta=learn_eta,
+            coordinatewise=coordinatewise,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
         )
         if control_variate is not None and not callable(control_variate):
             raise ValueError(

@@ -77,16 +77,22 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         ``"optimal"`` with K ≥ 2).
     :param str baseline: one of ``"optimal"``, ``"loo"``, ``"decaying_avg"``, ``"none"``.
     :param float baseline_decay: decay of the running averages, in [0, 1).
+    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
     """
 
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         baseline: str = "optimal",
         baseline_decay: float = 0.9,
         retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         _check_baseline(baseline)
         _check_decay(baseline_decay)
@@ -99,7 +105,14 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
                 f"baseline={baseline!r} with num_particles > 1 needs vectorize_particles=True "
                 "(the leave-one-out estimate uses all particles at once)"
             )
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles, retain_graph)
+        super().__init__(
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
         self.baseline = baseline
         self.baseline_decay = baseline_decay
 
