@@ -1,0 +1,291 @@
+r"""DisARM / ARMS: antithetically coupled samples for Bernoulli guide sites (NumPyro).
+
+The same estimator as the Pyro backend's ``pyro_reparam_ext.infer.disarm`` (see its module
+docstring for the derivation). For a Bernoulli decision with logit α, p = σ(α), and
+n = ``num_particles`` copies of the whole guide, with d ~ Dirichlet(1, …, 1) (n components)
+and p₋ = min(p, 1 − p) = σ(−|α|):
+
+    copy i takes the rarer outcome  ⟺  (1 − dᵢ)^{n−1} < p₋                   (Dirichlet copula)
+
+    ĝ = p(1 − p) / ((n − 1) D) · Σᵢ (f(bᵢ) − f̄)(bᵢ − p),     f̄ = (1/n) Σⱼ f(bⱼ),
+    D = p₋ − C(p₋, p₋),   C(q, q) = max(0, 2 q^{1/(n−1)} − 1)^{n−1}
+
+ARMS with the Dirichlet copula ([2], §3–4); at n = 2 the copula is antithetic (u₂ = 1 − u₁),
+D = p₋ and ĝ is DisARM ([1], §3: ĝ = ½ (f(b) − f(b̃)) (−1)^{b̃} 1[b ≠ b̃] σ(|α|)). f is the
+decision's plate-aware downstream cost (``particles.py``: NumPyro's provenance tracking and
+``MultiFrameTensor``; scaled N/M under subsampling, the score unscaled).
+
+The rule for plates and several sites, as on Pyro: every scalar decision (plate element,
+event coordinate) is coupled with its own Dirichlet draw; the n copies are whole guide runs
+(vmapped, ``jax.vmap`` with a named axis), so a later site sees its own copy's upstream
+values; a decision is coupled where its logit is equal in all n copies, and otherwise drawn
+independently with the leave-one-out score-function term (f(bᵢ) − f̄₋ᵢ)(bᵢ − pᵢ) ([3]). Both
+are unbiased given the upstream values. A subsampled ``plate`` draws the same indices in all
+n copies (as Pyro's vectorized particles do), so the copies' plate elements are coupled.
+Reparameterized sites get the pathwise gradient averaged over the n copies.
+
+Sites it cannot handle raise ``ValueError`` naming the site in ``init_state`` (called by
+:class:`numpyro_backend.infer.SVI`'s ``init``) and in the loss: Categorical /
+OneHotCategorical sites (use ``ScoreFunction_ELBO(num_particles=n, baseline="loo")``) and
+any other non-reparameterized site (use ``ScoreFunction_ELBO``).
+
+References:
+    [1] Z. Dong, A. Mnih, G. Tucker (2020). DisARM: An Antithetic Gradient Estimator for Binary
+        Latent Variables. NeurIPS.
+    [2] A. Dimitriev, M. Zhou (2021). ARMS: Antithetic-REINFORCE-Multi-Sample Gradient for
+        Binary Variables. ICML.
+    [3] W. Kool, H. van Hoof, M. Welling (2019). Buy 4 REINFORCE Samples, Get a Baseline for
+        Free! (leave-one-out baseline).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.elbo import get_nonreparam_deps
+from numpyro.primitives import Messenger
+from numpyro.util import _validate_model, check_model_guide_match
+
+from numpyro_backend.distributions.concrete import (
+    bernoulli_hard,
+    bernoulli_relaxed_logits,
+    uniform_noise,
+)
+from numpyro_backend.infer.particles import (
+    Particle,
+    ParticleELBO,
+    _log_probs,
+    _StopNonreparamGradient,
+    guide_sites,
+    nonreparam_sites,
+    relaxation_kind,
+    site_logits,
+    split_param_map,
+)
+
+__all__ = ["DisARM_ELBO"]
+
+#: Name of the vmapped axis of the n coupled copies.
+COPIES = "reparam_ext_copies"
+
+
+def unsupported_site_error(name: str, fn, kind: str | None) -> ValueError:
+    """The ValueError for a guide site DisARM_ELBO cannot couple, saying what to use."""
+    if kind is not None:
+        return ValueError(
+            f"DisARM_ELBO cannot couple guide site '{name}' ({type(fn).__name__}): only "
+            "Bernoulli sites are coupled (DisARM / ARMS). For Categorical and "
+            "OneHotCategorical sites use ScoreFunction_ELBO(num_particles=n, baseline='loo') "
+            "(the same number of evaluations), or REBAR_ELBO / RELAX_ELBO."
+        )
+    return ValueError(
+        f"DisARM_ELBO cannot handle guide site '{name}' ({type(fn).__name__}): it couples "
+        "Bernoulli sites only. Use ScoreFunction_ELBO for this model, or make the site "
+        "reparameterized."
+    )
+
+
+def check_supported(sites: dict) -> None:
+    """ValueError naming the first non-reparameterized guide site that is not a Bernoulli."""
+    for name, site in sites.items():
+        kind = relaxation_kind(site["fn"])
+        if kind != "bernoulli":
+            raise unsupported_site_error(name, site["fn"], kind)
+
+
+def copula_debias(logits, num: int):
+    """p(1 − p) / D = 1 / (1 − ρ) of the Dirichlet copula with ``num`` copies.
+
+    With a = p₋^{1/(n−1)}: D/p₋ = 1 − (2 − 1/a)^{n−1} when a > ½, else 1; and
+    p(1 − p)/D = σ(|α|) / (D/p₋), evaluated with expm1/log1p (accurate for tiny p₋).
+    """
+    log_a = jax.nn.log_sigmoid(-jnp.abs(logits)) / (num - 1)
+    ratio = -jnp.expm1(log_a) / jnp.exp(log_a)  # (1 − a)/a, < 1 exactly when a > ½
+    overlap = ratio < 1.0
+    safe = jnp.where(overlap, ratio, 0.0)
+    d_over_p_min = jnp.where(overlap, -jnp.expm1((num - 1) * jnp.log1p(-safe)), 1.0)
+    return jax.nn.sigmoid(jnp.abs(logits)) / d_over_p_min
+
+
+def coupled_score_weights(logits, value, reward, coupled):
+    """Per copy (axis 0) and decision: (f(bᵢ) − f̄₋ᵢ)(bᵢ − p)·(p(1 − p)/D if coupled else 1).
+
+    Their mean over the copies is the ARMS / DisARM estimate of ∂E[f]/∂α (coupled) or the
+    leave-one-out score-function estimate (independent).
+    """
+    num = logits.shape[0]
+    leave_one_out = reward - (jnp.sum(reward, 0, keepdims=True) - reward) / (num - 1)
+    debias = jnp.where(coupled, copula_debias(logits, num), 1.0)
+    return leave_one_out * (value - jax.nn.sigmoid(logits)) * debias
+
+
+class _CoupledDraw(Messenger):
+    """Inside ``jax.vmap(..., axis_name=COPIES)``: draw each Bernoulli guide site's value of
+    this copy, coupled with the other copies where their logits agree; give every subsampled
+    plate the same indices in all copies. Sits inside ``seed`` and needs no site keys: all
+    noise comes from ``coupling_key`` (shared by the copies) and the copy index."""
+
+    def __init__(self, fn, coupling_key, num_copies: int):
+        self.coupling_key = coupling_key
+        self.num_copies = num_copies
+        self.counter = 0
+        self.coupled: dict = {}
+        super().__init__(fn)
+
+    def _next_key(self):
+        self.counter += 1
+        return random.fold_in(self.coupling_key, self.counter)
+
+    def process_message(self, msg):
+        if msg["type"] == "plate":
+            if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
+                msg["kwargs"]["rng_key"] = self._next_key()  # the same subsample in every copy
+            return
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        if fn.has_rsample:
+            return
+        kind = relaxation_kind(fn)
+        if kind != "bernoulli":
+            raise unsupported_site_error(msg["name"], fn, kind)
+        logits = lax.stop_gradient(site_logits(fn, kind))
+        every_copy = lax.all_gather(logits, COPIES)
+        coupled = jnp.all(every_copy == every_copy[0], axis=0)
+        key_copula, key_independent = random.split(self._next_key())
+        shape = (self.num_copies,) + logits.shape
+        exponential = -jnp.log(uniform_noise(key_copula, shape, logits.dtype))
+        index = lax.axis_index(COPIES)
+        dirichlet = exponential[index] / jnp.sum(exponential, 0)
+        # (1 − d)^{n−1} < p₋, in logs; the rare outcome is 1 for α ≤ 0 and 0 for α > 0
+        rare = (self.num_copies - 1) * jnp.log1p(-dirichlet) < jax.nn.log_sigmoid(-jnp.abs(logits))
+        coupled_value = jnp.where(logits > 0, ~rare, rare).astype(logits.dtype)
+        u = uniform_noise(random.fold_in(key_independent, index), logits.shape, logits.dtype)
+        independent = bernoulli_hard(bernoulli_relaxed_logits(logits, u))
+        msg["value"] = jnp.where(coupled, coupled_value, independent)
+        self.coupled[msg["name"]] = coupled
+
+
+class _CoupledParticle(Particle):
+    """:class:`Particle` (traces, log-densities, downstream costs) of one coupled copy."""
+
+    def __init__(self, rng_key, params, model, guide, args, kwargs, coupling_key, num_copies):
+        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        self.model_key, self.guide_key = random.split(rng_key)
+        self.params = params
+        drawer = _CoupledDraw(guide, coupling_key, num_copies)
+        guide_fn = seed(drawer, self.guide_key)
+        guide_fn = substitute(_StopNonreparamGradient(guide_fn), data=params)
+        self.guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
+        model_fn = substitute(replay(seed(model, self.model_key), self.guide_trace), data=params)
+        self.model_trace = trace(model_fn).get_trace(*args, **kwargs)
+        check_model_guide_match(self.model_trace, self.guide_trace)
+        _validate_model(self.model_trace, plate_warning="strict")
+        _log_probs(self.guide_trace)
+        _log_probs(self.model_trace)
+        self.records = {}
+        self.coupled = drawer.coupled
+        latents = {
+            n: s["value"]
+            for n, s in self.guide_trace.items()
+            if s["type"] == "sample" and not s.get("is_observed", False)
+        }
+        self.model_deps, self.guide_deps = get_nonreparam_deps(
+            model, guide, args, kwargs, params, latents=latents
+        )
+        self.nonreparam = nonreparam_sites(self.guide_trace)
+
+
+class DisARM_ELBO(ParticleELBO):
+    r"""ELBO with antithetically coupled samples at Bernoulli guide sites: DisARM / ARMS.
+
+    ``num_particles`` = n ≥ 2 coupled copies of the guide per estimate; every Bernoulli
+    decision gets DisARM ([1], n = 2) or ARMS with the Dirichlet copula ([2], n > 2), which
+    reduces to DisARM at n = 2; reparameterized sites get the pathwise gradient averaged over
+    the n copies. The loss value is the usual −ELBO averaged over the n copies. See the module
+    docstring for the equations and the rule for plates and dependent sites. Categorical /
+    OneHotCategorical sites raise ``ValueError`` (use ``ScoreFunction_ELBO(num_particles=n,
+    baseline="loo")``), as does any other non-reparameterized site, at ``SVI.init``
+    (:class:`numpyro_backend.infer.SVI`) or at the first loss evaluation.
+
+    Example::
+
+        svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=DisARM_ELBO(num_particles=2))
+
+    :param int num_particles: number n ≥ 2 of coupled copies per estimate.
+    :param max_plate_nesting: accepted for the Pyro signature (copies are vmapped).
+    :param vectorize_particles: must be True: the n coupled copies are drawn in one
+        ``jax.vmap`` (they exchange their logits to decide where to couple).
+    :param retain_graph: accepted for the Pyro signature; no effect (JAX keeps no graph).
+    :param bool strict_enumeration_warning: accepted; no effect (no enumeration here).
+    :param bool ignore_jit_warnings: accepted; no effect (Pyro's JIT warnings).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 2,
+        *,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+    ):
+        if not isinstance(num_particles, int) or num_particles < 2:
+            raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
+        if vectorize_particles is not True:
+            raise ValueError(
+                "vectorize_particles must be True for DisARM_ELBO (its num_particles copies "
+                "are coupled, so they are drawn in one vectorized run)"
+            )
+        super().__init__(
+            num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True
+        )
+        self.retain_graph = retain_graph
+        self.strict_enumeration_warning = strict_enumeration_warning
+        self.ignore_jit_warnings = ignore_jit_warnings
+
+    def init_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        """No learned state; raises ``ValueError`` for a guide site it cannot handle."""
+        params, _ = split_param_map(param_map)
+        check_supported(guide_sites(rng_key, params, guide, args, kwargs))
+        return {}, {}
+
+    def _copy(self, rng_key, coupling_key, params, model, guide, args, kwargs) -> dict:
+        particle = _CoupledParticle(
+            rng_key, params, model, guide, args, kwargs, coupling_key, self.num_particles
+        )
+        sites = {}
+        for name in particle.nonreparam:
+            site = particle.guide_trace[name]
+            sites[name] = {
+                "logits": site_logits(site["fn"], "bernoulli"),
+                "value": site["value"],
+                "reward": particle.downstream_cost(name),
+                "coupled": particle.coupled[name],
+            }
+        return {"elbo": particle.elbo(), "sites": sites}
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        params, _ = split_param_map(param_map)
+        check_supported(guide_sites(random.PRNGKey(0), params, guide, args, kwargs))
+        particle_key, coupling_key = random.split(rng_key)
+        out = jax.vmap(
+            lambda key: self._copy(key, coupling_key, params, model, guide, args, kwargs),
+            axis_name=COPIES,
+        )(random.split(particle_key, self.num_particles))
+        surrogate = 0.0  # weak-typed: keeps the inputs' dtype
+        for site in out["sites"].values():
+            logits, reward = site["logits"], site["reward"]
+            reward = reward.reshape(reward.shape + (1,) * (logits.ndim - reward.ndim))
+            weights = coupled_score_weights(
+                lax.stop_gradient(logits), site["value"], reward, site["coupled"]
+            )
+            # gradient w.r.t. the logits is the per-copy weight; backprop chains it upstream
+            surrogate = surrogate + jnp.sum(logits * lax.stop_gradient(weights))
+        elbo = jnp.mean(out["elbo"])
+        surrogate = jnp.asarray(surrogate, elbo.dtype) / self.num_particles
+        loss = -(elbo + surrogate - lax.stop_gradient(surrogate))
+        return {"loss": loss, "mutable_state": None}

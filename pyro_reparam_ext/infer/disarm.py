@@ -1,0 +1,248 @@
+r"""DisARM / ARMS: antithetically coupled samples for Bernoulli guide sites.
+
+For a Bernoulli decision b with logit α, p = σ(α), and n = ``num_particles`` copies of the
+whole guide, the n values of every decision are drawn *coupled*: with d ~ Dirichlet(1, …, 1)
+(n components) and the rarer outcome's probability p₋ = min(p, 1 − p) = σ(−|α|),
+
+    copy i takes the rarer outcome  ⟺  (1 − dᵢ)^{n−1} < p₋                   (Dirichlet copula)
+
+(each (1 − dᵢ)^{n−1} is Uniform(0, 1), so every copy is a Bernoulli(p) draw; at most one dᵢ
+exceeds ½, so the rare outcome is spread out over the copies). With f the decision's
+downstream reward, the ARMS estimate of ∂E[f]/∂α ([2], §3–4; the multi-sample estimator with
+the Dirichlet copula) is
+
+    ĝ = p(1 − p) / ((n − 1) D) · Σᵢ (f(bᵢ) − f̄)(bᵢ − p),     f̄ = (1/n) Σⱼ f(bⱼ),
+    D = p(1 − p) − Cov(bᵢ, bⱼ) = p₋ − C(p₋, p₋),  C(q, q) = max(0, 2 q^{1/(n−1)} − 1)^{n−1}
+
+(C is the copula's bivariate CDF: P(both copies rare)). p(1 − p)/D = 1/(1 − ρ) undoes the
+negative correlation ρ of the copies, which makes the leave-one-out score-function estimator
+unbiased again. At n = 2 the copula is u₂ = 1 − u₁, D = p₋ and ĝ reduces to the DisARM
+estimator ([1], §3: ĝ = ½ (f(b) − f(b̃)) (−1)^{b̃} 1[b ≠ b̃] σ(|α|) for the pair b, b̃). Each term
+(f(bᵢ) − f̄₋ᵢ)(bᵢ − p)·p(1 − p)/D, with f̄₋ᵢ the mean of the *other* copies, is what copy i
+contributes; their average over the n copies is ĝ. D is evaluated as
+p₋·(−expm1((n − 1)·log1p(−(1 − a)/a))), a = p₋^{1/(n−1)}, which keeps its relative accuracy
+for tiny p₋ (float32 included).
+
+Why the rarer outcome: the Dirichlet copula is not symmetric (at most one dᵢ can be large,
+many can be small); tying the rare outcome to "dᵢ large" makes the rare outcomes of different
+copies nearly exclusive — the strongest negative correlation — whether p is below or above ½.
+
+Plates, several decisions, several sites (the rule). Every scalar decision — every plate
+element, every event coordinate of a ``to_event`` site — is coupled with its own Dirichlet
+draw, and its reward is the plate-aware downstream reward of Pyro's ``TraceGraph_ELBO``
+(``_compute_downstream_costs``: the log p − log q terms the element can influence, scaled
+N/M under subsampling while the score is not). The n copies are whole guide runs (the
+vectorized particle plate), so a site *after* another discrete site sees, in each copy, that
+copy's upstream values (the papers' multi-layer form samples the layers jointly per copy in
+the same way). A decision is coupled only where its logit is the same in all n copies (a
+root site, a site whose logits depend only on parameters and data, or copies whose upstream
+values happened to agree); where the copies' logits differ (the decision depends on upstream
+sampled values that differ) its n values are drawn independently and it gets the
+leave-one-out score-function term (f(bᵢ) − f̄₋ᵢ)(bᵢ − pᵢ) ([3]) instead. Both choices are
+unbiased given everything upstream (the choice is a function of upstream values only, and the
+reward of a copy never depends on another copy's noise at the same decision), so the whole
+estimator is unbiased. Reparameterized guide sites get the pathwise gradient, averaged over
+the n copies (as ``Trace_ELBO`` with ``num_particles = n``).
+
+Sites this estimator cannot handle raise ``ValueError`` at first use, naming the site:
+``Categorical`` / ``OneHotCategorical`` sites (no coupled categorical estimator is
+implemented here; use ``ScoreFunction_ELBO(num_particles=n, baseline="loo")``, the same
+evaluation budget) and any other non-reparameterized site (e.g. ``Poisson``; use
+``ScoreFunction_ELBO``).
+
+References:
+    [1] Z. Dong, A. Mnih, G. Tucker (2020). DisARM: An Antithetic Gradient Estimator for Binary
+        Latent Variables. NeurIPS.
+    [2] A. Dimitriev, M. Zhou (2021). ARMS: Antithetic-REINFORCE-Multi-Sample Gradient for
+        Binary Variables. ICML.
+    [3] W. Kool, H. van Hoof, M. Welling (2019). Buy 4 REINFORCE Samples, Get a Baseline for
+        Free! (leave-one-out baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from pyro_reparam_ext.distributions.concrete import (
+    bernoulli_hard,
+    bernoulli_relaxed_logits,
+    uniform_noise,
+)
+from pyro_reparam_ext.infer.particles import (
+    BERNOULLI,
+    DiscreteLatentELBO,
+    downstream_rewards,
+    full_logits,
+    pathwise_elbo_and_surrogate,
+    score_function_sites,
+    unwrap_discrete,
+)
+
+__all__ = ["DisARM_ELBO"]
+
+
+def unsupported_site_error(name: str, fn, kind: str | None) -> ValueError:
+    """The ValueError for a guide site DisARM_ELBO cannot couple, saying what to use."""
+    if kind is not None:
+        return ValueError(
+            f"DisARM_ELBO cannot couple guide site '{name}' ({type(fn).__name__}): only "
+            "Bernoulli sites are coupled (DisARM / ARMS). For Categorical and "
+            "OneHotCategorical sites use ScoreFunction_ELBO(num_particles=n, baseline='loo') "
+            "(the same number of evaluations), or REBAR_ELBO / RELAX_ELBO."
+        )
+    return ValueError(
+        f"DisARM_ELBO cannot handle guide site '{name}' ({type(fn).__name__}): it couples "
+        "Bernoulli sites only. Use ScoreFunction_ELBO for this model, or make the site "
+        "reparameterized."
+    )
+
+
+def coupled_bernoulli(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws of every decision along ``dim`` (size n): Dirichlet-copula coupled where the
+    logits agree along ``dim``, independent elsewhere. Returns (values, coupled mask)."""
+    num = logits.shape[dim]
+    coupled = (logits == logits.narrow(dim, 0, 1)).all(dim, keepdim=True).expand_as(logits)
+    exponential = -torch.log(uniform_noise(logits.shape, like=logits))
+    dirichlet = exponential / exponential.sum(dim, keepdim=True)
+    # (1 − d)^{n−1} < p₋, in logs; the rare outcome is 1 for α ≤ 0 and 0 for α > 0
+    rare = (num - 1) * torch.log1p(-dirichlet) < F.logsigmoid(-logits.abs())
+    coupled_value = torch.where(logits > 0, ~rare, rare).to(logits.dtype)
+    independent = bernoulli_hard(
+        bernoulli_relaxed_logits(logits, uniform_noise(logits.shape, like=logits))
+    )
+    return torch.where(coupled, coupled_value, independent), coupled
+
+
+def copula_debias(logits: torch.Tensor, num: int) -> torch.Tensor:
+    """p(1 − p) / D = 1 / (1 − ρ) of the Dirichlet copula with ``num`` copies (module docstring).
+
+    With a = p₋^{1/(n−1)}: D/p₋ = 1 − (2 − 1/a)^{n−1} when a > ½, else 1; and
+    p(1 − p)/D = σ(|α|) / (D/p₋).
+    """
+    log_a = F.logsigmoid(-logits.abs()) / (num - 1)
+    ratio = -torch.expm1(log_a) / log_a.exp()  # (1 − a)/a, < 1 exactly when a > ½
+    overlap = ratio < 1.0
+    safe = torch.where(overlap, ratio, torch.zeros_like(ratio))
+    d_over_p_min = torch.where(overlap, -torch.expm1((num - 1) * torch.log1p(-safe)), 1.0)
+    return torch.sigmoid(logits.abs()) / d_over_p_min
+
+
+def coupled_score_weights(
+    logits: torch.Tensor, value: torch.Tensor, reward: torch.Tensor, coupled, dim: int
+) -> torch.Tensor:
+    """Per copy and decision: (f(bᵢ) − f̄₋ᵢ)(bᵢ − p)·(p(1 − p)/D if coupled else 1).
+
+    ``reward`` has the logits' shape (broadcast over event dims); ``dim`` indexes the copies.
+    Their mean over the copies is the ARMS / DisARM estimate of ∂E[f]/∂α (coupled) or the
+    leave-one-out score-function estimate (independent).
+    """
+    num = logits.shape[dim]
+    leave_one_out = reward - (reward.sum(dim, keepdim=True) - reward) / (num - 1)
+    debias = torch.where(coupled, copula_debias(logits, num), 1.0)
+    return leave_one_out * (value - torch.sigmoid(logits)) * debias
+
+
+class _CoupledBernoulliNoise(Messenger):
+    """Draws every Bernoulli guide site's n copies (the particle dim) by :func:`coupled_bernoulli`.
+
+    Records the coupled mask per site; raises for non-reparameterized sites it cannot couple.
+    """
+
+    def __init__(self, particle_dim: int):
+        super().__init__()
+        self.particle_dim = particle_dim
+        self.coupled: dict[str, torch.Tensor] = {}
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+            return
+        fn = msg["fn"]
+        if getattr(fn, "has_rsample", False):
+            return
+        kind, base = unwrap_discrete(fn)
+        if kind != BERNOULLI:
+            raise unsupported_site_error(msg["name"], fn, kind)
+        logits = full_logits(fn, kind, base).detach()
+        dim = self.particle_dim - len(fn.event_shape)  # the copies' dim in ``logits``
+        value, coupled = coupled_bernoulli(logits, dim)
+        msg["value"] = value
+        self.coupled[msg["name"]] = coupled
+
+
+class DisARM_ELBO(DiscreteLatentELBO):
+    r"""ELBO with antithetically coupled samples at Bernoulli guide sites: DisARM / ARMS.
+
+    ``num_particles`` = n ≥ 2 coupled copies of the guide per estimate; every Bernoulli
+    decision gets DisARM ([1], n = 2) or ARMS with the Dirichlet copula ([2], n > 2), which
+    reduces to DisARM at n = 2; reparameterized sites get the pathwise gradient averaged over
+    the n copies. The returned loss is the usual −ELBO averaged over the n copies. See the
+    module docstring for the equations, the rule for plates and dependent discrete sites, and
+    the sites that raise ``ValueError`` (Categorical / OneHotCategorical: use
+    ``ScoreFunction_ELBO(num_particles=n, baseline="loo")``).
+
+    Example::
+
+        svi = SVI(model, guide, Adam({"lr": 1e-2}), loss=DisARM_ELBO(num_particles=2))
+
+    :param int num_particles: number n ≥ 2 of coupled copies per estimate.
+    :param max_plate_nesting: as in Pyro's ELBOs.
+    :param bool vectorize_particles: must be True: the n copies are coupled, so they are drawn
+        in one vectorized run.
+    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 2,
+        *,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+    ):
+        if not isinstance(num_particles, int) or num_particles < 2:
+            raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
+        if not vectorize_particles:
+            raise ValueError(
+                "vectorize_particles must be True for DisARM_ELBO (its num_particles copies "
+                "are coupled, so they are drawn in one vectorized run)"
+            )
+        super().__init__(
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        noise = _CoupledBernoulliNoise(self.particle_dim)
+        model_trace, guide_trace = self._get_trace(model, noise(guide), args, kwargs)
+        elbo, surrogate = pathwise_elbo_and_surrogate(model_trace, guide_trace)
+        sites = score_function_sites(guide_trace)
+        if sites:
+            rewards, _ = downstream_rewards(model_trace, guide_trace, sites)
+            for name in sites:
+                site = guide_trace.nodes[name]
+                surrogate = surrogate + self._site_term(site, rewards[name], noise.coupled[name])
+        return -elbo, -surrogate
+
+    def _site_term(self, site: dict, reward: torch.Tensor, coupled) -> torch.Tensor:
+        """Surrogate-ELBO term whose gradient, divided by n, is the site's coupled estimate."""
+        fn = site["fn"]
+        kind, base = unwrap_discrete(fn)
+        logits = full_logits(fn, kind, base)
+        event_dims = len(fn.event_shape)
+        reward = reward.reshape(reward.shape + (1,) * event_dims).expand_as(logits)
+        weights = coupled_score_weights(
+            logits.detach(), site["value"], reward, coupled, self.particle_dim - event_dims
+        )
+        # gradient w.r.t. the logits is the per-copy weight; backprop chains it upstream
+        return (logits * weights.detach()).sum()
