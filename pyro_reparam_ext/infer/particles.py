@@ -133,6 +133,8 @@ class DiscreteLatentELBO(ELBO):
             surrogate_loss = surrogate_loss + surrogate_run / self.num_particles
         surrogate_loss = self._end_step(surrogate_loss)
         warn_if_nan(loss, "loss")
+        if not isinstance(surrogate_loss, torch.Tensor):  # model and guide without sample sites
+            return torch.as_tensor(loss, dtype=torch.get_default_dtype())
         return loss + (surrogate_loss - surrogate_loss.detach())
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -150,9 +152,15 @@ class DiscreteLatentELBO(ELBO):
         return loss
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Backpropagate :meth:`differentiable_loss` into the parameters; return its value."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward(retain_graph=self.retain_graph)
+        """Backpropagate :meth:`differentiable_loss` into the parameters; return its value.
+
+        As Pyro's ELBOs, the backward pass is skipped when the two programs use no parameter
+        (empty or parameter-free programs, every parameter under ``poutine.block``).
+        """
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if param_capture.trace.nodes and loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
         loss = torch_item(loss)
         warn_if_nan(loss, "loss")
         return loss
@@ -200,7 +208,9 @@ def score_function_sites(guide_trace) -> list[str]:
     return [
         name
         for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
+        if site["type"] == "sample"
+        and not site["is_observed"]  # e.g. pyro.factor(..., has_rsample=False)
+        and not is_identically_zero(site["score_parts"].score_function)
     ]
 
 
@@ -213,12 +223,36 @@ def downstream_rewards(model_trace, guide_trace, sites: list[str]):
     per element. Returns ``(rewards, nodes)`` where ``rewards[name]`` (detached) has the site's
     batch shape and ``nodes[name]`` is the set of trace sites it includes.
     """
+    model_trace = with_guide_only_sites(model_trace, guide_trace)
     costs, nodes = _compute_downstream_costs(model_trace, guide_trace, set(sites))
     rewards = {}
     for name in sites:
         shape = guide_trace.nodes[name]["score_parts"].score_function.shape
         rewards[name] = torch.broadcast_to(torch.as_tensor(costs[name]).detach(), shape)
     return rewards, nodes
+
+
+def with_guide_only_sites(model_trace, guide_trace):
+    """``model_trace`` plus a zero-log-density copy of every guide-only observed site.
+
+    A guide's ``pyro.factor`` (observed, no model counterpart) is part of log q; Pyro's
+    ``_compute_downstream_costs`` expects every guide sample site in the model trace, so the
+    site is given a model entry with log p = 0 and keeps its −log q in the costs of the
+    earlier sites it depends on.
+    """
+    extra = [
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and name not in model_trace.nodes
+    ]
+    if not extra:
+        return model_trace
+    model_trace = model_trace.copy()
+    for name in extra:
+        site = guide_trace.nodes[name]
+        zero = torch.zeros_like(site["log_prob"])
+        model_trace.add_node(name, **{**site, "log_prob": zero, "log_prob_sum": zero.sum()})
+    return model_trace
 
 
 def frames_of_stack(stack) -> frozenset:
@@ -255,10 +289,14 @@ def param_leaves(*traces, exclude_prefix: str = PARAM_PREFIX) -> dict[str, torch
 
 
 def running_state(name: str, init: torch.Tensor) -> torch.Tensor:
-    """A running-average buffer kept in the param store (saved and loaded with it).
+    """A running-average buffer kept in the param store, outside the trainable set.
 
-    Registered under :func:`poutine.block` so SVI's optimizer never sees it; updated in place
-    with :func:`update_running_state`. Re-initialized if the stored shape differs.
+    The buffer is a param-store entry with ``requires_grad=False``: ``get_state`` /
+    ``set_state`` / ``save`` / ``load`` keep it with the parameters (so training resumes with
+    its baselines), while ``named_parameters()`` code that trains or checks gradients can skip
+    it by ``requires_grad`` as a torch buffer. Registered under :func:`poutine.block` so SVI's
+    optimizer never sees it; updated in place with :func:`update_running_state`.
+    Re-initialized if the stored shape differs.
     """
     store = pyro.get_param_store()
     if name in store and store.get_param(name).shape != init.shape:
@@ -266,7 +304,9 @@ def running_state(name: str, init: torch.Tensor) -> torch.Tensor:
     with poutine.block():
         value = pyro.param(name, init.detach())
     unconstrained = getattr(value, "unconstrained", None)
-    return unconstrained() if unconstrained is not None else value
+    buffer = unconstrained() if unconstrained is not None else value
+    buffer.requires_grad_(False)  # the param store makes every new entry require grad
+    return buffer
 
 
 def update_running_state(state: torch.Tensor, new_value: torch.Tensor, decay: float) -> None:
@@ -354,9 +394,11 @@ def relaxed_reward(model_trace, guide_trace, nodes, site: dict) -> torch.Tensor:
     terms = []
     for name in nodes:
         if name in guide_trace.nodes and not site_is_subsample(guide_trace.nodes[name]):
-            model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
-            log_r = site_log_prob(model_site, True) - site_log_prob(guide_site, True)
-            terms.append((model_site["cond_indep_stack"], log_r))
+            guide_site = guide_trace.nodes[name]
+            log_r = -site_log_prob(guide_site, True)
+            if name in model_trace.nodes:  # else a guide-only observed site (pyro.factor)
+                log_r = log_r + site_log_prob(model_trace.nodes[name], True)
+            terms.append((guide_site["cond_indep_stack"], log_r))
         elif name in model_trace.nodes and not site_is_subsample(model_trace.nodes[name]):
             model_site = model_trace.nodes[name]
             terms.append((model_site["cond_indep_stack"], site_log_prob(model_site, True)))

@@ -178,10 +178,22 @@ class _RelaxationNoise(Messenger):
 
 
 class _DetachParams(Messenger):
-    """Detach parameter values, so a replay depends on parameters only through its inputs."""
+    """Detach parameter values, so a replay depends on parameters only through its inputs.
+
+    Post-processing runs outermost first, so the plates inside the program see the detached
+    value after this messenger: it keeps the link to the param-store leaf that Pyro's
+    subsampling plate records local parameters (``event_dim``) on.
+    """
 
     def _pyro_post_param(self, msg):
-        msg["value"] = msg["value"].detach()
+        value = msg["value"]
+        detached = value.detach()
+        leaf = getattr(value, "_pyro_unconstrained_param", None)
+        if leaf is None and hasattr(value, "unconstrained"):
+            leaf = value.unconstrained()
+        if leaf is not None:
+            detached._pyro_unconstrained_param = leaf
+        msg["value"] = detached
 
 
 def _rng_state() -> dict:
@@ -259,6 +271,13 @@ class REBAR_ELBO(DiscreteLatentELBO):
     Discrete guide sites get ĝ = [R(b) − c(z̃)]∇log q(b) + ∇c(z) − ∇c(z̃) with
     c(z) = η·R(σ_λ(z)); reparameterized sites get the pathwise gradient. See the module
     docstring for the relaxed replay, the site types handled and the param-store names.
+
+    Refused with ``ValueError`` (at the first loss evaluation): a non-reparameterized guide
+    site that is not Bernoulli, Categorical or OneHotCategorical (e.g. ``Poisson``, a
+    ``Normal`` with ``has_rsample_(False)``); use :class:`ScoreFunction_ELBO` there. Every
+    other pattern Pyro's ``TraceGraph_ELBO`` accepts runs, including subsampled plates with
+    local parameters, masks, scales, guide-only ``pyro.factor`` sites and programs without
+    parameters (the backward pass is then skipped).
 
     Example::
 
@@ -570,7 +589,7 @@ class RELAX_ELBO(REBAR_ELBO):
         as ``reparam_ext.relax.<site>``).
     :param int hidden_dim: hidden units of the default network.
 
-    Other arguments as :class:`REBAR_ELBO`.
+    Other arguments, and the patterns refused with ``ValueError``, as :class:`REBAR_ELBO`.
     """
 
     def __init__(

@@ -63,8 +63,14 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
     - ``"none"``: plain REINFORCE with downstream credit.
 
     Per-site overrides: ``infer={"reparam_ext": {"baseline": ..., "baseline_decay": ...}}``.
-    Running averages live in the param store (saved/loaded with it) but are hidden from the
-    optimizer.
+    Running averages live in the param store as non-trainable entries (``requires_grad=False``,
+    saved and loaded with it, hidden from the optimizer).
+
+    Every model/guide pair Pyro's ``TraceGraph_ELBO`` accepts runs (also guide-only
+    ``pyro.factor`` sites, which TraceGraph_ELBO rejects); programs without parameters skip
+    the backward pass. Refused with ``ValueError``: ``baseline="loo"`` with
+    ``num_particles=1``, and ``baseline="loo"`` / ``"optimal"`` with ``num_particles > 1``
+    and ``vectorize_particles=False``.
 
     Example::
 
