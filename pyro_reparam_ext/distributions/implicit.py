@@ -147,6 +147,13 @@ class ImplicitGamma(dist.Gamma):
 
     has_rsample = True
 
+    def __init__(self, concentration, rate=1.0, *, validate_args=None):
+        super().__init__(concentration, rate, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ImplicitGamma, _instance)
+        return super().expand(batch_shape, _instance=new)
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         standard = _implicit_standard_gamma(self.concentration.expand(shape))
@@ -180,7 +187,7 @@ class ImplicitBeta(dist.Beta):
 
     has_rsample = True
 
-    def __init__(self, concentration1, concentration0, validate_args=None):
+    def __init__(self, concentration1, concentration0, *, validate_args=None):
         # torch's Beta validates its inner Dirichlet first, whose error names "concentration";
         # validate under this class's argument names instead
         super().__init__(concentration1, concentration0, validate_args=False)
@@ -233,6 +240,13 @@ class ImplicitDirichlet(dist.Dirichlet):
 
     has_rsample = True
 
+    def __init__(self, concentration, *, validate_args=None):
+        super().__init__(concentration, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ImplicitDirichlet, _instance)
+        return super().expand(batch_shape, _instance=new)
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         x = _implicit_standard_gamma(self.concentration.expand(shape))
@@ -268,6 +282,13 @@ class ImplicitStudentT(dist.StudentT):
 
     has_rsample = True
 
+    def __init__(self, df, loc=0.0, scale=1.0, *, validate_args=None):
+        super().__init__(df, loc, scale, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ImplicitStudentT, _instance)
+        return super().expand(batch_shape, _instance=new)
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         df = self.df.expand(shape)
@@ -300,6 +321,13 @@ class ImplicitVonMises(dist.VonMises):
     """
 
     has_rsample = True
+
+    def __init__(self, loc, concentration, *, validate_args=None):
+        super().__init__(loc, concentration, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ImplicitVonMises, _instance)
+        return super().expand(batch_shape, _instance=new)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
