@@ -34,6 +34,8 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated, warn_if_nan
 from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 
+from pyro_reparam_ext.infer.distributed import EstimatorELBOModule, average_running_state
+
 #: Prefix of every param-store entry an estimator creates (learned or running state).
 PARAM_PREFIX = "reparam_ext."
 
@@ -164,6 +166,10 @@ class DiscreteLatentELBO(ELBO):
         loss = torch_item(loss)
         warn_if_nan(loss, "loss")
         return loss
+
+    def __call__(self, model, guide) -> EstimatorELBOModule:
+        """An ``ELBOModule`` whose parameters and buffers include this estimator's state."""
+        return EstimatorELBOModule(model, guide, self)
 
     # ---- hooks for subclasses --------------------------------------------------------------
 
@@ -312,6 +318,7 @@ def running_state(name: str, init: torch.Tensor) -> torch.Tensor:
 def update_running_state(state: torch.Tensor, new_value: torch.Tensor, decay: float) -> None:
     with torch.no_grad():
         state.mul_(decay).add_((1.0 - decay) * new_value.detach())
+    average_running_state(state)  # the same baseline on every rank under torch.distributed
 
 
 # ---- discrete distributions: kind, logits, relaxed log-density ----------------------------

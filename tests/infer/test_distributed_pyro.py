@@ -1,0 +1,338 @@
+"""Data-parallel SVI on torch.distributed: two gloo ranks on 127.0.0.1, started once.
+
+One ``torch.multiprocessing.spawn`` of two workers (module fixture ``runs``) runs every
+scenario and saves what each rank holds; the tests compare the ranks with each other and with
+a single-process reference computed here. The model: a binary latent b ∈ {0,1}² per data
+point, x | b ~ Normal(b A, 1) in a subsampled plate (N = 16, a minibatch of 8 split 4 + 4),
+an amortized Bernoulli guide. Its exact −ELBO is a sum over the 4 values of b per point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing as mp
+from pyro.infer import SVI
+
+import pyro_reparam_ext as pre
+from pyro_reparam_ext.infer import distributed
+
+NUM_DATA, SHARD, LATENT, OBSERVED = 16, 4, 2, 3
+WORLD = 2
+STEPS = 20
+DECAY = 0.5
+ESTIMATORS = {
+    "sf_optimal": lambda: pre.ScoreFunction_ELBO(baseline="optimal"),
+    "sf_decaying_avg": lambda: pre.ScoreFunction_ELBO(baseline="decaying_avg"),
+    "rebar": lambda: pre.REBAR_ELBO(),
+    "relax": lambda: pre.RELAX_ELBO(2, hidden_dim=4),
+}
+
+
+def make_data() -> torch.Tensor:
+    return torch.randn(NUM_DATA, OBSERVED, generator=torch.Generator().manual_seed(1))
+
+
+def minibatch(step: int) -> torch.Tensor:
+    """The step's minibatch indices (the same on every rank): 8 of the N points."""
+    generator = torch.Generator().manual_seed(1000 + step)
+    return torch.randperm(NUM_DATA, generator=generator)[: WORLD * SHARD]
+
+
+def model(x, idx):
+    prior_logit = pyro.param("prior_logit", lambda: 0.1 * torch.randn(LATENT))
+    weights = pyro.param("A", lambda: torch.randn(LATENT, OBSERVED))
+    with pyro.plate("data", NUM_DATA, subsample=idx):
+        logits = prior_logit.expand(len(idx), LATENT)
+        b = pyro.sample("b", dist.Bernoulli(logits=logits).to_event(1))
+        pyro.sample("x", dist.Normal(b @ weights, 1.0).to_event(1), obs=x[idx])
+
+
+def guide(x, idx):
+    encoder = pyro.param("V", lambda: 0.1 * torch.randn(OBSERVED, LATENT))
+    bias = pyro.param("c", lambda: torch.zeros(LATENT))
+    with pyro.plate("data", NUM_DATA, subsample=idx):
+        pyro.sample("b", dist.Bernoulli(logits=x[idx] @ encoder + bias).to_event(1))
+
+
+def fixed_init() -> None:
+    """Deterministic parameter values, identical on every rank and in the reference."""
+    pyro.param("prior_logit", torch.tensor([0.3, -0.2]))
+    pyro.param("A", torch.linspace(-1.0, 1.0, LATENT * OBSERVED).reshape(LATENT, OBSERVED))
+    pyro.param("V", torch.linspace(0.5, -0.5, OBSERVED * LATENT).reshape(OBSERVED, LATENT))
+    pyro.param("c", torch.tensor([0.1, -0.1]))
+
+
+def exact_loss(params: dict, x: torch.Tensor) -> float:
+    """−ELBO on all N points by enumerating b ∈ {0,1}² (the tests' noise-free yardstick)."""
+    total = 0.0
+    q_logits = x @ params["V"] + params["c"]
+    for b in itertools.product([0.0, 1.0], repeat=LATENT):
+        b = torch.tensor(b)
+        log_q = dist.Bernoulli(logits=q_logits).log_prob(b).sum(-1)
+        log_p = dist.Bernoulli(logits=params["prior_logit"]).log_prob(b).sum(-1)
+        log_p = log_p + dist.Normal(b @ params["A"], 1.0).log_prob(x).sum(-1)
+        total = total + (log_q.exp() * (log_p - log_q)).sum()
+    return -float(total)
+
+
+# ---- the workers ----------------------------------------------------------------------------
+
+
+def shard(idx: torch.Tensor, rank: int) -> torch.Tensor:
+    return idx[rank * SHARD : (rank + 1) * SHARD]
+
+
+def store_values() -> dict:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def run_gradient_check(rank: int, x) -> dict:
+    """One SGD(lr=1) step from fixed values: the parameter change is minus the averaged gradient."""
+    pyro.clear_param_store()
+    fixed_init()
+    before = store_values()
+    distributed.seed_per_rank(0)
+    traced_guide = poutine.trace(guide)
+    loss = pre.ScoreFunction_ELBO(baseline="decaying_avg", baseline_decay=DECAY)
+    optim = distributed.DistributedOptimizer(pyro.optim.SGD({"lr": 1.0}))
+    SVI(model, traced_guide, optim, loss=loss).step(x, shard(minibatch(0), rank))
+    after = store_values()
+    return {
+        "grads": {k: before[k] - after[k] for k in ("prior_logit", "A", "V", "c")},
+        "b": traced_guide.trace.nodes["b"]["value"].clone(),
+        "baseline": after["reparam_ext.b.baseline_avg"],
+    }
+
+
+def run_estimator(rank: int, x, name: str) -> dict:
+    """20 Adam steps with random, rank-dependent initial values (broadcast when first seen)."""
+    pyro.clear_param_store()
+    distributed.seed_per_rank(1)
+    idx = shard(minibatch(0), rank)
+    with poutine.block():  # create the parameters here, each rank with its own values
+        guide(x, idx)
+        model(x, idx)
+    initial = store_values()
+    optim = distributed.DistributedOptimizer(pyro.optim.Adam({"lr": 0.05}))
+    svi = SVI(model, guide, optim, loss=ESTIMATORS[name]())
+    losses = [svi.step(x, shard(minibatch(step), rank)) for step in range(STEPS)]
+    return {"initial": initial, "final": store_values(), "losses": losses}
+
+
+def run_module(rank: int, x, name: str, use_ddp: bool) -> dict:
+    """The module path: ELBOModule + DistributedDataParallel or the explicit all-reduce."""
+    pyro.clear_param_store()
+    distributed.seed_per_rank(2)
+    with pyro.settings.context(module_local_params=True):
+        loss_fn = ESTIMATORS[name]()(model, guide)
+        loss_fn(x, shard(minibatch(0), rank))  # creates the lazily initialized state
+        if use_ddp:
+            trainer = torch.nn.parallel.DistributedDataParallel(loss_fn)
+        else:
+            distributed.broadcast_module(loss_fn)
+            trainer = loss_fn
+        optim = torch.optim.Adam(loss_fn.parameters(), lr=0.05)
+        for step in range(STEPS):
+            optim.zero_grad()
+            trainer(x, shard(minibatch(step), rank)).backward()
+            if not use_ddp:
+                distributed.all_reduce_gradients(loss_fn.parameters())
+            optim.step()
+    return {
+        "parameters": [n for n, _ in loss_fn.named_parameters()],
+        "buffers": [n for n, _ in loss_fn.named_buffers()],
+        "state": {k: v.detach().clone() for k, v in loss_fn.state_dict().items()},
+        "global_store": list(pyro.get_param_store().keys()),
+    }
+
+
+def run_mismatch(rank: int) -> str:
+    """Rank 1 steps one parameter more than rank 0: both ranks must raise, not hang."""
+    pyro.clear_param_store()
+    params = [pyro.param("shared", torch.zeros(2))]
+    if rank == 1:
+        params.append(pyro.param("extra", torch.zeros(2)))
+    for p in params:
+        p.unconstrained().grad = torch.ones(2)
+    optim = distributed.DistributedOptimizer(pyro.optim.SGD({"lr": 1.0}))
+    try:
+        optim([p.unconstrained() for p in params])
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def worker(rank: int, port: int, path: str) -> None:
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    pyro.enable_validation(True)
+    distributed.initialize(f"127.0.0.1:{port}", num_processes=WORLD, process_id=rank, timeout=60)
+    x = make_data()
+    distributed.seed_per_rank(0)
+    out = {"noise": torch.rand(8), "gradient_check": run_gradient_check(rank, x)}
+    out["estimators"] = {name: run_estimator(rank, x, name) for name in ESTIMATORS}
+    out["module"] = {
+        "sf_optimal_ddp": run_module(rank, x, "sf_optimal", use_ddp=True),
+        "relax_all_reduce": run_module(rank, x, "relax", use_ddp=False),
+        "relax_ddp": run_module(rank, x, "relax", use_ddp=True),
+    }
+    out["mismatch"] = run_mismatch(rank)
+    torch.save(out, f"{path}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("distributed_pyro")
+    mp.spawn(worker, args=(free_port(), str(path)), nprocs=WORLD, join=True)
+    return [torch.load(path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# ---- the tests ------------------------------------------------------------------------------
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_gradient_equals_full_batch_gradient_with_the_same_noise(runs):
+    # Reference: one process, the whole minibatch of 8, the ranks' sampled b replayed. With
+    # decaying_avg's zero initial state the estimate is a deterministic function of b, so the
+    # averaged shard gradients must equal it up to rounding (float64).
+    for r in range(WORLD):
+        assert_bitwise_equal(runs[r]["gradient_check"]["grads"], runs[0]["gradient_check"]["grads"])
+    b = torch.cat([runs[r]["gradient_check"]["b"] for r in range(WORLD)])
+    replayed = poutine.Trace()
+    replayed.add_node("b", name="b", type="sample", value=b, is_observed=False, infer={})
+    fixed_init()
+    loss = pre.ScoreFunction_ELBO(baseline="decaying_avg", baseline_decay=DECAY)
+    loss.loss_and_grads(model, poutine.replay(guide, trace=replayed), make_data(), minibatch(0))
+    store = pyro.get_param_store()
+    for name, grad in runs[0]["gradient_check"]["grads"].items():
+        expected = store.get_param(name).unconstrained().grad
+        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    # running state: every rank holds (1 − d)·(mean over ranks of its per-point reward). A
+    # rank's rewards carry the plate scale N/4, the reference's N/8, so the ranks' state is
+    # 2 · ½ · (sum of the two halves of the reference's per-point state)
+    reference = store.get_param("reparam_ext.b.baseline_avg").detach()
+    expected = reference[:SHARD] + reference[SHARD:]
+    for r in range(WORLD):
+        torch.testing.assert_close(
+            runs[r]["gradient_check"]["baseline"], expected, rtol=1e-12, atol=0
+        )
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_parameters_and_running_state_bitwise_equal_across_ranks(runs, name):
+    ranks = [runs[r]["estimators"][name] for r in range(WORLD)]
+    # the ranks started from different random values: the broadcast made them agree
+    assert not torch.equal(ranks[0]["initial"]["A"], ranks[1]["initial"]["A"])
+    assert_bitwise_equal(ranks[0]["final"], ranks[1]["final"])
+    state = set(ranks[0]["final"])
+    if name.startswith("sf"):
+        running = "baseline_avg" if name == "sf_decaying_avg" else "baseline_fs2"
+        assert f"reparam_ext.b.{running}" in state
+    else:
+        assert {"reparam_ext.b.eta", "reparam_ext.b.log_temperature"} <= state
+    # the estimator state moved (it is trained / updated, not left at its initial value)
+    moved = [k for k in state if k.startswith("reparam_ext.") and k in ranks[0]["initial"]]
+    assert all(not torch.equal(ranks[0]["final"][k], ranks[0]["initial"][k]) for k in moved)
+
+
+def test_noise_differs_per_rank(runs):
+    assert not torch.equal(runs[0]["noise"], runs[1]["noise"])
+    assert not torch.equal(runs[0]["gradient_check"]["b"], runs[1]["gradient_check"]["b"])
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_training_decreases_the_exact_loss(runs, name):
+    # Exact −ELBO on all 16 points (enumeration, no noise) before and after 20 steps. The
+    # initial A ~ N(0, 1) is far from the data's, so the drop is large (measured 3-12 nats,
+    # see the numbers in the assertion message) next to the 1-nat margin required.
+    x = make_data()
+    ranks = runs[0]["estimators"][name]
+    start = {k: v for k, v in runs[0]["estimators"][name]["initial"].items()}
+    before, after = exact_loss(start, x), exact_loss(ranks["final"], x)
+    assert after < before - 1.0, (before, after)
+
+
+def test_module_path_owns_the_estimator_state(runs):
+    relax = runs[0]["module"]["relax_all_reduce"]
+    state = "estimator_state."
+    assert {state + "reparam_ext_b_eta", state + "reparam_ext_b_log_temperature"} <= set(
+        relax["parameters"]
+    )
+    assert any(n.startswith(state + "reparam_ext_relax_b") for n in relax["parameters"])
+    assert {state + n for n in ("A", "V", "c", "prior_logit")} <= set(relax["parameters"])
+    score = runs[0]["module"]["sf_optimal_ddp"]
+    assert {state + "reparam_ext_b_baseline_fs2", state + "reparam_ext_b_baseline_s2"} == set(
+        score["buffers"]
+    )
+    assert score["global_store"] == relax["global_store"] == []  # nothing leaked
+
+
+@pytest.mark.parametrize("case", ["sf_optimal_ddp", "relax_all_reduce", "relax_ddp"])
+def test_module_path_state_bitwise_equal_across_ranks(runs, case):
+    assert_bitwise_equal(runs[0]["module"][case]["state"], runs[1]["module"][case]["state"])
+
+
+def test_relax_under_ddp_matches_the_explicit_all_reduce(runs):
+    # Our REBAR/RELAX take the variance gradient inside the loss (torch.autograd.grad) and
+    # return a first-order loss, so DDP's single backward suffices. DDP pre-divides each
+    # gradient by the world size before summing, the explicit all-reduce divides the sum:
+    # equal up to rounding, which 20 Adam steps keep at the 1e-12 level.
+    explicit = runs[0]["module"]["relax_all_reduce"]["state"]
+    ddp = runs[0]["module"]["relax_ddp"]["state"]
+    for key in explicit:
+        torch.testing.assert_close(ddp[key], explicit[key], rtol=1e-9, atol=1e-12)
+
+
+def test_mismatched_parameters_raise_on_every_rank(runs):
+    for r in range(WORLD):
+        assert "the ranks step different parameters" in runs[r]["mismatch"]
+
+
+def test_bad_launch_settings():
+    with pytest.raises(ValueError, match="process_id"):
+        distributed.initialize("127.0.0.1:1", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="num_processes"):
+        distributed.initialize("127.0.0.1:1", num_processes=0, process_id=0)
+    with pytest.raises(ValueError, match="coordinator_address"):
+        distributed.initialize("localhost", num_processes=1, process_id=0)
+    with pytest.raises(ValueError, match="pyro_optim"):
+        distributed.DistributedOptimizer(torch.optim.SGD)
+
+
+def test_rendezvous_timeout_is_one_line_error():
+    with pytest.raises(RuntimeError, match="could not join the process group") as info:
+        distributed.initialize(f"127.0.0.1:{free_port()}", num_processes=2, process_id=0, timeout=1)
+    assert "\n" not in str(info.value)
+    assert not torch.distributed.is_initialized()
+
+
+def test_single_process_is_a_no_op():
+    # without torch.distributed the helpers change nothing and the optimizer is the wrapped one
+    state = torch.tensor([1.0, 2.0])
+    distributed.average_running_state(state)
+    assert torch.equal(state, torch.tensor([1.0, 2.0]))
+    assert not distributed.is_distributed()
+    p = pyro.param("p", torch.tensor([1.0, -1.0])).unconstrained()
+    p.grad = torch.tensor([0.5, 0.25])
+    distributed.DistributedOptimizer(pyro.optim.SGD({"lr": 1.0}))([p])
+    assert torch.equal(p.detach(), torch.tensor([0.5, -1.25]))
