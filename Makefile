@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench clean docs docs-check
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[numpyro,examples,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[numpyro,examples,dev,docs]'
 	touch $(STAMP)
 
 # Two pytest workers: the suite is CPU-bound and single-threaded per test (2-core budget).
@@ -33,6 +33,17 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The documentation site, offline (MathJax ships in a wheel), warnings are errors.
+DOCS_BUILD ?= build/docs/html
+
+docs: install
+	$(PY) -m sphinx -b html -W --keep-going -q -d build/docs/doctrees docs $(DOCS_BUILD)
+
+# Opens the built site in headless Chromium (Debian's, installed when missing).
+docs-check: docs
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	$(PY) docs/check_browser.py $(DOCS_BUILD)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
