@@ -7,6 +7,8 @@ from numpyro_backend.distributions.concrete import (
     Concrete,
     ConcreteStraightThrough,
     ExpConcrete,
+    GumbelRaoStraightThrough,
+    ReinMaxStraightThrough,
 )
 
 # Implicitly reparameterized distributions
@@ -30,6 +32,8 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "GumbelRaoStraightThrough",
+    "ReinMaxStraightThrough",
     "ImplicitBeta",
     "ImplicitDirichlet",
     "ImplicitGamma",

@@ -3,7 +3,8 @@
 Distributions: :class:`ExpConcrete` (log-space Concrete, exact log-density at any temperature),
 :class:`Concrete` (relaxed one-hot categorical on the simplex), :class:`BinaryConcrete` (relaxed
 Bernoulli on (0, 1)) and the straight-through variants :class:`ConcreteStraightThrough`,
-:class:`BinaryConcreteStraightThrough`. Mirrors ``pyro_reparam_ext.distributions.concrete``.
+:class:`BinaryConcreteStraightThrough`, :class:`ReinMaxStraightThrough`,
+:class:`GumbelRaoStraightThrough`. Mirrors ``pyro_reparam_ext.distributions.concrete``.
 
 The relaxation maths used by these classes and by the REBAR/RELAX estimators is exported as
 functions. Every function takes its uniform noise as an argument, so the same draw can be reused
@@ -34,6 +35,8 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "GumbelRaoStraightThrough",
+    "ReinMaxStraightThrough",
     "bernoulli_conditional_relaxed_logits",
     "bernoulli_hard",
     "bernoulli_relaxed_logits",
@@ -431,6 +434,116 @@ class BinaryConcreteStraightThrough(BinaryConcrete):
         logits = jnp.broadcast_to(self.logits, self.batch_shape)
         probs = jax.nn.sigmoid(logits)
         return -(probs * jax.nn.log_sigmoid(logits) + (1 - probs) * jax.nn.log_sigmoid(-logits))
+
+
+def softmax_linearization(probs, logits):
+    """π ⊙ (θ − ⟨π, θ⟩) with π held constant: its Jacobian in θ is the softmax Jacobian
+    diag(π) − ππᵀ evaluated at π (a surrogate whose gradient, not value, matters)."""
+    probs = lax.stop_gradient(probs)
+    return probs * (logits - jnp.sum(probs * logits, -1, keepdims=True))
+
+
+def reinmax_surrogate(logits, hard, temperature):
+    r"""A function of ``logits`` whose Jacobian is ReinMax's ([3], Algorithm 2):
+    :math:`2 J(\pi_1) - \tfrac12 J(\pi_0)` with :math:`J(\pi) = \operatorname{diag}(\pi) -
+    \pi\pi^\top`, :math:`\pi_0 = \operatorname{softmax}(\theta)` and
+    :math:`\pi_1 = (D + \operatorname{softmax}(\theta/\tau)) / 2` for the one-hot sample D."""
+    probs = jax.nn.softmax(logits, -1)
+    shifted = 0.5 * (hard + jax.nn.softmax(logits / temperature, -1))
+    return 2.0 * softmax_linearization(shifted, logits) - 0.5 * softmax_linearization(probs, logits)
+
+
+class ReinMaxStraightThrough(ConcreteStraightThrough):
+    r"""One-hot Categorical(π) samples forward, ReinMax's second-order gradient backward ([3]).
+
+    ``rsample`` returns an exact one-hot sample D ~ Categorical(softmax(logits)). Its gradient
+    with respect to the logits θ is that of :math:`2\pi_1 - \tfrac12\pi_0` ([3], Algorithm
+    2): with :math:`\pi_0 = \operatorname{softmax}(\theta)` and
+    :math:`\pi_1 = (D + \operatorname{softmax}(\theta/\tau))/2`, the vector-Jacobian product
+    is :math:`g \mapsto 2\,\pi_1 \odot (g - \langle g, \pi_1\rangle) - \tfrac12\,\pi_0
+    \odot (g - \langle g, \pi_0 \rangle)`. ``log_prob``, ``mean``, ``mode``, ``entropy`` are
+    those of the one-hot Categorical(π).
+
+    Example::
+
+        q = ReinMaxStraightThrough(1.0, logits=logits)
+        b = q.rsample(jax.random.PRNGKey(0))
+
+    .. note:: Biased (a second-order approximation of the gradient of E[f(D)]). The
+        temperature gets no gradient (π₁ is held constant, as in [3]); [3] recommends τ ≥ 1
+        (its reference code refuses τ < 1; here any τ > 0 is valid).
+
+    References:
+
+    [3] L. Liu, C. Dong, X. Liu, B. Yu, J. Gao (2023). Bridging Discrete and Backpropagation:
+        Straight-Through and Beyond. NeurIPS.
+    """
+
+    def rsample(self, key, sample_shape=()):
+        shape = sample_shape + self.batch_shape + self.event_shape
+        logits = jnp.broadcast_to(self.logits, shape)
+        noise = uniform_noise(key, shape, logits.dtype)
+        hard = categorical_hard(categorical_relaxed_logits(lax.stop_gradient(logits), noise))
+        temperature = self.temperature[..., None]
+        return _straight_through(hard, reinmax_surrogate(logits, hard, temperature))
+
+
+def _check_num_samples(name: str, num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"{name}: `num_samples` must be an integer >= 1, got {num_samples!r}")
+    return num_samples
+
+
+class GumbelRaoStraightThrough(ConcreteStraightThrough):
+    r"""One-hot Categorical(π) samples forward, the Rao-Blackwellized straight-through
+    Gumbel-softmax gradient backward ([4], "GR-MCK").
+
+    ``rsample`` draws D = one_hot(argmax(log π + G)), then ``num_samples`` Gumbel vectors
+    :math:`G^{(s)} \sim G \mid \arg\max(\log\pi + G) = D`
+    (``categorical_conditional_relaxed_logits``), and differentiates
+    :math:`\frac1S \sum_s \operatorname{softmax}((\log\pi + G^{(s)})/\tau)`: a Monte Carlo
+    estimate of :math:`\mathbb{E}[\nabla \operatorname{softmax}((\log\pi + G)/\tau) \mid D]`
+    ([4], eq. 7). The noise :math:`G^{(s)}` is held constant (stop-gradient): differentiating
+    through the conditional sampler's dependence on π would add terms that are not part of
+    [4]'s estimator.
+
+    Example::
+
+        q = GumbelRaoStraightThrough(0.5, logits=logits, num_samples=10)
+        b = q.rsample(jax.random.PRNGKey(0))
+
+    .. note:: Biased (as straight-through Gumbel-softmax) with a variance that falls as
+        ``num_samples`` grows. Gradients flow to the logits and the temperature.
+
+    References:
+
+    [4] M. B. Paulus, C. J. Maddison, A. Krause (2021). Rao-Blackwellizing the
+        Straight-Through Gumbel-Softmax Gradient Estimator. ICLR.
+
+    :param int num_samples: conditional Gumbel draws averaged in the backward pass (≥ 1).
+    """
+
+    pytree_aux_fields = ("num_samples",)
+
+    def __init__(
+        self, temperature, probs=None, logits=None, num_samples: int = 10, *, validate_args=None
+    ):
+        self.num_samples = _check_num_samples(type(self).__name__, num_samples)
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def rsample(self, key, sample_shape=()):
+        shape = sample_shape + self.batch_shape + self.event_shape
+        logits = jnp.broadcast_to(self.logits, shape)
+        fixed = lax.stop_gradient(logits)
+        key_hard, key_soft = jax.random.split(key)
+        hard = categorical_hard(
+            categorical_relaxed_logits(fixed, uniform_noise(key_hard, shape, fixed.dtype))
+        )
+        v = uniform_noise(key_soft, (self.num_samples,) + shape, fixed.dtype)
+        noise = categorical_conditional_relaxed_logits(fixed, hard, v) - fixed
+        temperature = self.temperature[..., None]
+        soft = jnp.mean(jax.nn.softmax((logits + noise) / temperature, -1), 0)
+        return _straight_through(hard, soft)
 
 
 @vmap_over.register

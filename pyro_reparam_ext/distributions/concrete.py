@@ -3,7 +3,8 @@
 Distributions: :class:`ExpConcrete` (log-space Concrete, exact log-density at any temperature),
 :class:`Concrete` (relaxed one-hot categorical on the simplex), :class:`BinaryConcrete` (relaxed
 Bernoulli on (0, 1)) and the straight-through variants :class:`ConcreteStraightThrough`,
-:class:`BinaryConcreteStraightThrough`.
+:class:`BinaryConcreteStraightThrough`, :class:`ReinMaxStraightThrough`,
+:class:`GumbelRaoStraightThrough`.
 
 The relaxation maths used by these classes and by the REBAR/RELAX estimators is exported as
 functions. Every function takes its uniform noise as an argument, so the same draw can be reused
@@ -32,6 +33,8 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "GumbelRaoStraightThrough",
+    "ReinMaxStraightThrough",
     "bernoulli_conditional_relaxed_logits",
     "bernoulli_hard",
     "bernoulli_relaxed_logits",
@@ -463,3 +466,124 @@ class BinaryConcreteStraightThrough(BinaryConcrete):
 
     def entropy(self):
         return F.binary_cross_entropy_with_logits(self.logits, self.probs, reduction="none")
+
+
+def softmax_linearization(probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """π ⊙ (θ − ⟨π, θ⟩) with π held constant: its Jacobian in θ is the softmax Jacobian
+    diag(π) − ππᵀ evaluated at π (a surrogate whose gradient, not value, matters)."""
+    probs = probs.detach()
+    return probs * (logits - (probs * logits).sum(-1, keepdim=True))
+
+
+def reinmax_surrogate(logits: torch.Tensor, hard: torch.Tensor, temperature) -> torch.Tensor:
+    r"""A function of ``logits`` whose Jacobian is ReinMax's ([3], Algorithm 2):
+    :math:`2 J(\pi_1) - \tfrac12 J(\pi_0)` with :math:`J(\pi) = \operatorname{diag}(\pi) -
+    \pi\pi^\top`, :math:`\pi_0 = \operatorname{softmax}(\theta)` and
+    :math:`\pi_1 = (D + \operatorname{softmax}(\theta/\tau)) / 2` for the one-hot sample D."""
+    probs = torch.softmax(logits, -1)
+    shifted = 0.5 * (hard + torch.softmax(logits / temperature, -1))
+    return 2.0 * softmax_linearization(shifted, logits) - 0.5 * softmax_linearization(probs, logits)
+
+
+class ReinMaxStraightThrough(ConcreteStraightThrough):
+    r"""One-hot Categorical(π) samples forward, ReinMax's second-order gradient backward ([3]).
+
+    ``rsample`` returns an exact one-hot sample D ~ Categorical(softmax(logits)). Its gradient
+    with respect to the logits θ is that of :math:`2\pi_1 - \tfrac12\pi_0` ([3], Algorithm
+    2; Heun's method applied to the straight-through estimator): with
+    :math:`\pi_0 = \operatorname{softmax}(\theta)` and
+    :math:`\pi_1 = (D + \operatorname{softmax}(\theta/\tau))/2`, the vector-Jacobian product
+    is :math:`g \mapsto 2\,\pi_1 \odot (g - \langle g, \pi_1\rangle) - \tfrac12\,\pi_0
+    \odot (g - \langle g, \pi_0 \rangle)`. ``log_prob``, ``mean``, ``mode``, ``entropy`` are
+    those of the one-hot Categorical(π).
+
+    Example::
+
+        q = ReinMaxStraightThrough(torch.tensor(1.0), logits=logits)
+        b = q.rsample()                # one-hot; backward: ReinMax
+
+    .. note:: Biased: the gradient is a second-order approximation of the gradient of
+        E[f(D)], exact for f quadratic in D only in expectation under [3]'s assumptions. The
+        temperature gets no gradient (π₁ is held constant, as in [3]); [3] recommends τ ≥ 1
+        (its reference code refuses τ < 1; here any τ > 0 is valid).
+
+    References:
+
+    [3] L. Liu, C. Dong, X. Liu, B. Yu, J. Gao (2023). Bridging Discrete and Backpropagation:
+        Straight-Through and Beyond. NeurIPS.
+
+    :param temperature: τ > 0 of the softmax(θ/τ) in π₁.
+    :param torch.Tensor probs: class probabilities.
+    :param torch.Tensor logits: unnormalized log-probabilities.
+    """
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        logits = self.logits.expand(shape)
+        z = categorical_relaxed_logits(logits.detach(), uniform_noise(shape, like=logits))
+        hard = categorical_hard(z)
+        temperature = self.temperature.unsqueeze(-1)
+        return _straight_through(hard, reinmax_surrogate(logits, hard, temperature))
+
+
+def _check_num_samples(name: str, num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"{name}: `num_samples` must be an integer >= 1, got {num_samples!r}")
+    return num_samples
+
+
+class GumbelRaoStraightThrough(ConcreteStraightThrough):
+    r"""One-hot Categorical(π) samples forward, the Rao-Blackwellized straight-through
+    Gumbel-softmax gradient backward ([4], "GR-MCK").
+
+    ``rsample`` draws D = one_hot(argmax(log π + G)) with Gumbel noise G, then ``num_samples``
+    Gumbel vectors :math:`G^{(s)} \sim G \mid \arg\max(\log\pi + G) = D` (the conditional
+    sampler of REBAR, ``categorical_conditional_relaxed_logits``), and back-propagates through
+    :math:`\frac1S \sum_s \operatorname{softmax}((\log\pi + G^{(s)})/\tau)`: a Monte Carlo
+    estimate of :math:`\mathbb{E}[\nabla \operatorname{softmax}((\log\pi + G)/\tau) \mid D]`,
+    the conditional expectation of the straight-through Gumbel-softmax gradient ([4], eq. 7).
+    The noise :math:`G^{(s)}` is held constant (stop-gradient): differentiating through the
+    conditional sampler's dependence on π would add terms that are not part of [4]'s
+    estimator (the Rao-Blackwellization is of the gradient at fixed noise).
+
+    Example::
+
+        q = GumbelRaoStraightThrough(torch.tensor(0.5), logits=logits, num_samples=10)
+        b = q.rsample()
+
+    .. note:: Biased (as straight-through Gumbel-softmax, whose bias it keeps) with a variance
+        that falls as ``num_samples`` grows. Gradients flow to the logits and the temperature.
+
+    References:
+
+    [4] M. B. Paulus, C. J. Maddison, A. Krause (2021). Rao-Blackwellizing the
+        Straight-Through Gumbel-Softmax Gradient Estimator. ICLR.
+
+    :param temperature: relaxation temperature τ > 0.
+    :param torch.Tensor probs: class probabilities.
+    :param torch.Tensor logits: unnormalized log-probabilities.
+    :param int num_samples: conditional Gumbel draws averaged in the backward pass (≥ 1).
+    """
+
+    def __init__(
+        self, temperature, probs=None, logits=None, num_samples: int = 10, *, validate_args=None
+    ):
+        self.num_samples = _check_num_samples(type(self).__name__, num_samples)
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(GumbelRaoStraightThrough, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new.num_samples = self.num_samples
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        logits = self.logits.expand(shape)
+        fixed = logits.detach()
+        hard = categorical_hard(categorical_relaxed_logits(fixed, uniform_noise(shape, like=fixed)))
+        v = uniform_noise((self.num_samples,) + shape, like=fixed)
+        noise = categorical_conditional_relaxed_logits(fixed, hard, v) - fixed
+        temperature = self.temperature.unsqueeze(-1)
+        soft = torch.softmax((logits + noise) / temperature, -1).mean(0)
+        return _straight_through(hard, soft)
