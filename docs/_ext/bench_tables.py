@@ -1,9 +1,17 @@
-"""Sphinx extension: ``.. bench-table:: path.md`` renders a benchmark result written by
-``make bench`` (a markdown file of ``|``-tables and paragraphs) as reST, so the guide shows the
-numbers in the repository at build time. Lines that start with ``#`` (headings) are dropped;
-the path is relative to the document."""
+"""Sphinx extension: repository files rendered into the docs at build time.
+
+- ``.. bench-table:: path.md`` renders a benchmark result written by ``make bench`` (a markdown
+  file of ``|``-tables and paragraphs) as reST, so the guide shows the numbers in the
+  repository. Lines that start with ``#`` (headings) are dropped.
+- ``.. script-docstring:: path.py`` renders the module docstring of a script (the examples),
+  read with :mod:`ast`, without importing it.
+
+Paths are relative to the document.
+"""
 
 from __future__ import annotations
+
+import ast
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -59,6 +67,24 @@ class BenchTable(SphinxDirective):
         return [node]
 
 
+class ScriptDocstring(SphinxDirective):
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        from paired_api import escape_bars
+
+        rel, path = self.env.relfn2path(self.arguments[0])
+        self.env.note_dependency(rel)
+        with open(path, encoding="utf-8") as handle:
+            docstring = ast.get_docstring(ast.parse(handle.read())) or ""
+        lines = docstring.splitlines()
+        escape_bars(None, "module", path, None, None, lines)
+        node = nodes.container(classes=["script-docstring"])
+        self.state.nested_parse(StringList(lines, source=path), self.content_offset, node)
+        return [node]
+
+
 def setup(app):
     app.add_directive("bench-table", BenchTable)
+    app.add_directive("script-docstring", ScriptDocstring)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
