@@ -3,15 +3,17 @@ Pyro's signatures, plus this package's estimators.
 
 - ``SVI(model, guide, optim, loss).step(*args)`` as in Pyro: jit-compiled NumPyro updates, the
   param store (``pyroapi.pyro.get_param_store()``) refreshed with constrained values after
-  every step and read back when a new SVI starts (so training resumes like Pyro's). Python
-  ints and strings among the arguments (sizes, names) are compiled in as constants.
+  every step and read back when a new SVI starts (so training resumes like Pyro's). Arrays
+  and floats among the arguments are traced; ints, strings and other objects (sizes, names)
+  are compiled in as constants.
 - ELBOs accept Pyro's constructor arguments (``max_plate_nesting``, ``ignore_jit_warnings``,
-  ...); ``Jit*`` names are aliases (NumPyro always compiles). ``TraceMeanField_ELBO`` is
-  included (NumPyro's compat layer has none). ``Trace_ELBO`` and ``TraceGraph_ELBO`` have
-  Pyro's semantics for non-reparameterized guide sites (score-function terms, unbiased under
-  subsampling), unlike NumPyro's classes of the same names.
-- ``ScoreFunction_ELBO``, ``REBAR_ELBO``, ``RELAX_ELBO`` take the same arguments as on the
-  Pyro backend.
+  ...) and reject unknown ones with ``TypeError``; ``Jit*`` names are aliases (NumPyro
+  always compiles). ``TraceMeanField_ELBO`` is included (NumPyro's compat layer has none).
+  ``Trace_ELBO`` and ``TraceGraph_ELBO`` have Pyro's semantics for non-reparameterized guide
+  sites (score-function terms, unbiased under subsampling), unlike NumPyro's classes of the
+  same names.
+- ``ScoreFunction_ELBO``, ``REBAR_ELBO``, ``RELAX_ELBO`` are this package's classes, with the
+  same arguments as on the Pyro backend.
 """
 
 from __future__ import annotations
@@ -25,65 +27,84 @@ from numpyro.infer import elbo as _elbo
 
 from numpyro_backend.backend.pyro import get_param_store
 from numpyro_backend.infer import *  # ours
-from numpyro_backend.infer import relax as _relax
 from numpyro_backend.infer import score_function as _score_function
 from numpyro_backend.infer import svi as _svi
 from numpyro_backend.infer.particles import PREFIX
 
-# Pyro ELBO arguments that have no meaning here (NumPyro always vmaps and compiles).
-_PYRO_ONLY = (
-    "max_iarange_nesting",
-    "strict_enumeration_warning",
-    "ignore_jit_warnings",
-    "jit_options",
-    "retain_graph",
-    "tail_adaptive_beta",
-)
+
+def _pyro_elbo_options(
+    num_particles=1,
+    max_plate_nesting=float("inf"),
+    max_iarange_nesting=None,
+    vectorize_particles=True,
+    strict_enumeration_warning=True,
+    ignore_jit_warnings=False,
+    jit_options=None,
+    retain_graph=None,
+    tail_adaptive_beta=-1.0,
+) -> dict:
+    """Pyro's ``ELBO`` constructor arguments, in Pyro's order (a misspelled keyword raises
+    ``TypeError`` here); returns the ones NumPyro's ELBOs use. The others have no effect:
+    NumPyro always vmaps and compiles and keeps no graph. ``vectorize_particles`` defaults
+    to True (NumPyro's default) rather than Pyro's False."""
+    return {
+        "num_particles": num_particles,
+        "max_plate_nesting": max_plate_nesting,
+        "vectorize_particles": vectorize_particles,
+    }
 
 
-def _drop_pyro_only(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k not in _PYRO_ONLY}
+class _PyroScoreFunction_ELBO(_score_function.ScoreFunction_ELBO):
+    """Pyro's ELBO semantics at non-reparameterized guide sites: score-function terms with
+    plate-aware credit and no baseline (our ``ScoreFunction_ELBO(baseline="none")``).
+    Takes Pyro's ELBO constructor arguments (see :func:`_pyro_elbo_options`)."""
+
+    def __init__(self, *args, **kwargs):
+        options = _pyro_elbo_options(*args, **kwargs)
+        super().__init__(
+            options["num_particles"],
+            max_plate_nesting=options["max_plate_nesting"],
+            vectorize_particles=options["vectorize_particles"],
+            baseline="none",
+        )
 
 
-class Trace_ELBO(_score_function.ScoreFunction_ELBO):
-    """Pyro's ``Trace_ELBO``: pathwise gradients, and plain score-function terms (no
-    baseline) at non-reparameterized guide sites. NumPyro's own Trace_ELBO gives those sites
-    no gradient at all, so a discrete guide would silently not learn."""
-
-    def __init__(
-        self, num_particles=1, max_plate_nesting=float("inf"), vectorize_particles=True, **kwargs
-    ):
-        _drop_pyro_only(kwargs)
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles, baseline="none")
+class Trace_ELBO(_PyroScoreFunction_ELBO):
+    """Pyro's ``Trace_ELBO``: pathwise gradients, and score-function terms (no baseline) at
+    non-reparameterized guide sites. NumPyro's own Trace_ELBO gives those sites no gradient
+    at all, so a discrete guide would silently not learn."""
 
 
-class TraceMeanField_ELBO(_elbo.TraceMeanField_ELBO):
-    def __init__(self, num_particles=1, max_plate_nesting=float("inf"), **kwargs):
-        kwargs = _drop_pyro_only(kwargs)
-        super().__init__(num_particles=num_particles, **kwargs)
-
-
-class TraceGraph_ELBO(_score_function.ScoreFunction_ELBO):
+class TraceGraph_ELBO(_PyroScoreFunction_ELBO):
     """Pyro's ``TraceGraph_ELBO`` (no baseline): plate-aware score-function terms.
 
     NumPyro's own TraceGraph_ELBO is biased under ``plate`` subsampling (its score term
     multiplies two N/M-scaled factors: 3× the exact gradient for 12 points subsampled to 4);
-    this one is our ``ScoreFunction_ELBO(baseline="none")``, unbiased there. Pyro's
-    ``infer={"baseline": ...}`` options are not supported (use ``ScoreFunction_ELBO``).
+    this one is unbiased there. Pyro's ``infer={"baseline": ...}`` options are not supported
+    (use ``ScoreFunction_ELBO``).
     """
 
-    def __init__(
-        self, num_particles=1, max_plate_nesting=float("inf"), vectorize_particles=True, **kwargs
-    ):
-        _drop_pyro_only(kwargs)
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles, baseline="none")
+
+class TraceMeanField_ELBO(_elbo.TraceMeanField_ELBO):
+    """NumPyro's ``TraceMeanField_ELBO`` with Pyro's constructor arguments."""
+
+    def __init__(self, *args, **kwargs):
+        options = _pyro_elbo_options(*args, **kwargs)
+        super().__init__(
+            num_particles=options["num_particles"],
+            vectorize_particles=options["vectorize_particles"],
+        )
 
 
 class TraceEnum_ELBO(_elbo.TraceEnum_ELBO):
-    def __init__(self, num_particles=1, max_plate_nesting=float("inf"), **kwargs):
-        kwargs = _drop_pyro_only(kwargs)
-        kwargs.pop("vectorize_particles", None)
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    """NumPyro's ``TraceEnum_ELBO`` with Pyro's constructor arguments."""
+
+    def __init__(self, *args, **kwargs):
+        options = _pyro_elbo_options(*args, **kwargs)
+        super().__init__(
+            num_particles=options["num_particles"],
+            max_plate_nesting=options["max_plate_nesting"],
+        )
 
 
 JitTrace_ELBO = Trace_ELBO
@@ -91,24 +112,8 @@ JitTraceMeanField_ELBO = TraceMeanField_ELBO
 JitTraceGraph_ELBO = TraceGraph_ELBO
 JitTraceEnum_ELBO = TraceEnum_ELBO
 
-
-class ScoreFunction_ELBO(_score_function.ScoreFunction_ELBO):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **_drop_pyro_only(kwargs))
-
-
-class REBAR_ELBO(_relax.REBAR_ELBO):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **_drop_pyro_only(kwargs))
-
-
-class RELAX_ELBO(_relax.RELAX_ELBO):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **_drop_pyro_only(kwargs))
-
-
-def _is_static(leaf) -> bool:
-    return isinstance(leaf, (bool, int, str, type(None))) and not isinstance(leaf, np.ndarray)
+# ScoreFunction_ELBO, REBAR_ELBO, RELAX_ELBO: this package's classes themselves (imported
+# above); they take Pyro's retain_graph / strict_enumeration_warning / ignore_jit_warnings.
 
 
 class SVI(_svi.SVI):
@@ -121,22 +126,18 @@ class SVI(_svi.SVI):
         self._constrained_params = jax.jit(super().get_params)
 
     def _call(self, method, *args, **kwargs):
-        # Python scalars (sizes, names) become compile-time constants; arrays stay traced.
-        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=lambda x: x is None)
-        static = tuple((i, x) for i, x in enumerate(leaves) if _is_static(x))
-        dynamic = [x for x in leaves if not _is_static(x)]
-        key = (method, treedef, static)
+        # constants (sizes, names) compiled in, arrays and floats traced: one rule with
+        # gradient_variance (numpyro_backend.infer.svi.is_static_argument)
+        key, traced, rebuild = _svi.split_arguments(args, kwargs)
+        key = (method, key)
         if key not in self._compiled:
 
-            def run(svi_state, dynamic):
-                it = iter(dynamic)
-                full = dict(static)
-                values = [full[i] if i in full else next(it) for i in range(len(leaves))]
-                call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, values)
+            def run(svi_state, traced):
+                call_args, call_kwargs = rebuild(traced)
                 return getattr(super(SVI, self), method)(svi_state, *call_args, **call_kwargs)
 
             self._compiled[key] = jax.jit(run)
-        return self._compiled[key](self.svi_state, dynamic)
+        return self._compiled[key](self.svi_state, traced)
 
     def _ensure_state(self, args, kwargs, rng_key=None):
         if self.svi_state is not None:

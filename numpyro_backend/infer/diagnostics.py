@@ -12,6 +12,7 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.handlers import replay, seed, substitute, trace
 
 from numpyro_backend.infer.particles import PREFIX, split_param_map
+from numpyro_backend.infer.svi import split_arguments
 
 __all__ = ["gradient_variance"]
 
@@ -64,33 +65,15 @@ def _flatten(name: str, value) -> dict:
     }
 
 
-def _is_array(leaf) -> bool:
-    # Python scalars stay static: programs use them in Python control flow (plate sizes)
-    return isinstance(leaf, (jax.Array, np.ndarray))
-
-
-def _static_key(leaves) -> tuple:
-    """Hashable stand-ins for the non-array leaves of the program arguments."""
-    out = []
-    for leaf in leaves:
-        try:
-            hash(leaf)
-            out.append(leaf)
-        except TypeError:
-            out.append(("id", id(leaf)))
-    return tuple(out)
-
-
 def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
-    """The jitted ``(params, mutable, keys, dynamic args) -> gradient samples`` for a program.
+    """The jitted ``(params, mutable, keys, traced args) -> gradient samples`` for a program.
 
-    Compiled once per (elbo, model, guide, selected sites, static arguments); jit itself
-    recompiles only for new shapes/dtypes (e.g. another ``num_samples``).
+    Compiled once per (elbo, model, guide, selected sites, constant arguments: the rule of
+    :func:`~numpyro_backend.infer.svi.is_static_argument`); jit itself recompiles only for
+    new shapes/dtypes (e.g. another ``num_samples``).
     """
-    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: x is None)
-    dynamic = [_is_array(leaf) for leaf in leaves]
-    static = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d]
-    cache_key = (model, guide, selected, treedef, tuple(dynamic), _static_key(static))
+    arguments_key, _, rebuild = split_arguments(args, kwargs)
+    cache_key = (model, guide, selected, arguments_key)
     try:
         cache = _SAMPLERS.setdefault(elbo, {})
     except TypeError:  # an ELBO that cannot be weakly referenced or hashed: no caching
@@ -100,13 +83,8 @@ def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
 
     elbo_ref = weakref.ref(elbo)  # the cache must not keep its key alive
 
-    def rebuild(dynamic_leaves):
-        dynamic_iter, static_iter = iter(dynamic_leaves), iter(static)
-        merged = [next(dynamic_iter) if d else next(static_iter) for d in dynamic]
-        return jax.tree.unflatten(treedef, merged)
-
-    def sample(params, mutable, keys, dynamic_leaves):
-        args, kwargs = rebuild(dynamic_leaves)
+    def sample(params, mutable, keys, traced):
+        args, kwargs = rebuild(traced)
         elbo = elbo_ref()
         # the param sites' constraints, found at trace time (static: one compile)
         sites = _param_sites(keys[0], model, guide, args, kwargs, params)
@@ -135,7 +113,7 @@ def _sampler(elbo, model, guide, selected: tuple, args, kwargs):
         # and as the Pyro backend's param-store state does)
         return lax.scan(step, mutable, keys)[1]
 
-    cache[cache_key] = jitted = (jax.jit(sample), rebuild, dynamic)
+    cache[cache_key] = jitted = jax.jit(sample)
     return jitted
 
 
@@ -156,9 +134,10 @@ def gradient_variance(
     the *unconstrained* model and guide parameters (what the optimizer sees, as on the Pyro
     backend; estimator state ``reparam_ext.*`` excluded) for ``num_samples`` independent keys,
     in one ``lax.scan``. The compiled sampler is cached per (elbo, model, guide, selected
-    parameters, non-array arguments): later calls with the same shapes do not recompile. No
-    optimizer step is taken; running-average baselines update between the samples, as in
-    training, from the values in ``params`` (the caller's state is not changed).
+    parameters, constant arguments: ints, strings, ...; arrays and floats are traced): later
+    calls with the same shapes do not recompile. No optimizer step is taken; running-average
+    baselines update between the samples, as in training, from the values in ``params`` (the
+    caller's state is not changed).
 
     Nested parameters (``numpyro.module`` / stax / flax pytrees) are flattened into leaves
     named ``site.key.key`` (e.g. ``net$params.0.1`` for stax's first bias).
@@ -214,10 +193,9 @@ def gradient_variance(
             for n in param_names
             for leaf in (_flatten(n, theta[n]) if n in theta else {n: None})
         }
-    sample, _, dynamic = _sampler(elbo, model, guide, selected, args, kwargs)
-    leaves = jax.tree.leaves((args, kwargs), is_leaf=lambda x: x is None)
-    dynamic_leaves = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
-    grads = sample(params, mutable, random.split(rng_key, num_samples), dynamic_leaves)
+    sample = _sampler(elbo, model, guide, selected, args, kwargs)
+    _, traced, _ = split_arguments(args, kwargs)
+    grads = sample(params, mutable, random.split(rng_key, num_samples), traced)
 
     samples = {}
     for name in selected:

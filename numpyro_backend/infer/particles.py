@@ -58,7 +58,6 @@ from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
-from numpyro_backend.backend.distributions import OneHotCategorical
 from numpyro_backend.distributions.concrete import (
     bernoulli_conditional_relaxed_logits,
     bernoulli_hard,
@@ -69,6 +68,7 @@ from numpyro_backend.distributions.concrete import (
     categorical_relaxed_logits,
     uniform_noise,
 )
+from numpyro_backend.distributions.discrete import OneHotCategorical, bernoulli_logits_log_prob
 
 #: Prefix of every name the estimators keep in SVI's parameters or mutable state.
 PREFIX = "reparam_ext."
@@ -179,20 +179,10 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
 
 
 def bernoulli_log_prob(fn, value) -> jnp.ndarray:
-    """log q(value) of a (wrapped) Bernoulli, with the right gradient at logits = 0.
-
-    NumPyro 0.22's ``BernoulliLogits.log_prob`` (``binary_cross_entropy_with_logits``, built
-    on ``clip`` and ``abs``) has a wrong logit-gradient exactly at logits = 0: 0 and 1
-    instead of −½ and ½ for values 0 and 1 — the point where zero-initialized biases start.
-    Here log σ(±ℓ), selected by the value (exact for 0/1 values, also at infinite logits).
-    """
-    return _follow_wrappers(
-        fn,
-        value,
-        lambda base, v: jnp.where(
-            v > 0, jax.nn.log_sigmoid(base.logits), jax.nn.log_sigmoid(-base.logits)
-        ),
-    )
+    """log q(value) of a (wrapped) Bernoulli, with the right gradient at logits = 0
+    (:func:`~numpyro_backend.distributions.discrete.bernoulli_logits_log_prob`: stock
+    ``BernoulliLogits`` sites of a user's guide get it too)."""
+    return _follow_wrappers(fn, value, lambda base, v: bernoulli_logits_log_prob(base.logits, v))
 
 
 def decision_shape(fn, kind: str) -> tuple:
@@ -428,7 +418,7 @@ class Particle:
         for site in self.guide_trace.values():
             if site["type"] == "sample":
                 log_prob = jnp.sum(site["log_prob"])
-                if not site["fn"].has_rsample:
+                if _is_latent(site) and not site["fn"].has_rsample:
                     log_prob = lax.stop_gradient(log_prob)  # E[∇ log q] = 0
                 elbo = elbo - log_prob
         return jnp.asarray(elbo)
@@ -591,14 +581,23 @@ class ParticleELBO(ELBO):
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         if not (isinstance(num_particles, int) and num_particles >= 1):
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         # Accepted for the Pyro signature; particles are vmapped, so no dims are reserved.
         self.max_plate_nesting = max_plate_nesting
+        # Pyro's ELBO arguments, accepted so that code written for Pyro runs; no effect here
+        # (JAX keeps no graph, there is no enumeration, jit warnings are Pyro's).
+        self.retain_graph = retain_graph
+        self.strict_enumeration_warning = strict_enumeration_warning
+        self.ignore_jit_warnings = ignore_jit_warnings
 
     def map_particles(self, fn, rng_key):
         """``fn(key)`` for every particle, stacked along a leading particle axis."""

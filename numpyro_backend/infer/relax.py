@@ -112,6 +112,10 @@ class REBAR_ELBO(ParticleELBO):
     :param bool learn_eta: learn η per site by minimizing the variance.
     :param bool coordinatewise: one control variate per decision of a site element (default)
         instead of one per element; see the module docstring.
+    :param retain_graph: accepted for Pyro's signature; no effect (JAX keeps no graph).
+    :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
+        enumeration here).
+    :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
     """
 
     _estimator = "REBAR_ELBO"
@@ -119,6 +123,7 @@ class REBAR_ELBO(ParticleELBO):
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         temperature: float = 0.5,
@@ -126,10 +131,20 @@ class REBAR_ELBO(ParticleELBO):
         learn_temperature: bool = True,
         learn_eta: bool = True,
         coordinatewise: bool = True,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles)
+        super().__init__(
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
         self.temperature = temperature
         self.eta = eta
         self.learn_temperature = learn_temperature
@@ -175,8 +190,8 @@ class REBAR_ELBO(ParticleELBO):
         """η, log λ (and RELAX's network) for every discrete guide site."""
         params, _ = split_param_map(param_map)
         sites = guide_sites(rng_key, params, guide, args, kwargs)
-        sites = {n: s for n, s in sites.items() if relaxation_kind(s["fn"]) is not None}
-        settings = self._settings(sites)  # unrelaxable sites: the loss raises naming them
+        check_relaxable(sites, self._estimator)  # at SVI.init, not at the first update
+        settings = self._settings(sites)
         learned = {}
         for index, (name, site) in enumerate(sites.items()):
             dtype = site_logits(site["fn"], relaxation_kind(site["fn"])).dtype  # the model's
@@ -312,15 +327,26 @@ class REBAR_ELBO(ParticleELBO):
             surrogate, elbo = surrogate_fn(theta, phi)
             loss = -elbo - (surrogate - lax.stop_gradient(surrogate))
             return {"loss": loss, "mutable_state": None}
-        # ĝ(φ) = ∇_θ S at fixed θ; the loss's θ-gradient is −ĝ, its φ-gradient ∇_φ Σ ĝ².
-        theta_fixed = lax.stop_gradient(theta)
-        (_, elbo), grad = jax.value_and_grad(surrogate_fn, has_aux=True)(theta_fixed, phi)
-        linear = sum(jnp.sum(theta[k] * lax.stop_gradient(grad[k])) for k in theta if k in grad)
-        second_moment = sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))
+
+        # ĝ(φ) = ∇_θ S and the φ-gradient of the variance objective Σ ĝ² are computed here;
+        # S stays differentiable in θ and in whatever else the programs take as arguments or
+        # close over (their gradient is the estimate), φ's gradient is injected linearly.
+        def second_moment(phi):
+            (surrogate, elbo), grad = jax.value_and_grad(surrogate_fn, has_aux=True)(theta, phi)
+            squares = (jnp.sum(g**2) for g in jax.tree.leaves(grad))
+            return sum(squares, jnp.zeros_like(surrogate)), (surrogate, elbo)
+
+        (_, (surrogate, elbo)), phi_grad = jax.value_and_grad(second_moment, has_aux=True)(
+            lax.stop_gradient(phi)
+        )
+        variance = sum(
+            jnp.sum(p * lax.stop_gradient(g))
+            for p, g in zip(jax.tree.leaves(phi), jax.tree.leaves(phi_grad), strict=True)
+        )
         loss = (
             -elbo
-            - (linear - lax.stop_gradient(linear))
-            + (second_moment - lax.stop_gradient(second_moment))
+            - (surrogate - lax.stop_gradient(surrogate))
+            + (variance - lax.stop_gradient(variance))
         )
         return {"loss": loss, "mutable_state": None}
 
@@ -346,23 +372,32 @@ class RELAX_ELBO(REBAR_ELBO):
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         temperature: float = 0.5,
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
+        coordinatewise: bool = True,
         control_variate: tuple[Callable, Callable] | None = None,
         hidden_dim: int = 32,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         super().__init__(
             num_particles,
-            max_plate_nesting,
-            vectorize_particles,
-            temperature,
-            eta,
-            learn_temperature,
-            learn_eta,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            temperature=temperature,
+            eta=eta,
+            learn_temperature=learn_temperature,
+            learn_eta=learn_eta,
+            coordinatewise=coordinatewise,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
         )
         if control_variate is None:
             control_variate = mlp_control_variate(hidden_dim)

@@ -84,15 +84,23 @@ class ScoreFunction_ELBO(ParticleELBO):
     :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
     :param str baseline: one of ``"optimal"``, ``"loo"``, ``"decaying_avg"``, ``"none"``.
     :param float baseline_decay: decay of the running averages, in [0, 1).
+    :param retain_graph: accepted for Pyro's signature; no effect (JAX keeps no graph).
+    :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
+        enumeration here).
+    :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
     """
 
     def __init__(
         self,
         num_particles: int = 1,
+        *,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         baseline: str = "optimal",
         baseline_decay: float = 0.9,
+        retain_graph: bool | None = None,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
     ):
         _check_baseline(baseline)
         _check_decay(baseline_decay)
@@ -100,7 +108,14 @@ class ScoreFunction_ELBO(ParticleELBO):
             raise ValueError(
                 f"baseline='loo' needs num_particles >= 2, got num_particles={num_particles}"
             )
-        super().__init__(num_particles, max_plate_nesting, vectorize_particles)
+        super().__init__(
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
         self.baseline = baseline
         self.baseline_decay = baseline_decay
 

@@ -14,12 +14,57 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax, random
 from numpyro.infer import svi as _svi
 
 __all__ = ["SVI"]
+
+
+def is_static_argument(leaf) -> bool:
+    """Whether a leaf of a program's arguments is compiled in as a constant.
+
+    The one rule of this package wherever it compiles a step for given arguments (the pyroapi
+    alias's ``SVI.step``, :func:`~numpyro_backend.infer.gradient_variance`): arrays and Python
+    floats are data and stay traced (a new value does not recompile); everything else —
+    ints, bools, strings, None, callables — is a size, flag or name that programs use in
+    Python control flow (``plate`` sizes, ``range``), so it is a constant.
+    """
+    return not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex))
+
+
+def _hashable(leaf):
+    try:
+        hash(leaf)
+        return leaf
+    except TypeError:
+        return ("id", id(leaf))
+
+
+def split_arguments(args: tuple, kwargs: dict) -> tuple[tuple, list, Callable]:
+    """``(key, traced, rebuild)`` of a program's ``(args, kwargs)`` under
+    :func:`is_static_argument`.
+
+    ``traced`` are the leaves to pass through ``jax.jit``; ``rebuild(traced)`` returns
+    ``(args, kwargs)`` with the constants put back; ``key`` is hashable and equal for two
+    calls whose constants and tree structure are equal (cache compiled functions under it).
+    """
+    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: x is None)
+    is_traced = tuple(not is_static_argument(leaf) for leaf in leaves)
+    constants = [leaf for leaf, t in zip(leaves, is_traced, strict=True) if not t]
+    traced = [leaf for leaf, t in zip(leaves, is_traced, strict=True) if t]
+
+    def rebuild(traced_leaves):
+        traced_iter, constant_iter = iter(traced_leaves), iter(constants)
+        merged = [next(traced_iter) if t else next(constant_iter) for t in is_traced]
+        return jax.tree.unflatten(treedef, merged)
+
+    key = (treedef, is_traced, tuple(_hashable(c) for c in constants))
+    return key, traced, rebuild
 
 
 class SVI(_svi.SVI):
