@@ -4,16 +4,17 @@
 ``RELAX_ELBO``. It
 owns the particle loop (Pyro's vectorized particles: one outermost ``plate`` of size
 ``num_particles``), the pathwise part of the surrogate (as :class:`~pyro.infer.Trace_ELBO`), the
-plate-aware downstream reward of every score-function site (Pyro's own
+plate-aware downstream cost of every score-function site (Pyro's own
 ``tracegraph_elbo._compute_downstream_costs``) and the value/gradient split
 ``loss + (surrogate - surrogate.detach())``. A subclass only says how the gradient of each
 non-reparameterized guide site is estimated (:meth:`DiscreteLatentELBO._loss_and_surrogate`).
 
-Sign convention: like Pyro's ``TraceGraph_ELBO`` the code works with *rewards*
-(log p − log q, the ELBO direction); losses are their negatives.
+Vocabulary and sign convention (the same on the NumPyro backend): the learning signal is the
+*cost* f = log p − log q summed over the terms a site can influence — the ELBO direction, as
+Pyro's ``TraceGraph_ELBO`` works with it; losses are its negatives.
 
 Subsampling: Pyro's ``score_function`` is not scaled by the plate's N/M factor while the
-rewards (built from scaled log-densities) are, so the N/M factor enters each score term exactly
+costs (built from scaled log-densities) are, so the N/M factor enters each score term exactly
 once (Pyro issue #531).
 """
 
@@ -129,11 +130,14 @@ class DiscreteLatentELBO(ELBO):
         loss = 0.0
         surrogate_loss = 0.0
         self._begin_step()
-        for run_model, run_guide in self._particle_runs(model, guide, args, kwargs):
-            loss_run, surrogate_run = self._loss_and_surrogate(run_model, run_guide, args, kwargs)
-            loss = loss + loss_run / self.num_particles
-            surrogate_loss = surrogate_loss + surrogate_run / self.num_particles
-        surrogate_loss = self._end_step(surrogate_loss)
+        with poutine.trace(param_only=True) as param_capture:
+            for run_model, run_guide in self._particle_runs(model, guide, args, kwargs):
+                loss_run, surrogate_run = self._loss_and_surrogate(
+                    run_model, run_guide, args, kwargs
+                )
+                loss = loss + loss_run / self.num_particles
+                surrogate_loss = surrogate_loss + surrogate_run / self.num_particles
+        surrogate_loss = self._end_step(surrogate_loss, param_capture.trace)
         warn_if_nan(loss, "loss")
         if not isinstance(surrogate_loss, torch.Tensor):  # model and guide without sample sites
             return torch.as_tensor(loss, dtype=torch.get_default_dtype())
@@ -176,8 +180,9 @@ class DiscreteLatentELBO(ELBO):
     def _begin_step(self) -> None:
         """Called once per :meth:`differentiable_loss` before the particles."""
 
-    def _end_step(self, surrogate_loss: torch.Tensor) -> torch.Tensor:
-        """Called once per :meth:`differentiable_loss` with the particle-averaged surrogate."""
+    def _end_step(self, surrogate_loss: torch.Tensor, param_trace=None) -> torch.Tensor:
+        """Called once per :meth:`differentiable_loss` with the particle-averaged surrogate
+        and the trace of the ``param`` sites the step used."""
         return surrogate_loss
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
@@ -185,7 +190,7 @@ class DiscreteLatentELBO(ELBO):
         raise NotImplementedError("abstract: each estimator defines its score terms")
 
 
-# ---- traces -> ELBO, pathwise surrogate, rewards ------------------------------------------
+# ---- traces -> ELBO, pathwise surrogate, costs --------------------------------------------
 
 
 def pathwise_elbo_and_surrogate(model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,22 +225,26 @@ def score_function_sites(guide_trace) -> list[str]:
     ]
 
 
-def downstream_rewards(model_trace, guide_trace, sites: list[str]):
-    """Plate-aware downstream reward of each score-function site and the nodes it sums.
+def downstream_costs(model_trace, guide_trace, sites: list[str]):
+    """Plate-aware downstream cost of each score-function site and the nodes it sums.
 
     Reuses Pyro's ``_compute_downstream_costs``: a site is credited only with the
     log p − log q terms of itself, of later guide sites that are not in an independent plate
     element, and of their model children; terms inside a plate the site is also in stay
-    per element. Returns ``(rewards, nodes)`` where ``rewards[name]`` (detached) has the site's
+    per element. Returns ``(costs, nodes)`` where ``costs[name]`` (detached) has the site's
     batch shape and ``nodes[name]`` is the set of trace sites it includes.
     """
     model_trace = with_guide_only_sites(model_trace, guide_trace)
     costs, nodes = _compute_downstream_costs(model_trace, guide_trace, set(sites))
-    rewards = {}
+    out = {}
     for name in sites:
         shape = guide_trace.nodes[name]["score_parts"].score_function.shape
-        rewards[name] = torch.broadcast_to(torch.as_tensor(costs[name]).detach(), shape)
-    return rewards, nodes
+        out[name] = torch.broadcast_to(torch.as_tensor(costs[name]).detach(), shape)
+    return out, nodes
+
+
+#: Former name of :func:`downstream_costs` (kept importable).
+downstream_rewards = downstream_costs
 
 
 def with_guide_only_sites(model_trace, guide_trace):
@@ -389,17 +398,20 @@ def site_log_prob(site: dict, relaxed: bool) -> torch.Tensor:
     """Scaled and masked log-density of a trace site, by continuous extension if relaxed."""
     fn, value = site["fn"], site["value"]
     kind, base = unwrap_discrete(fn)
-    if relaxed and kind is not None and value.is_floating_point():
+    if relaxed and kind is not None and value.is_floating_point() and not site["is_observed"]:
         log_prob = relaxed_log_prob(fn, kind, base, value)
     else:
         log_prob = fn.log_prob(value, *site["args"], **site["kwargs"])
     return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
-def relaxed_reward(model_trace, guide_trace, nodes, site: dict) -> torch.Tensor:
-    """Σ over ``nodes`` of log p − log q in relaxed traces, kept local to ``site``'s plates."""
+def relaxed_cost(model_trace, guide_trace, nodes, site: dict, skip=()) -> torch.Tensor:
+    """Σ over ``nodes`` (but ``skip``) of log p − log q in relaxed traces, kept local to
+    ``site``'s plates."""
     terms = []
     for name in nodes:
+        if name in skip:
+            continue
         if name in guide_trace.nodes and not site_is_subsample(guide_trace.nodes[name]):
             guide_site = guide_trace.nodes[name]
             log_r = -site_log_prob(guide_site, True)
@@ -412,13 +424,19 @@ def relaxed_reward(model_trace, guide_trace, nodes, site: dict) -> torch.Tensor:
     return sum_local_terms(terms, site)
 
 
+#: Former name of :func:`relaxed_cost` (kept importable).
+relaxed_reward = relaxed_cost
+
+
 __all__ = [
     "DiscreteLatentELBO",
     "PARAM_PREFIX",
     "SITE_OPTIONS",
+    "downstream_costs",
     "downstream_rewards",
     "param_leaves",
     "pathwise_elbo_and_surrogate",
+    "relaxed_cost",
     "relaxed_log_prob",
     "running_state",
     "score_function_sites",

@@ -4,17 +4,17 @@ For a discrete guide site with logits ℓ (Bernoulli, Categorical or OneHotCateg
 wrapped by ``to_event`` / ``expand`` / ``mask``) the estimators draw uniform noise u, v and
 
     z = ℓ + logistic(u) (Gumbel for categorical),  b = H(z),  z̃ ~ p(z | b) from v,
-    ĝ = [R(b) − c(z̃) − β] ∇ log q(b) + ∇c(z) − ∇c(z̃)               ([2] eq. 8, [1] eq. 4)
+    ĝ = [f(b) − c(z̃) − β] ∇ log q(b) + ∇c(z) − ∇c(z̃)               ([2] eq. 8, [1] eq. 4)
 
-where R is the site's plate-aware downstream reward (see :mod:`.particles`), c a control
-variate — REBAR's c(z) = η·R(σ_λ(z)) ([1]), RELAX's c(z) = η·R(σ_λ(z)) + r_ρ(z) ([2]) — and
-β, with ``num_particles >= 2`` only, the leave-one-out mean of the other particles'
-R − c(z̃) (zero otherwise). ĝ is unbiased for any η, λ, ρ, which are trained by the SVI
-optimizer to minimise the single-sample variance Σ ĝ² ([2] eq. 10): the returned loss has
-gradient ĝ for the model and guide parameters and ∇_φ Σ ĝ² (a second, ``create_graph``
-backward pass) for φ = (η, λ, ρ).
+where f is the site's plate-aware downstream cost (log p − log q of the terms the site can
+influence, see :mod:`.particles`), c a control variate — REBAR's c(z) = η·f(σ_λ(z)) ([1]),
+RELAX's c(z) = η·f(σ_λ(z)) + r_ρ(z) ([2]) — and β, with ``num_particles >= 2`` only, the
+leave-one-out mean of the other particles' f − c(z̃) (zero otherwise). ĝ is unbiased for
+any η, λ, ρ, which are trained by the SVI optimizer to minimise the single-sample variance
+Σ ĝ² ([2] eq. 10): the returned loss has gradient ĝ for the model and guide parameters and
+∇_φ Σ ĝ² (a second, ``create_graph`` backward pass) for φ = (η, λ, ρ).
 
-How R(σ_λ(z)) is evaluated ("the relaxed replay"): the guide is re-run from the random-number
+How f(σ_λ(z)) is evaluated ("the relaxed replay"): the guide is re-run from the random-number
 state of the original run, so every continuous (reparameterized) site draws the same noise
 and every later discrete site the same u; the site takes the relaxed value σ_λ(z) (softmax
 for one-hot), later discrete sites take their own relaxed values σ_λ(ℓ' + logistic(u')) with
@@ -22,22 +22,27 @@ logits ℓ' recomputed from the relaxed inputs, and earlier sites keep their sam
 model is replayed against that guide trace and discrete log-densities are evaluated by their
 continuous extension (b·log p + (1 − b)·log(1 − p); one-hot·log π). Parameters are detached in
 the replay, so c depends on the guide's parameters only through z. Terms outside the site's
-plates are left out of c (they would couple plate elements).
+plates are left out of c (they would couple plate elements). The random-number handling of
+the replays lives in one place, :class:`ReplayRandomness`.
 
 Coordinate-wise control variates (``coordinatewise=True``, the default). A site element with
 D > 1 decisions — the event dims of a ``to_event`` Bernoulli, several one-hot decisions — has
-one reward R for all of them, so with one joint control variate the score term of decision j
+one cost f for all of them, so with one joint control variate the score term of decision j
 also carries the noise of the other D − 1 decisions. Instead, decision j gets its own
-control variate c_j(z) = η·R(b₋ⱼ, σ_λ(z_j)) (+ r_ρ): decision j relaxed, the element's other
+control variate c_j(z) = η·f(b₋ⱼ, σ_λ(z_j)) (+ r_ρ): decision j relaxed, the element's other
 decisions held at their sampled values b₋ⱼ, and c_j enters only decision j's terms,
-ĝ = Σ_j [R(b) − c_j(z̃)] ∇log q(b_j) + ∇c_j(z) − ∇c_j(z̃). Unbiased because the decisions of
+ĝ = Σ_j [f(b) − c_j(z̃)] ∇log q(b_j) + ∇c_j(z) − ∇c_j(z̃). Unbiased because the decisions of
 an element are independent given the logits, so b₋ⱼ is independent of (z_j, z̃_j) and each
-term is the one-decision estimator of ∇ E[R] through decision j's logits at fixed b₋ⱼ (c_j
-may depend on b₋ⱼ because it is differentiated along z_j only). Cost: 2·D relaxed replays
-per site instead of 2. Measured on the test suite's binary VAE (3 decisions per data point,
-one particle): encoder-gradient variance 15–17× below TraceGraph_ELBO's decaying-average
-baseline against 2.4–2.9× with the joint form. ``coordinatewise=False`` gives the papers'
-joint form.
+term is the one-decision estimator of ∇ E[f] through decision j's logits at fixed b₋ⱼ (c_j
+may depend on b₋ⱼ because it is differentiated along z_j only). The 2·D relaxed
+values of a site are replayed at once, along an extra batch dimension left of every plate
+(the program must broadcast over leading batch dims, as Pyro's ``vectorize_particles``
+already requires; where its code raises, or a reparameterized guide site follows the site,
+the copies are replayed one by one), and the site's own log-density at the 2·D copies is
+evaluated by its factorization over decisions. Measured on the test suite's binary VAE (3
+decisions per data point, one particle): encoder-gradient variance 15–17× below
+TraceGraph_ELBO's decaying-average baseline against 2.4–2.9× with the joint form.
+``coordinatewise=False`` gives the papers' joint form.
 
 Behaviour at sites the relaxation cannot reach:
 
@@ -62,12 +67,16 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import pyro
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -86,14 +95,15 @@ from pyro_reparam_ext.distributions.concrete import (
 from pyro_reparam_ext.infer.particles import (
     BERNOULLI,
     CATEGORICAL,
+    ONE_HOT,
     PARAM_PREFIX,
     DiscreteLatentELBO,
-    downstream_rewards,
+    downstream_costs,
     full_logits,
     param_leaves,
     pathwise_elbo_and_surrogate,
+    relaxed_cost,
     relaxed_log_prob,
-    relaxed_reward,
     score_function_sites,
     site_options,
     sum_local_terms,
@@ -103,36 +113,188 @@ from pyro_reparam_ext.infer.particles import (
 __all__ = ["REBAR_ELBO", "RELAX_ELBO"]
 
 
-# ---- relaxation noise and replays ---------------------------------------------------------
+# ---- discrete families: noise, threshold, relaxation, conditional sampler -----------------
 
 
-def _relaxed_logits(kind, logits, u):
-    return (
-        bernoulli_relaxed_logits(logits, u)
-        if kind == BERNOULLI
-        else categorical_relaxed_logits(logits, u)
-    )
+class BernoulliRelaxation:
+    """Bernoulli: z = ℓ + Logistic noise, b = 1[z > 0], relaxed value σ(z/λ)."""
 
+    category_dims = 0  #: trailing dims of a relaxed value that index categories
+    replayable = True  #: a relaxed value can stand in for the sample in user code
 
-def _soft(kind, z, temperature):
-    return bernoulli_soft(z, temperature) if kind == BERNOULLI else categorical_soft(z, temperature)
+    @staticmethod
+    def relaxed_logits(logits, u):
+        return bernoulli_relaxed_logits(logits, u)
 
+    @staticmethod
+    def conditional_relaxed_logits(logits, hard, v):
+        """z̃ ~ p(z | b) ([2], appendix)."""
+        return bernoulli_conditional_relaxed_logits(logits, hard, v)
 
-def _hard_value(kind, z):
-    if kind == BERNOULLI:
+    @staticmethod
+    def soft(z, temperature):
+        return bernoulli_soft(z, temperature)
+
+    @staticmethod
+    def sample(z):
+        """The site's value b = H(z)."""
         return bernoulli_hard(z)
-    if kind == CATEGORICAL:
+
+    @staticmethod
+    def as_relaxed(value, logits):
+        """The sampled value as a float tensor shaped like a relaxed value."""
+        return value.to(logits.dtype)
+
+    @staticmethod
+    def decision_log_prob(logits, hard):
+        """log q of each decision (no category dim), differentiable in the logits."""
+        return hard * F.logsigmoid(logits) + (1.0 - hard) * F.logsigmoid(-logits)
+
+
+class OneHotCategoricalRelaxation:
+    """OneHotCategorical: z = log π + Gumbel noise, b = one-hot of argmax z, softmax(z/λ)."""
+
+    category_dims = 1
+    replayable = True
+
+    @staticmethod
+    def relaxed_logits(logits, u):
+        return categorical_relaxed_logits(logits, u)
+
+    @staticmethod
+    def conditional_relaxed_logits(logits, hard, v):
+        return categorical_conditional_relaxed_logits(logits, hard, v)
+
+    @staticmethod
+    def soft(z, temperature):
+        return categorical_soft(z, temperature)
+
+    @staticmethod
+    def sample(z):
+        return categorical_hard(z)
+
+    @staticmethod
+    def as_relaxed(value, logits):
+        return value.to(logits.dtype)
+
+    @staticmethod
+    def decision_log_prob(logits, hard):
+        return (hard * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+class CategoricalRelaxation(OneHotCategoricalRelaxation):
+    """Integer Categorical: as one-hot, but the value is an index user code may index with,
+    so a relaxed (one-hot) value cannot be replayed through the program."""
+
+    replayable = False
+
+    @staticmethod
+    def sample(z):
         return z.argmax(-1)
-    return categorical_hard(z)
+
+    @staticmethod
+    def as_relaxed(value, logits):
+        return F.one_hot(value, logits.shape[-1]).to(logits.dtype)
+
+
+FAMILIES = {
+    BERNOULLI: BernoulliRelaxation(),
+    ONE_HOT: OneHotCategoricalRelaxation(),
+    CATEGORICAL: CategoricalRelaxation(),
+}
+
+
+def decision_masks(family, logits, batch_shape, coordinatewise: bool):
+    """One boolean mask per decision of a site element, or None for one joint control variate.
+
+    Shape ``(D,) + (1,) * len(batch_shape) + decision_shape`` (plus a trailing 1 over the
+    categories of a one-hot): mask j selects decision j. None when ``coordinatewise`` is off
+    or an element holds a single decision.
+    """
+    shape = tuple(logits.shape[len(batch_shape) : logits.dim() - family.category_dims])
+    size = math.prod(shape)
+    if not coordinatewise or size <= 1:
+        return None
+    masks = torch.eye(size, dtype=torch.bool, device=logits.device)
+    return masks.reshape((size,) + (1,) * len(batch_shape) + shape + (1,) * family.category_dims)
+
+
+def decision_scores(family, logits, hard, masks, score_function) -> torch.Tensor:
+    """log q of each decision, (D, *batch) — or the site's score function, (1, *batch)."""
+    if masks is None:
+        return score_function.unsqueeze(0)
+    per_decision = family.decision_log_prob(logits, hard).reshape(score_function.shape + (-1,))
+    return per_decision.movedim(-1, 0)
+
+
+@dataclass
+class SiteDraw:
+    """What the relaxation messenger records for one discrete guide site."""
+
+    family: object
+    logits: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    value: torch.Tensor
+
+
+def relaxed_points(draw: SiteDraw):
+    """(z, z̃) stacked: the relaxed logits of the draw and a conditional draw given b."""
+    family, logits = draw.family, draw.logits
+    hard = family.as_relaxed(draw.value, logits)
+    z = family.relaxed_logits(logits, draw.u)
+    z_tilde = family.conditional_relaxed_logits(logits, hard, draw.v)
+    return torch.stack([z, z_tilde]), hard
+
+
+def relaxed_copies(soft, hard, masks) -> torch.Tensor:
+    """The relaxed values c is evaluated at: (2, D or 1, *value_shape).
+
+    ``soft`` (2, *value_shape) holds σ_λ(z), σ_λ(z̃). Copy (p, j) relaxes decision j at point
+    p and holds the element's other decisions at their sampled values (coordinate-wise), or
+    relaxes the whole value (joint).
+    """
+    if masks is None:
+        return soft.unsqueeze(1)
+    return torch.where(masks, soft.unsqueeze(1), hard)
+
+
+def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide_site):
+    """The target site's own relaxed log p − log q at every copy, (2, D or 1, *batch).
+
+    The density factorizes over the decisions of an element, so copy (p, j) — decision j at
+    ``soft[p]``, the others at b — costs Σ_k t_k(b) − t_j(b) + t_j(soft[p]) without evaluating
+    the density at each copy. None when a replayed density's logits changed shape (they
+    depend on relaxed values): the copies are then evaluated one by one.
+    """
+    total = 0.0
+    for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
+        kind, base = unwrap_discrete(site["fn"])
+        logits = full_logits(site["fn"], kind, base)
+        if logits.shape != hard.shape:
+            return None
+        at_hard = family.decision_log_prob(logits, hard).reshape(batch_shape + (-1,))
+        at_soft = family.decision_log_prob(logits, soft).reshape((2,) + batch_shape + (-1,))
+        at_hard, at_soft = at_hard.movedim(-1, 0), at_soft.movedim(-1, 1)
+        if masks is None:
+            own = at_soft.sum(1, keepdim=True)
+        else:
+            own = at_hard.sum(0) - at_hard + at_soft
+        total = total + sign * scale_and_mask(own, site["scale"], site["mask"])
+    return total
+
+
+# ---- relaxed replays ----------------------------------------------------------------------
 
 
 class _RelaxationNoise(Messenger):
-    """Samples every discrete guide site as b = H(z), z = ℓ + noise, recording u, v and ℓ.
+    """Samples every discrete guide site as b = H(z), z = ℓ + noise, recording a SiteDraw.
 
-    In replay mode (``target`` set) it draws the same noise in the same order, gives the
-    target the relaxed value ``target_value``, later discrete sites their own relaxed values
-    and earlier ones their recorded values. Two uniform draws per discrete site keep the
-    random-number stream aligned between the original run and its replays.
+    In replay mode (``target`` set) it draws the same amount of noise as the recorded run, so
+    the random-number stream stays aligned, gives the target the relaxed value
+    ``target_value`` (which may carry extra leading copy dims), later discrete sites their own
+    relaxed values σ_λ(ℓ' + noise) with the recorded noise, and earlier ones their sampled
+    values.
     """
 
     def __init__(
@@ -160,20 +322,23 @@ class _RelaxationNoise(Messenger):
                 "OneHotCategorical sites. Use ScoreFunction_ELBO for this model, or make the "
                 "site reparameterized."
             )
-        logits = full_logits(fn, kind, base)
-        u = uniform_noise(logits.shape, like=logits)
-        v = uniform_noise(logits.shape, like=logits)
-        name = msg["name"]
+        family, logits, name = FAMILIES[kind], full_logits(fn, kind, base), msg["name"]
         if self.target is None:
-            value = _hard_value(kind, _relaxed_logits(kind, logits, u))
-            self.records[name] = {"kind": kind, "logits": logits, "u": u, "v": v, "value": value}
-        elif name == self.target:
-            value = self.target_value
-            self._seen_target = True
-        elif not self._seen_target:
-            value = self.records[name]["value"]
+            u = uniform_noise(logits.shape, like=logits)
+            v = uniform_noise(logits.shape, like=logits)
+            value = family.sample(family.relaxed_logits(logits, u))
+            self.records[name] = SiteDraw(family, logits, u, v, value)
         else:
-            value = _soft(kind, _relaxed_logits(kind, logits, u), self.temps[name])
+            record = self.records[name]
+            for _ in range(2):  # the recorded run's two draws, whatever the shape here
+                uniform_noise(record.logits.shape, like=record.logits)
+            if name == self.target:
+                value = self.target_value
+                self._seen_target = True
+            elif not self._seen_target:
+                value = record.value
+            else:
+                value = family.soft(family.relaxed_logits(logits, record.u), self.temps[name])
         msg["value"] = value
 
 
@@ -209,35 +374,181 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _hard_one_hot(kind, value, logits) -> torch.Tensor:
-    """The sampled value as a float tensor shaped like the relaxed value (Categorical: one-hot)."""
-    if kind == CATEGORICAL:
-        return F.one_hot(value, logits.shape[-1]).to(logits.dtype)
-    return value.to(logits.dtype)
+class ReplayRandomness:
+    """The random-number handling of relaxed replays, in one place.
+
+    ``record()`` wraps the original run: it saves the state before and after. ``replay()``
+    wraps one replay: it starts from the saved state before (so the replay draws the same
+    continuous noise and the same subsample indices) and leaves the state where the original
+    run left it, so the replays consume no randomness of their own.
+    """
+
+    def __init__(self):
+        self.before = self.after = None
+
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        self.before = _rng_state()
+        yield
+        self.after = _rng_state()
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        _set_rng_state(self.before)
+        try:
+            yield
+        finally:
+            _set_rng_state(self.after)
+
+    @contextmanager
+    def untouched(self) -> Iterator[None]:
+        """Leaves the state where the original run left it (e.g. after a network's init)."""
+        try:
+            yield
+        finally:
+            _set_rng_state(self.after)
 
 
-def _decision_shape(kind, logits, batch_shape) -> tuple:
-    """Shape of the decisions in one site element: the event dims (without K)."""
-    shape = tuple(logits.shape[len(batch_shape) :])
-    return shape if kind == BERNOULLI else shape[:-1]
+@dataclass
+class ParticleRun:
+    """One particle run: the program, its traces and draws, and how to replay it."""
+
+    model: Callable
+    guide: Callable
+    args: tuple
+    kwargs: dict
+    model_trace: object
+    guide_trace: object
+    records: dict
+    randomness: ReplayRandomness
+    estimator_name: str
+    max_plate_nesting: float
+
+    def replay_cost(self, target: str, value, temps: dict, nodes, own_cost=None):
+        """Σ of the ``nodes``' log p − log q with ``target`` set to the relaxed ``value``.
+
+        With ``own_cost`` (a function of the target's replayed model and guide sites giving
+        its own term, or None where it cannot), returns ``(other terms, own term)``.
+        """
+        noise = _RelaxationNoise(
+            self.estimator_name, self.records, target=target, target_value=value, temps=temps
+        )
+        with self.randomness.replay(), _DetachParams():
+            guide_trace = poutine.trace(noise(self.guide)).get_trace(*self.args, **self.kwargs)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                *self.args, **self.kwargs
+            )
+        site = self.guide_trace.nodes[target]
+        if own_cost is None:
+            return relaxed_cost(model_trace, guide_trace, nodes, site)
+        own = own_cost(model_trace.nodes[target], guide_trace.nodes[target])
+        skip = () if own is None else (target,)
+        return relaxed_cost(model_trace, guide_trace, nodes, site, skip=skip), own
+
+    def can_batch_replays(self, target: str) -> bool:
+        """Whether copies of ``target``'s relaxed value can share one replay (extra batch dim).
+
+        Needs a finite plate nesting (the copy dim goes left of every plate) and no
+        reparameterized guide site after the target: such a site would draw fresh noise for
+        each copy instead of the recorded one.
+        """
+        if self.max_plate_nesting == float("inf"):
+            return False
+        names = [n for n, s in self.guide_trace.nodes.items() if s["type"] == "sample"]
+        for name in names[names.index(target) + 1 :]:
+            site = self.guide_trace.nodes[name]
+            if not site["is_observed"] and getattr(site["fn"], "has_rsample", False):
+                return False
+        return True
+
+    def own_cost(self, name: str, value) -> torch.Tensor:
+        """Relaxed log p − log q of the site alone (for sites the replay cannot reach)."""
+        guide_site, model_site = self.guide_trace.nodes[name], self.model_trace.nodes[name]
+        terms = []
+        for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
+            kind, base = unwrap_discrete(site["fn"])
+            base = type(base)(logits=base.logits.detach(), validate_args=False)
+            log_prob = relaxed_log_prob(site["fn"], kind, base, value)
+            terms.append((site["cond_indep_stack"], sign * log_prob * site["scale"]))
+        return sum_local_terms(terms, guide_site)
 
 
-def _decision_dims(kind, mask) -> tuple:
-    """The dims of a (relaxed or hard) value that index decisions (not categories)."""
-    ndim = mask.dim() - (0 if kind == BERNOULLI else 1)
-    offset = 0 if kind == BERNOULLI else 1
-    return tuple(range(-ndim - offset, -offset if offset else 0))
+def relaxed_costs(run: ParticleRun, name: str, copies, temps, nodes, own_cost) -> torch.Tensor:
+    """The relaxed cost of every copy of ``name``'s relaxed value: (*copy_shape, *batch).
 
-
-def _coordinate_log_q(kind, logits, hard, mask, batch_shape) -> torch.Tensor:
-    """log q of the decisions selected by ``mask``, per site element (differentiable)."""
-    if kind == BERNOULLI:
-        elementwise = hard * F.logsigmoid(logits) + (1.0 - hard) * F.logsigmoid(-logits)
-        selected = elementwise * mask
+    ``copies`` has shape ``copy_shape + value_shape``. One replay with the copies along an
+    extra batch dim left of every plate when possible (the 2·D coordinate-wise replays of a
+    site then cost about one replay); one replay per copy when the program's code does not
+    broadcast over that dim (it raises), or when batching would change its noise.
+    """
+    site = run.guide_trace.nodes[name]
+    batch_shape = site["score_parts"].score_function.shape
+    copy_shape = copies.shape[:2]
+    flat = copies.reshape((-1,) + copies.shape[2:])
+    later = list(run.records)[list(run.records).index(name) :]
+    if not all(run.records[t].family.replayable for t in later):
+        cost = run.own_cost(name, flat)
     else:
-        selected = ((hard * torch.log_softmax(logits, dim=-1)) * mask).sum(-1)
-        mask = mask.squeeze(-1)
-    return selected.sum(tuple(range(-mask.dim(), 0))) if mask.dim() else selected
+        cost = None
+        if run.can_batch_replays(name):
+            try:
+                cost = _batched_replay_cost(run, name, flat, batch_shape, temps, nodes, own_cost)
+            except (RuntimeError, ValueError, IndexError):  # code that assumes its batch shape
+                cost = None
+        if cost is None:
+            cost = torch.stack(
+                [
+                    torch.broadcast_to(run.replay_cost(name, c, temps, nodes), batch_shape)
+                    for c in flat.unbind(0)
+                ]
+            )
+    return torch.broadcast_to(cost, flat.shape[:1] + batch_shape).reshape(copy_shape + batch_shape)
+
+
+def _batched_replay_cost(run, name, flat, batch_shape, temps, nodes, own_cost) -> torch.Tensor:
+    """One replay of all copies ``flat`` (C, *value_shape), the copy dim left of every plate."""
+    num = flat.shape[0]
+    pad = int(run.max_plate_nesting) - len(batch_shape)
+    value = flat.reshape((num,) + (1,) * pad + flat.shape[1:])
+    cost, own = run.replay_cost(name, value, temps, nodes, own_cost)
+    cost = torch.as_tensor(cost, dtype=flat.dtype, device=flat.device)  # 0.0: no other terms
+    cost = torch.broadcast_to(cost, (num,) + (1,) * pad + batch_shape).reshape((num,) + batch_shape)
+    return cost if own is None else cost + own.reshape((num,) + batch_shape)
+
+
+def score_surrogate(score, cost, c_points, baseline) -> torch.Tensor:
+    """Surrogate-ELBO term whose θ-gradient is ĝ = [f − c(z̃)]∇log q + ∇c(z) − ∇c(z̃).
+
+    ``score`` (D, *batch): log q per decision (or of the element); ``cost`` (*batch): the
+    downstream cost f (detached); ``c_points`` (2, D, *batch): c at z and z̃ ([2] eq. 8). The
+    score.detach()·c(z̃) term cancels −score·∇c(z̃) while keeping c(z̃)'s dependence on φ
+    inside ∇_θ, which the variance gradient needs; the baseline β of f − c(z̃) keeps its
+    φ-dependence too.
+    """
+    c_z, c_z_tilde = c_points.unbind(0)
+    shift = c_z_tilde + baseline(cost - c_z_tilde)
+    return (score * (cost - shift) + score.detach() * shift).sum() + (c_z - c_z_tilde).sum()
+
+
+def variance_correction(surrogate_loss, theta: list, phi: list):
+    """Term that replaces the surrogate's φ-gradient by ∇_φ Σ ĝ², ĝ its θ-gradient ([2] eq. 10).
+
+    None when there is nothing to train (no θ or φ, or ĝ independent of φ).
+    """
+    if not phi or not theta or not torch.is_grad_enabled():
+        return None
+    grads = torch.autograd.grad(surrogate_loss, theta + phi, create_graph=True, allow_unused=True)
+    g_theta, g_phi_direct = grads[: len(theta)], grads[len(theta) :]
+    variance = sum((g * g).sum() for g in g_theta if g is not None)
+    if not isinstance(variance, torch.Tensor) or not variance.requires_grad:
+        return None
+    g_variance = torch.autograd.grad(variance, phi, allow_unused=True, retain_graph=True)
+    correction = 0.0
+    for p, g_var, g_direct in zip(phi, g_variance, g_phi_direct, strict=True):
+        target = torch.zeros_like(p) if g_var is None else g_var
+        current = torch.zeros_like(p) if g_direct is None else g_direct
+        correction = correction + (p * (target - current).detach()).sum()
+    return correction
 
 
 # ---- control variate networks -------------------------------------------------------------
@@ -262,14 +573,40 @@ class ControlVariateNet(nn.Module):
         return self.output(torch.tanh(self.hidden(z))).squeeze(-1)
 
 
+def network_input(family, points, logits, hard, masks, batch_shape) -> torch.Tensor:
+    """RELAX's network input at both points: (2, D or 1, *batch, input_size).
+
+    Joint: [z, ℓ]. Coordinate-wise, for decision j: [z_j, ℓ, b with decision j zeroed, one-hot
+    of j]. ℓ is detached (a fixed function of z for the identity behind ĝ; it carries what
+    the guide conditions on, e.g. the data point in a VAE).
+    """
+    flat_logits = logits.detach().reshape(batch_shape + (-1,))
+    if masks is None:
+        parts = [points.reshape((2, 1) + batch_shape + (-1,)), flat_logits]
+    else:
+        num = masks.shape[0]
+        ndims = masks.dim() - 1 - len(batch_shape) - family.category_dims
+        stop = -family.category_dims
+        dims = tuple(range(stop - ndims, stop))
+        own = (points.unsqueeze(1) * masks).sum(dims)
+        if not family.category_dims:
+            own = own.unsqueeze(-1)
+        others = (hard * ~masks).reshape((num,) + batch_shape + (-1,))
+        position = masks.reshape(num, -1).to(points.dtype)
+        position = position.reshape((num,) + (1,) * len(batch_shape) + (-1,))
+        parts = [own, flat_logits, others, position]
+    shape = (2, parts[0].shape[1]) + batch_shape
+    return torch.cat([torch.broadcast_to(p, shape + p.shape[-1:]) for p in parts], -1)
+
+
 # ---- the estimators -----------------------------------------------------------------------
 
 
 class REBAR_ELBO(DiscreteLatentELBO):
     r"""REBAR ELBO (Tucker et al. 2017): relaxed-model control variate with learned η and λ.
 
-    Discrete guide sites get ĝ = [R(b) − c(z̃)]∇log q(b) + ∇c(z) − ∇c(z̃) with
-    c(z) = η·R(σ_λ(z)); reparameterized sites get the pathwise gradient. See the module
+    Discrete guide sites get ĝ = [f(b) − c(z̃)]∇log q(b) + ∇c(z) − ∇c(z̃) with
+    c(z) = η·f(σ_λ(z)); reparameterized sites get the pathwise gradient. See the module
     docstring for the relaxed replay, the site types handled and the param-store names.
 
     Refused with ``ValueError`` (at the first loss evaluation): a non-reparameterized guide
@@ -292,8 +629,8 @@ class REBAR_ELBO(DiscreteLatentELBO):
     :param bool learn_temperature: train λ (registered as ``reparam_ext.<site>.log_temperature``).
     :param bool learn_eta: train η (registered as ``reparam_ext.<site>.eta``).
     :param bool coordinatewise: one control variate per decision of a site element (default;
-        2·D replays for D decisions) instead of one per element (2 replays); see the module
-        docstring.
+        the 2·D relaxed replays of a site run as one replay with an extra batch dim) instead of
+        one per element; see the module docstring.
     :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
     :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
     :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
@@ -329,154 +666,94 @@ class REBAR_ELBO(DiscreteLatentELBO):
         self.learn_temperature = learn_temperature
         self.learn_eta = learn_eta
         self.coordinatewise = bool(coordinatewise)
-        self._theta = {}
-        self._phi = {}
 
     # ---- control-variate parameters -------------------------------------------------------
 
     def _scalar(self, name, init: float, learn: bool, like: torch.Tensor) -> torch.Tensor:
         init = torch.tensor(init, dtype=like.dtype, device=like.device)
-        if not learn:
-            return init
-        value = pyro.param(f"{PARAM_PREFIX}{name}", init)
-        self._phi[f"{PARAM_PREFIX}{name}"] = value.unconstrained()
-        return value
+        return pyro.param(f"{PARAM_PREFIX}{name}", init) if learn else init
 
-    def _site_controls(self, guide_trace, names, records) -> dict:
-        controls = {}
-        for name in names:
-            options = site_options(guide_trace.nodes[name])
-            temperature = float(options.get("temperature", self.temperature))
-            if not temperature > 0:
-                raise ValueError(f"site '{name}': temperature must be > 0, got {temperature!r}")
-            like = records[name]["logits"]
-            log_temp = self._scalar(
-                f"{name}.log_temperature", math.log(temperature), self.learn_temperature, like
-            )
-            eta = self._scalar(
-                f"{name}.eta", float(options.get("eta", self.eta)), self.learn_eta, like
-            )
-            controls[name] = {"temperature": log_temp.exp(), "eta": eta}
-        return controls
+    def _site_controls(self, site: dict, like: torch.Tensor) -> tuple:
+        """(λ, η) of a site: learned param-store scalars or the configured constants."""
+        name, options = site["name"], site_options(site)
+        temperature = float(options.get("temperature", self.temperature))
+        if not temperature > 0:
+            raise ValueError(f"site '{name}': temperature must be > 0, got {temperature!r}")
+        log_temp = self._scalar(
+            f"{name}.log_temperature", math.log(temperature), self.learn_temperature, like
+        )
+        eta = self._scalar(f"{name}.eta", float(options.get("eta", self.eta)), self.learn_eta, like)
+        return log_temp.exp(), eta
 
-    def _network_term(self, name, z, logits, batch_shape, kind, hard, mask):
+    def _network_term(self, name, family, points, logits, hard, masks, batch_shape):
+        """r_ρ at both points, (2, D or 1, *batch): zero for REBAR."""
         return 0.0
-
-    def _coordinate_masks(self, kind, logits, batch_shape) -> list:
-        """[None] (one joint control variate) or one boolean mask per decision of an element.
-
-        With ``coordinatewise`` and D > 1 decisions per site element (event dims), mask j
-        (shape ``decision_shape``, plus a trailing 1 over the categories of a one-hot) selects
-        decision j.
-        """
-        shape = _decision_shape(kind, logits, batch_shape)
-        size = math.prod(shape)
-        if not self.coordinatewise or size <= 1:
-            return [None]
-        masks = torch.eye(size, dtype=torch.bool, device=logits.device).reshape((size,) + shape)
-        if kind != BERNOULLI:
-            masks = masks.unsqueeze(-1)
-        return list(masks.unbind(0))
 
     # ---- one particle run -----------------------------------------------------------------
 
-    def _begin_step(self) -> None:
-        self._theta = {}
-        self._phi = {}
+    def _record_run(self, model, guide, args, kwargs) -> ParticleRun:
+        """Run guide (with recorded relaxation noise) and model once: a ParticleRun."""
+        noise, randomness = _RelaxationNoise(type(self).__name__), ReplayRandomness()
+        with randomness.record():
+            model_trace, guide_trace = self._get_trace(model, noise(guide), args, kwargs)
+        return ParticleRun(
+            model,
+            guide,
+            args,
+            kwargs,
+            model_trace,
+            guide_trace,
+            noise.records,
+            randomness,
+            type(self).__name__,
+            self.max_plate_nesting,
+        )
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
-        estimator_name = type(self).__name__
-        noise = _RelaxationNoise(estimator_name)
-        rng_before = _rng_state()
-        model_trace, guide_trace = self._get_trace(model, noise(guide), args, kwargs)
-        rng_after = _rng_state()
-        self._theta.update(param_leaves(model_trace, guide_trace))
-
-        elbo, surrogate = pathwise_elbo_and_surrogate(model_trace, guide_trace)
-        sites = score_function_sites(guide_trace)
+        run = self._record_run(model, guide, args, kwargs)
+        elbo, surrogate = pathwise_elbo_and_surrogate(run.model_trace, run.guide_trace)
+        sites = score_function_sites(run.guide_trace)
         if not sites:
             return -elbo, -surrogate
-        rewards, nodes = downstream_rewards(model_trace, guide_trace, sites)
-        records = noise.records
-        controls = self._site_controls(guide_trace, list(records), records)
-        order = list(records)
-        try:
+        costs, nodes = downstream_costs(run.model_trace, run.guide_trace, sites)
+        controls = {
+            name: self._site_controls(run.guide_trace.nodes[name], draw.logits)
+            for name, draw in run.records.items()
+        }
+        temps = {name: temperature for name, (temperature, _) in controls.items()}
+        with run.randomness.untouched():
             for name in sites:
-                site = guide_trace.nodes[name]
-                record = records[name]
-                kind, logits = record["kind"], record["logits"]
-                temperature, eta = controls[name]["temperature"], controls[name]["eta"]
-                z = _relaxed_logits(kind, logits, record["u"])
-                if kind == BERNOULLI:
-                    z_tilde = bernoulli_conditional_relaxed_logits(
-                        logits, record["value"], record["v"]
-                    )
-                else:
-                    b = record["value"]
-                    one_hot = (
-                        F.one_hot(b, logits.shape[-1]).to(logits.dtype)
-                        if kind == CATEGORICAL
-                        else b
-                    )
-                    z_tilde = categorical_conditional_relaxed_logits(logits, one_hot, record["v"])
-                later = order[order.index(name) :]
-                replayable = all(records[t]["kind"] != CATEGORICAL for t in later)
-                batch_shape = site["score_parts"].score_function.shape
-                hard = _hard_one_hot(kind, record["value"], logits)
-                for mask in self._coordinate_masks(kind, logits, batch_shape):
-                    if mask is None:
-                        score = site["score_parts"].score_function
-                    else:
-                        score = _coordinate_log_q(kind, logits, hard, mask, batch_shape)
-                    c_values = []
-                    for z_point in (z, z_tilde):
-                        soft = _soft(kind, z_point, temperature)
-                        if mask is not None:  # decision j relaxed, the others at b
-                            soft = torch.where(mask, soft, hard)
-                        if replayable:
-                            relaxed = self._replay_reward(
-                                model,
-                                guide,
-                                args,
-                                kwargs,
-                                rng_before,
-                                records,
-                                name,
-                                soft,
-                                controls,
-                                nodes[name],
-                                site,
-                            )
-                        else:
-                            relaxed = self._own_reward(model_trace, guide_trace, name, kind, soft)
-                        c = eta * torch.broadcast_to(relaxed, batch_shape)
-                        c = c + self._network_term(
-                            name, z_point, logits, batch_shape, kind, hard, mask
-                        )
-                        c_values.append(c)
-                    c_z, c_z_tilde = c_values
-                    # gradient w.r.t. θ: ∇log q·(R − c(z̃)) + ∇c(z) − ∇c(z̃)  ([2] eq. 8); the
-                    # score.detach()·c(z̃) term cancels −score·∇c(z̃) while keeping c(z̃)'s
-                    # dependence on φ inside ∇_θ, which the variance gradient needs.
-                    # the baseline β of R − c(z̃) keeps its φ-dependence (leave-one-out:
-                    # through the other particles' c(z̃)), so ∇_φ Σ ĝ² sees that β follows φ
-                    residual = rewards[name] - c_z_tilde
-                    shift = c_z_tilde + self._residual_baseline(site, residual)
-                    surrogate = (
-                        surrogate
-                        + (score * (rewards[name] - shift) + score.detach() * shift).sum()
-                        + (c_z - c_z_tilde).sum()
-                    )
-        finally:
-            _set_rng_state(rng_after)
+                surrogate = surrogate + self._site_term(
+                    run, name, costs[name], nodes[name], controls, temps
+                )
         return -elbo, -surrogate
 
-    def _residual_baseline(self, site, residual):
-        """Leave-one-out baseline for R − c(z̃) when ``num_particles >= 2`` (else none).
+    def _site_term(self, run, name, cost, nodes, controls, temps) -> torch.Tensor:
+        """Surrogate term of one site: ĝ for θ, with c evaluated at all relaxed copies."""
+        site, draw = run.guide_trace.nodes[name], run.records[name]
+        family, logits = draw.family, draw.logits
+        batch_shape = site["score_parts"].score_function.shape
+        temperature, eta = controls[name]
+        points, hard = relaxed_points(draw)
+        masks = decision_masks(family, logits, batch_shape, self.coordinatewise)
+        soft = family.soft(points, temperature)
+        own_cost = partial(separable_own_cost, family, soft, hard, masks, batch_shape)
+        copies = relaxed_copies(soft, hard, masks)
+        c_points = eta * relaxed_costs(run, name, copies, temps, nodes, own_cost)
+        c_points = c_points + self._network_term(
+            name, family, points, logits, hard, masks, batch_shape
+        )
+        score = decision_scores(family, logits, hard, masks, site["score_parts"].score_function)
+        return score_surrogate(
+            score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
+        )
 
-        The mean of the *other* particles' R − c(z̃): independent of this particle's draw, so
+    def _residual_baseline(self, site, residual):
+        """Leave-one-out baseline for f − c(z̃) when ``num_particles >= 2`` (else none).
+
+        The mean of the *other* particles' f − c(z̃): independent of this particle's draw, so
         ĝ stays unbiased, and a function of φ, so ∇_φ Σ ĝ² sees it follow φ. It absorbs the
-        part of R the relaxation cannot follow (constants, per-data-point offsets) from the
+        part of f the relaxation cannot follow (constants, per-data-point offsets) from the
         first step on, as the input-dependent baselines used with REBAR in [1], section 6.
         With one particle there is no such baseline (a running average of past residuals
         would not follow φ and would bias φ's training); r_ρ (RELAX) learns offsets instead.
@@ -494,69 +771,30 @@ class REBAR_ELBO(DiscreteLatentELBO):
         k = residual.shape[dim]
         return (residual.sum(dim, keepdim=True) - residual) / (k - 1)
 
-    def _replay_reward(
-        self, model, guide, args, kwargs, rng_state, records, target, soft, controls, nodes, site
-    ) -> torch.Tensor:
-        temps = {name: controls[name]["temperature"] for name in records}
-        replay_noise = _RelaxationNoise(
-            type(self).__name__, records=records, target=target, target_value=soft, temps=temps
-        )
-        _set_rng_state(rng_state)
-        with _DetachParams():
-            guide_trace = poutine.trace(replay_noise(guide)).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
-        return relaxed_reward(model_trace, guide_trace, nodes, site)
-
-    @staticmethod
-    def _own_reward(model_trace, guide_trace, name, kind, soft) -> torch.Tensor:
-        """Relaxed log p − log q of the site alone (for sites the replay cannot reach)."""
-        guide_site, model_site = guide_trace.nodes[name], model_trace.nodes[name]
-        terms = []
-        for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
-            fn = site["fn"]
-            kind_, base = unwrap_discrete(fn)
-            base = _detached(base)
-            log_prob = relaxed_log_prob(fn, kind_, base, soft)
-            terms.append((site["cond_indep_stack"], sign * log_prob * site["scale"]))
-        return sum_local_terms(terms, guide_site)
-
     # ---- φ: gradient of the variance -------------------------------------------------------
 
-    def _end_step(self, surrogate_loss):
-        phi_names = list(self._phi)
-        theta_names = [n for n in self._theta if n not in self._phi]
-        if not phi_names or not theta_names or not torch.is_grad_enabled():
-            return surrogate_loss
-        phi = [self._phi[n] for n in phi_names]
-        theta = [self._theta[n] for n in theta_names]
-        grads = torch.autograd.grad(
-            surrogate_loss, theta + phi, create_graph=True, allow_unused=True
-        )
-        g_theta, g_phi_direct = grads[: len(theta)], grads[len(theta) :]
-        variance = sum((g * g).sum() for g in g_theta if g is not None)
-        if not isinstance(variance, torch.Tensor) or not variance.requires_grad:
-            return surrogate_loss
-        g_variance = torch.autograd.grad(variance, phi, allow_unused=True, retain_graph=True)
-        correction = 0.0
-        for p, g_var, g_direct in zip(phi, g_variance, g_phi_direct, strict=True):
-            target = torch.zeros_like(p) if g_var is None else g_var
-            current = torch.zeros_like(p) if g_direct is None else g_direct
-            # the surrogate's own φ-gradient is replaced by ∇_φ Σ ĝ²  ([2] eq. 10)
-            correction = correction + (p * (target - current).detach()).sum()
-        return surrogate_loss + correction
+    def _end_step(self, surrogate_loss, param_trace=None):
+        """Replace the φ-gradient of the surrogate by ∇_φ Σ ĝ² ([2] eq. 10).
 
-
-def _detached(base):
-    """A copy of a Bernoulli/Categorical distribution with detached logits."""
-    return type(base)(logits=base.logits.detach(), validate_args=False)
+        θ and φ are read off the step's ``param`` sites: model and guide parameters, and this
+        estimator's learned state (``reparam_ext.*``: η, log λ, the RELAX network).
+        """
+        if param_trace is None:
+            return surrogate_loss
+        theta = param_leaves(param_trace)
+        phi = {
+            name: leaf
+            for name, leaf in param_leaves(param_trace, exclude_prefix="\0").items()
+            if name.startswith(PARAM_PREFIX)
+        }
+        correction = variance_correction(surrogate_loss, list(theta.values()), list(phi.values()))
+        return surrogate_loss if correction is None else surrogate_loss + correction
 
 
 class RELAX_ELBO(REBAR_ELBO):
     r"""RELAX ELBO (Grathwohl et al. 2018): REBAR's control variate plus a learned network.
 
-    c(z) = η·R(σ_λ(z)) + r_ρ(z), with r_ρ a small neural network of each site element's
+    c(z) = η·f(σ_λ(z)) + r_ρ(z), with r_ρ a small neural network of each site element's
     relaxed logits z and, as context, its detached logits ℓ (a fixed function of z for the
     identity behind ĝ; ℓ carries what the guide conditions on, e.g. the data point).
     Coordinate-wise (the default, for elements with D > 1 decisions), decision j's network
@@ -644,23 +882,6 @@ class RELAX_ELBO(REBAR_ELBO):
             self._networks[name] = net
         return pyro.module(f"reparam_ext.relax.{name}", net, update_module_params=True)
 
-    def _network_term(self, name, z, logits, batch_shape, kind, hard, mask):
-        # input: the relaxed logits z and, as context, the site's logits (detached, so the
-        # network is a fixed function of z for the identity behind ĝ; they carry what the
-        # guide conditions on, e.g. the data point in a VAE); coordinate-wise, decision j's z
-        # only, with the other decisions' sampled values and a one-hot of j as more context
-        flat_logits = logits.detach().reshape(batch_shape + (-1,))
-        if mask is None:
-            parts = [z.reshape(batch_shape + (-1,)), flat_logits]
-        else:
-            own = (z * mask).sum(_decision_dims(kind, mask))
-            if kind == BERNOULLI:
-                own = own.unsqueeze(-1)
-            others = (hard * ~mask).reshape(batch_shape + (-1,))
-            position = mask.reshape(-1).to(z.dtype).expand(batch_shape + (-1,))
-            parts = [own, flat_logits, others, position]
-        flat = torch.cat([torch.broadcast_to(p, batch_shape + p.shape[-1:]) for p in parts], -1)
-        net = self._network(name, flat.shape[-1], z)
-        for param_name, param in net.named_parameters():
-            self._phi[f"reparam_ext.relax.{name}${param_name}"] = param
-        return net(flat)
+    def _network_term(self, name, family, points, logits, hard, masks, batch_shape):
+        inputs = network_input(family, points, logits, hard, masks, batch_shape)
+        return self._network(name, inputs.shape[-1], points)(inputs)

@@ -17,7 +17,7 @@ import torch
 from pyro_reparam_ext.infer.particles import (
     PARAM_PREFIX,
     DiscreteLatentELBO,
-    downstream_rewards,
+    downstream_costs,
     full_logits,
     pathwise_elbo_and_surrogate,
     running_state,
@@ -44,21 +44,21 @@ def _check_decay(decay, where: str = "baseline_decay") -> None:
 class ScoreFunction_ELBO(DiscreteLatentELBO):
     r"""ELBO whose non-reparameterized guide sites get the score-function estimator.
 
-    For a guide site with value b ~ q(b | η) and plate-aware downstream reward R (the log p −
+    For a guide site with value b ~ q(b | η) and plate-aware downstream cost f (the log p −
     log q terms b can influence, as in Pyro's ``TraceGraph_ELBO``), the gradient estimate is
-    (R − baseline)·∇ log q(b | η); reparameterized sites get the pathwise gradient. Baselines:
+    (f − baseline)·∇ log q(b | η); reparameterized sites get the pathwise gradient. Baselines:
 
-    - ``"optimal"``: per logit coordinate j, b*_j = E[R s_j²] / E[s_j²] with
+    - ``"optimal"``: per logit coordinate j, b*_j = E[f s_j²] / E[s_j²] with
       s = ∇_η log q(b | η) and η the site's logits ([2], eq. 5.4 specialised to one
-      coordinate); the coordinate-wise estimate (R − b*_j) s_j is then chained into upstream
+      coordinate); the coordinate-wise estimate (f − b*_j) s_j is then chained into upstream
       parameters by backprop. With ``num_particles >= 2`` the two expectations are estimated
       from the *other* particles (leave-one-out, so the baseline is independent of the
       particle it corrects and the estimator stays unbiased); with one particle from running
-      averages of R s² and s² over previous steps (param-store state
+      averages of f s² and s² over previous steps (param-store state
       ``reparam_ext.<site>.baseline_fs2`` / ``.baseline_s2``). Sites without logits (e.g.
       Poisson) fall back to ``"loo"`` (K ≥ 2) or ``"decaying_avg"`` (K = 1).
-    - ``"loo"``: the mean reward of the other particles ([3]); needs ``num_particles >= 2``.
-    - ``"decaying_avg"``: an exponential moving average of previous rewards, per element, as
+    - ``"loo"``: the mean cost of the other particles ([3]); needs ``num_particles >= 2``.
+    - ``"decaying_avg"``: an exponential moving average of previous costs, per element, as
       Pyro's ``use_decaying_avg_baseline`` (state ``reparam_ext.<site>.baseline_avg``).
     - ``"none"``: plain REINFORCE with downstream credit.
 
@@ -127,12 +127,12 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         elbo, surrogate = pathwise_elbo_and_surrogate(model_trace, guide_trace)
         sites = score_function_sites(guide_trace)
         if sites:
-            rewards, _ = downstream_rewards(model_trace, guide_trace, sites)
+            costs, _ = downstream_costs(model_trace, guide_trace, sites)
             for name in sites:
-                surrogate = surrogate + self._score_term(guide_trace.nodes[name], rewards[name])
+                surrogate = surrogate + self._score_term(guide_trace.nodes[name], costs[name])
         return -elbo, -surrogate
 
-    def _score_term(self, site: dict, reward: torch.Tensor) -> torch.Tensor:
+    def _score_term(self, site: dict, cost: torch.Tensor) -> torch.Tensor:
         """Surrogate-ELBO term whose gradient is this site's score-function estimate."""
         options = site_options(site)
         baseline = options.get("baseline", self.baseline)
@@ -145,7 +145,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         if baseline == "optimal":
             kind, base = unwrap_discrete(site["fn"])
             if kind is not None:
-                return self._optimal_term(site, kind, base, reward, decay)
+                return self._optimal_term(site, kind, base, cost, decay)
             baseline = "loo" if many else "decaying_avg"  # documented fallback
         if baseline == "loo":
             if not many:
@@ -153,28 +153,28 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
                     f"site '{site['name']}': baseline 'loo' needs vectorized num_particles >= 2"
                 )
             dim = self.particle_dim
-            k = reward.shape[dim]
-            reward = reward - (reward.sum(dim, keepdim=True) - reward) / (k - 1)
+            k = cost.shape[dim]
+            cost = cost - (cost.sum(dim, keepdim=True) - cost) / (k - 1)
         elif baseline == "decaying_avg":
-            mean_reward = reward.mean(self.particle_dim) if many else reward
+            mean_cost = cost.mean(self.particle_dim) if many else cost
             state = running_state(
-                f"{PARAM_PREFIX}{site['name']}.baseline_avg", torch.zeros_like(mean_reward)
+                f"{PARAM_PREFIX}{site['name']}.baseline_avg", torch.zeros_like(mean_cost)
             )
             previous = state.detach().clone()
-            update_running_state(state, mean_reward, decay)
+            update_running_state(state, mean_cost, decay)
             if many:
                 previous = previous.unsqueeze(self.particle_dim)
-            reward = reward - previous
-        return (score * reward.detach()).sum()
+            cost = cost - previous
+        return (score * cost.detach()).sum()
 
-    def _optimal_term(self, site, kind, base, reward, decay) -> torch.Tensor:
+    def _optimal_term(self, site, kind, base, cost, decay) -> torch.Tensor:
         logits = full_logits(site["fn"], kind, base)
         s = score_wrt_logits(kind, logits.detach(), site["value"])
-        # bring the per-decision reward to the logits' shape (event dims, categories)
-        extra = logits.dim() - reward.dim()
-        reward = reward.reshape(reward.shape + (1,) * extra)
+        # bring the per-decision cost to the logits' shape (event dims, categories)
+        extra = logits.dim() - cost.dim()
+        cost = cost.reshape(cost.shape + (1,) * extra)
         s2 = s * s
-        fs2 = reward * s2
+        fs2 = cost * s2
         if self.particle_dim is not None:
             dim = self.particle_dim - extra  # the particle dim counted in the logits' shape
             # leave-one-out: moments from the other K - 1 particles only
@@ -192,8 +192,8 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
             )
         positive = den > 0
         baseline = torch.where(positive, num / torch.where(positive, den, 1.0), 0.0)
-        # gradient w.r.t. the logits is (R − b*_j) s_j; backprop chains it upstream
-        return (logits * ((reward - baseline) * s).detach()).sum()
+        # gradient w.r.t. the logits is (f − b*_j) s_j; backprop chains it upstream
+        return (logits * ((cost - baseline) * s).detach()).sum()
 
 
 __all__ = ["BASELINES", "ScoreFunction_ELBO"]
