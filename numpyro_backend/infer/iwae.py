@@ -126,14 +126,19 @@ def _to_elements(x, depth: int, keep: tuple[int, ...]):
     return jnp.sum(x, summed, keepdims=True) if summed else x
 
 
-def _depends_on(build, values: dict) -> bool:
-    """Whether ``build(values)``'s outputs depend on its inputs (dataflow through the jaxpr)."""
+def _inputs_reaching_outputs(build, values: dict) -> set[str]:
+    """Names of ``values`` that ``build(values)``'s outputs depend on (jaxpr dataflow)."""
     closed = jax.make_jaxpr(build)(values)
-    tainted = set(closed.jaxpr.invars)
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(values)[0]]
+    sources = {var: {path[0].key} for var, path in zip(closed.jaxpr.invars, paths, strict=True)}
     for eqn in closed.jaxpr.eqns:
-        if any(not hasattr(v, "val") and v in tainted for v in eqn.invars):
-            tainted.update(eqn.outvars)
-    return any(not hasattr(v, "val") and v in tainted for v in closed.jaxpr.outvars)
+        reached = set().union(*(sources.get(v, set()) for v in eqn.invars if not hasattr(v, "val")))
+        if reached:
+            for out in eqn.outvars:
+                sources[out] = reached
+    return set().union(
+        *(sources.get(v, set()) for v in closed.jaxpr.outvars if not hasattr(v, "val"))
+    )
 
 
 def _check_dreg_structure(guide, params, args, kwargs, guide_trace: dict) -> None:
@@ -149,7 +154,7 @@ def _check_dreg_structure(guide, params, args, kwargs, guide_trace: dict) -> Non
                     f"reparameterized one ('{reparam[0]}') in the guide; use dreg=False"
                 )
             continue
-        for other in reparam:
+        if reparam:
 
             def build(values, name=name):
                 tr = trace(
@@ -157,12 +162,14 @@ def _check_dreg_structure(guide, params, args, kwargs, guide_trace: dict) -> Non
                 ).get_trace(*args, **kwargs)
                 return jax.tree.leaves(tr[name]["fn"])
 
-            if _depends_on(build, {other: guide_trace[other]["value"]}):
+            upstream = {other: guide_trace[other]["value"] for other in reparam}
+            reached = _inputs_reaching_outputs(build, upstream)
+            if reached:
                 raise ValueError(
-                    f"site '{name}': its distribution depends on the value of '{other}'; "
-                    "DReG with the guide's parameters stopped needs each reparameterized "
-                    "site's distribution to depend on parameters and data only (mean-field "
-                    "or amortized guides); use dreg=False"
+                    f"site '{name}': its distribution depends on the value of "
+                    f"'{sorted(reached)[0]}'; DReG with the guide's parameters stopped needs each "
+                    "reparameterized site's distribution to depend on parameters and data only "
+                    "(mean-field or amortized guides); use dreg=False"
                 )
         reparam.append(name)
 

@@ -44,7 +44,7 @@ Unsupported (``ValueError`` naming the site): enumerated sites; partially repara
 sites (``score_parts`` with both a score and an entropy part); with ``dreg=True``, a guide whose
 reparameterized site's distribution depends on another latent's value, or a
 non-reparameterized site sampled after a reparameterized one (use ``dreg=False``); per-element
-bounds whose sites have different scales; sequential particles with a subsampled plate.
+bounds whose sites have different scales.
 
 References:
     [1] Y. Burda, R. Grosse, R. Salakhutdinov (2016). Importance Weighted Autoencoders. ICLR.
@@ -65,7 +65,7 @@ import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match, check_site_shape
 
 __all__ = ["IWAE_ELBO", "vimco_signal"]
@@ -217,7 +217,7 @@ class IWAE_ELBO(ELBO):
     :param int num_particles: K, the number of importance samples (per plate element).
     :param max_plate_nesting: as in Pyro's ELBOs (guessed from one run when infinite).
     :param bool vectorize_particles: draw the K particles in one vectorized run (default) or
-        in a Python loop (no plate subsampling then: every particle must see the same elements).
+        in a Python loop (the first particle's minibatch is replayed into the others).
     :param bool dreg: DReG gradient for reparameterized guide sites (default) instead of the
         plain IWAE gradient.
     :param retain_graph: passed to ``backward`` as in Pyro's ELBOs.
@@ -279,8 +279,17 @@ class IWAE_ELBO(ELBO):
 
     def _particle_traces(self, model, guide, args, kwargs):
         """[(full guide trace, model trace, guide trace)], the particle plate's wrappers."""
-        if not self.vectorize_particles:
-            return [self._get_trace(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        if not self.vectorize_particles:  # one minibatch for all particles: replay it
+            first = self._get_trace(model, guide, args, kwargs)
+            minibatch = poutine.Trace()
+            for name, site in first[0].nodes.items():
+                if site_is_subsample(site):
+                    minibatch.add_node(name, **site)
+            guide = poutine.replay(guide, trace=minibatch)
+            rest = [
+                self._get_trace(model, guide, args, kwargs) for _ in range(self.num_particles - 1)
+            ]
+            return [first, *rest]
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         plate = pyro.plate(_PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)
@@ -294,11 +303,6 @@ class IWAE_ELBO(ELBO):
         pieces = [self._trace_terms(model, args, kwargs, gradient, *t) for t in traces]
         if len(pieces) == 1:
             return pieces[0]
-        if any(p["subsampled"] for p in pieces):
-            raise ValueError(
-                "IWAE_ELBO(vectorize_particles=False) needs the same plate elements in every "
-                "particle; with plate subsampling use vectorize_particles=True"
-            )
         depth = max(p["depth"] for p in pieces)
         out = dict(pieces[0])
         for key in ("model", "guide", "guide_stopped", "score", "score_weight", "model_stopped"):
@@ -344,11 +348,6 @@ class IWAE_ELBO(ELBO):
             "model_stopped": None,
             "scale": scale,
             "depth": depth,
-            "subsampled": any(
-                f.full_size is not None and f.full_size != f.size
-                for s in sites
-                for f in s["cond_indep_stack"]
-            ),
         }
         if use_dreg:
             _check_dreg_structure(guide_trace)

@@ -238,12 +238,14 @@ def run_gaussian(backend, elbo_kwargs, num_elements, calls):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_particles", [1, 3])
-def test_vimco_per_element_unbiased(backend, num_particles):
-    """N = 4000 elements x 2 calls: 8000 draws of the one-element VIMCO gradient."""
+@pytest.mark.parametrize("num_particles,vectorize", [(1, True), (3, True), (3, False)])
+def test_vimco_per_element_unbiased(backend, num_particles, vectorize):
+    """N = 4000 elements x 2 calls: 8000 draws of the one-element VIMCO gradient (particles
+    vectorized, or drawn one after the other: Python loop / ``lax.map``)."""
     bound, grad = exact_bernoulli(num_particles)
     num_elements, calls = 4000, 2
-    losses, grads = run_bernoulli(backend, {"num_particles": num_particles}, num_elements, calls)
+    elbo_kwargs = {"num_particles": num_particles, "vectorize_particles": vectorize}
+    losses, grads = run_bernoulli(backend, elbo_kwargs, num_elements, calls)
     assert np.all(np.abs(z_scores(grads, grad)) < 5), (z_scores(grads, grad), grad)
     # −loss / N is a mean of N·calls i.i.d. L̂_n: SE <= bound_sd_limit() / sqrt(N·calls)
     se = bound_sd_limit() / math.sqrt(num_elements * calls)
@@ -251,14 +253,14 @@ def test_vimco_per_element_unbiased(backend, num_particles):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_vimco_subsampled_scale(backend):
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_vimco_subsampled_scale(backend, vectorize):
     """Subsampling M of N elements scales the per-element bound by N / M (same minibatch for
     all K particles); gradients of the selected elements are unbiased, the others zero."""
     num_particles, num_elements, subsample = 2, 4000, 2000
     bound, grad = exact_bernoulli(num_particles)
-    losses, grads = run_bernoulli(
-        backend, {"num_particles": num_particles}, num_elements, 2, subsample_size=subsample
-    )
+    elbo_kwargs = {"num_particles": num_particles, "vectorize_particles": vectorize}
+    losses, grads = run_bernoulli(backend, elbo_kwargs, num_elements, 2, subsample_size=subsample)
     grads = grads.reshape(2, num_elements, 2)
     selected = grads[np.any(grads != 0, -1)]
     assert selected.shape[0] == 2 * subsample
@@ -474,3 +476,43 @@ def test_errors(backend):
         cls(2, dreg="yes")
     with pytest.raises(TypeError):
         cls(2, float("inf"))  # everything after num_particles is keyword-only
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsupported_sites_name_the_site(backend):
+    """Enumerated sites, and (DReG) a discrete site drawn after a reparameterized one."""
+    if backend == "pyro":
+        loc = torch.tensor(0.5, requires_grad=True)
+
+        def model():
+            z = pyro.sample("z", pdist.Normal(0.0, 1.0))
+            pyro.sample("b", pdist.Bernoulli(logits=z))
+
+        def guide():
+            z = pyro.sample("z", pdist.Normal(loc, 1.0))
+            pyro.sample("b", pdist.Bernoulli(logits=z), infer=infer)
+
+        def run(elbo):
+            return elbo.differentiable_loss(model, guide)
+
+    else:
+
+        def model():
+            z = numpyro.sample("z", ndist.Normal(0.0, 1.0))
+            numpyro.sample("b", ndist.Bernoulli(logits=z))
+
+        def guide():
+            z = numpyro.sample("z", ndist.Normal(0.5, 1.0))
+            numpyro.sample("b", ndist.Bernoulli(logits=z), infer=infer)
+
+        def run(elbo):
+            return elbo.loss(jax.random.PRNGKey(0), {}, model, guide)
+
+    cls = PyroIWAE if backend == "pyro" else NumPyroIWAE
+    infer = {}
+    with pytest.raises(ValueError, match="site 'b': with dreg=True a non-reparameterized"):
+        run(cls(3))
+    run(cls(3, dreg=False))
+    infer = {"enumerate": "parallel"}
+    with pytest.raises(ValueError, match="site 'b': IWAE_ELBO does not enumerate"):
+        run(cls(3, dreg=False))
