@@ -7,15 +7,16 @@ backends' agreement, the variance claim of the papers at equal evaluations, and 
 
 Tolerances. Pyro: ``NUM_CALLS`` = 30 calls, each the mean of ``NUM_DRAWS`` draws; a
 coordinate's z-score is t-distributed with 29 degrees of freedom, P(|t₂₉| > 5) = 2.5e-5.
-The Pyro cases below have 152 coordinates in all (7 + 5 + 45 + 19, at n = 2 and 4), so a
-correct estimator fails one of them with probability ≤ 152 · 2.5e-5 = 3.9e-3 (union bound).
-NumPyro: ``NUM_SAMPLES`` = 2000 independent estimates (no running state), z ≈ normal,
-P(|z| > 5) = 5.7e-7 per coordinate, 31 coordinates: ≤ 2e-5; the cross-backend comparison
-(5 combined SE, at most as heavy-tailed as the Pyro t₂₉ term) adds ≤ 31 · 2.5e-5 = 8e-4. The
-variance tests' mean checks (4000 draws, 21 coordinates, normal) add ≤ 3e-5. A bias of 5 SE —
-3–10 % of a typical gradient coordinate here — fails: with the copula's factor p(1 − p)/D
-replaced by 1 (the leave-one-out estimator applied to coupled samples, biased), the Pyro
-cases give |z| = 8–74 (checked when writing this test).
+The Pyro cases below have 268 coordinates in all (7 + 5 + 45 + 19 + 42 + 16, at n = 2 and
+4), so a correct estimator fails one of them with probability ≤ 268 · 2.5e-5 = 6.7e-3 (union
+bound). NumPyro: ``NUM_SAMPLES`` = 2000 independent estimates (no running state), z ≈
+normal, P(|z| > 5) = 5.7e-7 per coordinate, 89 coordinates: ≤ 5.1e-5; the cross-backend
+comparison (5 combined SE, at most as heavy-tailed as the Pyro t₂₉ term) adds
+≤ 89 · 2.5e-5 = 2.2e-3. The variance tests' mean checks (thousands of draws, 63 coordinates,
+normal) add ≤ 4e-5. A bias of 5 SE — 3–10 % of a typical gradient coordinate here — fails:
+with the copula's factor p(1 − p)/D replaced by 1 (the leave-one-out estimator applied to
+coupled samples, biased), the Pyro cases give |z| = 8–74 (Bernoulli models) and 45–54 (the
+one-hot sites), checked when writing this test.
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ import numpyro_backend.infer as numpyro_infer
 import pyro_reparam_ext.infer as pyro_infer
 from numpyro_backend.backend.pyro import clear_param_store
 from numpyro_backend.infer import SVI as NumPyroSVI
+from numpyro_backend.infer.disarm import binary_logits as numpyro_binary_logits
+from numpyro_backend.infer.disarm import category_order as numpyro_category_order
 from numpyro_backend.infer.disarm import copula_debias as numpyro_copula_debias
-from pyro_reparam_ext.infer.disarm import copula_debias, coupled_score_weights
+from pyro_reparam_ext.infer.disarm import (
+    binary_logits,
+    category_order,
+    copula_debias,
+    coupled_score_weights,
+)
 from tests.infer.make_reference import _grads, enum_reference
-from tests.infer.models import BINARY_VAE, MODELS, EstimatorModel
+from tests.infer.models import MODELS, EstimatorModel
 from tests.infer.numpyro_helpers import (
     fast_compile,  # noqa: F401  (fixture)
     gradient_stats,
@@ -139,19 +147,32 @@ def numpyro_stats(entry_name: str, num_particles: int) -> dict:
 
 
 # the catalogue's Bernoulli model (three sites, b1 | b0), its Bernoulli + Normal guide, the
-# binary VAE (three decisions per element, to_event) and the subsampled two-site plate
+# binary VAE (three decisions per element, to_event), the subsampled two-site plate, the
+# Categorical mixture in a plate of 12 subsampled to 4 (its score terms are weakly tested
+# here: every call shares one subsample, whose noise dominates the SE; NumPyro draws a
+# subsample per estimate) and two one-hot decisions (to_event) followed by a dependent
+# Bernoulli site, where the stick-breaking estimator is tested with power
 PYRO_CASES = [
     (name, n)
-    for name in ("bernoulli_nonlinear", "bernoulli_normal", "binary_vae", SUBSAMPLED.name)
+    for name in (
+        "bernoulli_nonlinear",
+        "bernoulli_normal",
+        "binary_vae",
+        SUBSAMPLED.name,
+        "categorical_mixture",
+        "event_sites",
+    )
     for n in (2, 4)
 ]
-# compile-bound (5-15 s per case on the shared machine): the dependent sites (ARMS, n = 4),
-# the Bernoulli + Normal guide and the subsampled plate with dependent sites (DisARM, n = 2);
-# the binary VAE at n = 2 is checked by the variance test below (mean of 4000 draws)
+# compile-bound (3-5 s of CPU per case): the dependent sites (ARMS, n = 4), the Bernoulli +
+# Normal guide, the subsampled plate with dependent sites (DisARM, n = 2), the subsampled
+# Categorical mixture (stick-breaking DisARM) and the one-hot + Bernoulli sites (n = 4)
 NUMPYRO_CASES = [
     ("bernoulli_nonlinear", 4),
     ("bernoulli_normal", 2),
     (SUBSAMPLED.name, 2),
+    ("categorical_mixture", 2),
+    ("event_sites", 4),
 ]
 
 
@@ -181,25 +202,40 @@ def test_numpyro_mean_gradient_matches_exact_and_pyro(entry_name, n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Variance at equal evaluations. Per-draw gradients in one call: the encoder parameters get a
-# leading dim of NUM_VARIANCE_DRAWS copies (all equal to the catalogue's initial values), one
-# per element of an outer ``draws`` plate, so the gradient w.r.t. copy d is draw d's encoder
-# gradient (draws share nothing sampled). The claim "DisARM (n = 2) has lower variance than
-# the leave-one-out score function with 2 samples" ([1], Fig. 2 / Table 1 of Dong et al.) is
-# tested on log(V_loo / V_disarm) > 5 SE, its SE from the spread of the per-draw squared
-# deviations (delta method); measured ratios: 1.36 (n = 2), 1.35 (n = 4 vs loo with 4), with
-# log-ratio SE ≈ 0.015, so z ≈ 20.
+# Variance at equal evaluations. Per-draw gradients in one call: the guide parameters of a
+# discrete site get leading dims of ``num_draws`` copies (all equal to the catalogue's initial
+# values), one per element of an outer ``draws`` plate, so the gradient w.r.t. copy d is draw
+# d's gradient (draws share nothing sampled). The claim "DisARM (n = 2) has lower variance
+# than the leave-one-out score function with 2 samples" (Dong et al. 2020; ARMS vs loo with
+# n samples: Dimitriev & Zhou 2021; stick-breaking: Dong et al. 2021) is tested on
+# log(V_loo / V_disarm) > 5 SE, its SE from the spread of the per-draw squared deviations
+# (delta method). Measured: binary
+# VAE encoder 1.37 (n = 2) and 1.37 (n = 4), z ≈ 19-23 with 4000 draws; the stick-breaking
+# estimator at the one-hot site of ``event_sites`` 1.25 (n = 2) and 1.21 (n = 4), z ≈ 21-26
+# with 16000 draws. The mean of the DisARM draws is also checked against the exact gradient.
 
-NUM_VARIANCE_DRAWS = 4000
+#: entry -> (parameter -> leading dims of the per-draw copies, draws)
+PER_DRAW = {
+    "binary_vae": ({"enc_w": (1,), "enc_b": (1, 1)}, 4000),
+    "event_sites": ({"q_z_logits": (1, 1)}, 16000),
+}
 
 
-def _per_draw_vae(num_draws: int):
-    data, init = torch_inputs(BINARY_VAE)
-    init["enc_w"] = init["enc_w"].expand((num_draws,) + init["enc_w"].shape).clone()
-    init["enc_b"] = init["enc_b"].expand((num_draws, 1) + init["enc_b"].shape).clone()
-    model = with_draws(BINARY_VAE.model, num_draws, -2)
-    guide = with_draws(BINARY_VAE.guide, num_draws, -2)
-    return model, guide, data, init
+def _pyro_per_draw_rows(entry_name: str, elbo) -> np.ndarray:
+    entry = MODELS[entry_name]
+    prefixes, num_draws = PER_DRAW[entry_name]
+    data, init = torch_inputs(entry)
+    for name, prefix in prefixes.items():
+        shape = (num_draws,) + prefix[1:] + init[name].shape
+        init[name] = init[name].expand(shape).clone()
+    model = with_draws(entry.model, num_draws, -entry.max_plate_nesting - 1)
+    guide = with_draws(entry.guide, num_draws, -entry.max_plate_nesting - 1)
+    pyro.clear_param_store()
+    with pyroapi.pyro_backend("pyro_reparam_ext"):
+        pyro.set_rng_seed(0)
+        loss = elbo.differentiable_loss(model, guide, data, init)
+        grads = torch.autograd.grad(loss, [param_leaf(name) for name in prefixes])
+    return torch.cat([g.reshape(num_draws, -1) for g in grads], 1).detach().numpy()
 
 
 def _total_variance(samples: np.ndarray) -> tuple[float, float]:
@@ -209,21 +245,12 @@ def _total_variance(samples: np.ndarray) -> tuple[float, float]:
     return squared.mean() * correction, squared.std(ddof=1) / math.sqrt(len(squared)) * correction
 
 
-def _exact_encoder_z(samples: np.ndarray) -> float:
-    """Largest |mean − exact| / SE over the encoder coordinates (normal: 4000 draws)."""
-    exact = np.concatenate([BINARY_VAE.exact_grads[k].ravel() for k in ("enc_w", "enc_b")])
+def _exact_z(entry_name: str, samples: np.ndarray) -> float:
+    """Largest |mean − exact| / SE over the per-draw coordinates (normal: thousands of draws)."""
+    grads = MODELS[entry_name].exact_grads
+    exact = np.concatenate([grads[name].ravel() for name in PER_DRAW[entry_name][0]])
     se = samples.std(0, ddof=1) / math.sqrt(samples.shape[0])
     return float(np.max(np.abs(samples.mean(0) - exact) / se))
-
-
-def _pyro_encoder_rows(elbo) -> np.ndarray:
-    pyro.clear_param_store()
-    with pyroapi.pyro_backend("pyro_reparam_ext"):
-        pyro.set_rng_seed(0)
-        model, guide, data, init = _per_draw_vae(NUM_VARIANCE_DRAWS)
-        loss = elbo.differentiable_loss(model, guide, data, init)
-        grads = torch.autograd.grad(loss, [param_leaf("enc_w"), param_leaf("enc_b")])
-    return torch.cat([g.reshape(NUM_VARIANCE_DRAWS, -1) for g in grads], 1).detach().numpy()
 
 
 def _log_ratio_z(reference, other) -> tuple[float, float]:
@@ -232,16 +259,24 @@ def _log_ratio_z(reference, other) -> tuple[float, float]:
     return math.exp(log_ratio), log_ratio / se
 
 
-@pytest.mark.parametrize("n", [2, 4])
-def test_pyro_disarm_variance_below_leave_one_out(n):
-    disarm_rows = _pyro_encoder_rows(pyro_infer.DisARM_ELBO(n, max_plate_nesting=2))
-    loo_rows = _pyro_encoder_rows(
-        pyro_infer.ScoreFunction_ELBO(n, max_plate_nesting=2, baseline="loo")
+VARIANCE_CASES = [("binary_vae", 2), ("binary_vae", 4), ("event_sites", 2), ("event_sites", 4)]
+
+
+@pytest.mark.parametrize(
+    "entry_name, n", VARIANCE_CASES, ids=[f"{e}-n{n}" for e, n in VARIANCE_CASES]
+)
+def test_pyro_disarm_variance_below_leave_one_out(entry_name, n):
+    nesting = MODELS[entry_name].max_plate_nesting + 1
+    disarm_rows = _pyro_per_draw_rows(
+        entry_name, pyro_infer.DisARM_ELBO(n, max_plate_nesting=nesting)
     )
-    z_mean = _exact_encoder_z(disarm_rows)
-    assert z_mean < Z_MAX, f"DisARM-{n} mean encoder gradient: |z| = {z_mean:.2f}"
+    loo_rows = _pyro_per_draw_rows(
+        entry_name, pyro_infer.ScoreFunction_ELBO(n, max_plate_nesting=nesting, baseline="loo")
+    )
+    z_mean = _exact_z(entry_name, disarm_rows)
+    assert z_mean < Z_MAX, f"DisARM-{n} mean gradient: |z| = {z_mean:.2f}"
     ratio, z = _log_ratio_z(_total_variance(loo_rows), _total_variance(disarm_rows))
-    print(f"\nbinary VAE encoder variance loo-{n} / DisARM-{n}: {ratio:.3f} (z = {z:.1f})")
+    print(f"\n{entry_name} guide-gradient variance loo-{n} / DisARM-{n}: {ratio:.3f} (z = {z:.1f})")
     assert z > Z_MAX, f"ratio {ratio:.3f}, z = {z:.2f}"
 
 
@@ -250,7 +285,7 @@ def test_pyro_disarm_variance_below_leave_one_out(n):
 
 
 def test_two_copies_give_the_disarm_estimator():
-    # ½ Σᵢ wᵢ must equal ½ (f(b) − f(b̃)) (−1)^{b̃} 1[b ≠ b̃] σ(|α|) (Dong et al. 2020, §3)
+    # ½ Σᵢ wᵢ must equal ½ (f(b) − f(b̃)) (−1)^{b̃} 1[b ≠ b̃] σ(|α|) (Dong et al. 2020)
     logits = torch.tensor([[-1.3, 0.4, 2.0, -0.2], [-1.3, 0.4, 2.0, -0.2]])
     values = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
     reward = torch.tensor([[0.7, -0.3, 1.1, 2.0], [-0.5, 0.9, 0.2, 1.5]])
@@ -265,6 +300,26 @@ def test_two_copies_give_the_disarm_estimator():
         * torch.sigmoid(logits[0].abs())
     )
     torch.testing.assert_close(weights.mean(0), disarm, rtol=1e-12, atol=1e-12)
+
+
+def test_stick_breaking_reproduces_the_categorical_probabilities():
+    # P(first success at k) = Π_{j<k} (1 − σ(α_j)) σ(α_k), the last category if none, must be
+    # π of the category order[k], on both backends
+    logits = torch.tensor([[0.3, -1.2, 2.0, 0.1], [-0.5, -0.5, 0.4, -3.0]], dtype=torch.float64)
+    order = category_order("categorical", logits)
+    alpha = binary_logits("categorical", logits, order)
+    p = torch.sigmoid(alpha)
+    none_before = torch.cumprod(torch.cat([torch.ones_like(p[..., :1]), 1 - p], -1), -1)
+    first = none_before * torch.cat([p, torch.ones_like(p[..., :1])], -1)
+    expected = torch.gather(torch.softmax(logits, -1), -1, order)
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
+    jax_logits = jnp.asarray(logits.numpy())
+    jax_alpha = numpyro_binary_logits(
+        "categorical", jax_logits, numpyro_category_order("categorical", jax_logits)
+    )
+    np.testing.assert_allclose(np.asarray(jax_alpha), alpha.numpy(), rtol=1e-12)
+    # increasing probability: the rare categories come first
+    assert (torch.diff(torch.gather(logits, -1, order), dim=-1) >= 0).all()
 
 
 @pytest.mark.parametrize("num", [2, 3, 8])
@@ -299,50 +354,32 @@ def test_copula_debias_finite_in_float32_at_extreme_logits(num):
 # Errors: unsupported sites (named), bad constructor arguments
 
 
-def _program(kind):
+def _poisson_program():
     def model():
-        if kind == "categorical":
-            pyro_api.sample("y", dist.Categorical(logits=ops.zeros(3)))
-        else:
-            pyro_api.sample("y", dist.Poisson(2.0))
+        pyro_api.sample("y", dist.Poisson(2.0))
 
     def guide():
-        rate = pyro_api.param("rate", ops.ones(()) * 1.5)
-        if kind == "categorical":
-            pyro_api.sample("y", dist.Categorical(logits=ops.ones(3) * rate))
-        else:
-            pyro_api.sample("y", dist.Poisson(rate))
+        pyro_api.sample("y", dist.Poisson(pyro_api.param("rate", ops.ones(()) * 1.5)))
 
     return model, guide
 
 
-@pytest.mark.parametrize("kind, hint", [("categorical", "baseline='loo'"), ("poisson", "Score")])
-def test_pyro_unsupported_site_raises_naming_it(kind, hint):
+def test_pyro_unsupported_site_raises_naming_it():
     pyro.clear_param_store()
     with pyroapi.pyro_backend("pyro_reparam_ext"):
-        model, guide = _program(kind)
+        model, guide = _poisson_program()
         elbo = pyro_infer.DisARM_ELBO(2, max_plate_nesting=0)
-        with pytest.raises(ValueError, match=rf"'y'.*{hint}"):
+        with pytest.raises(ValueError, match=r"'y'.*ScoreFunction_ELBO"):
             elbo.differentiable_loss(model, guide)
 
 
-def test_numpyro_categorical_site_raises_at_svi_init():
+def test_numpyro_unsupported_site_raises_at_svi_init():
     clear_param_store()
     with pyroapi.pyro_backend("numpyro_backend"):
-        model, guide = _program("categorical")
+        model, guide = _poisson_program()
         svi = NumPyroSVI(model, guide, numpyro.optim.Adam(1e-2), numpyro_infer.DisARM_ELBO(2))
-        with pytest.raises(ValueError, match=r"'y'.*baseline='loo'"):
+        with pytest.raises(ValueError, match=r"'y'.*ScoreFunction_ELBO"):
             svi.init(jax.random.PRNGKey(0))
-
-
-def test_numpyro_poisson_site_raises_in_init_state():
-    # the hook numpyro_backend.SVI.init calls (an SVI.init costs seconds of compilation)
-    clear_param_store()
-    with pyroapi.pyro_backend("numpyro_backend"):
-        model, guide = _program("poisson")
-        params = {"rate": jnp.asarray(1.5)}
-        with pytest.raises(ValueError, match=r"'y'.*Score"):
-            numpyro_infer.DisARM_ELBO(2).init_state(jax.random.PRNGKey(0), params, model, guide)
 
 
 @pytest.mark.parametrize("infer", [pyro_infer, numpyro_infer], ids=["pyro", "numpyro"])
