@@ -1,5 +1,6 @@
 """ELBO gradient estimators for the NumPyro (JAX) backend."""
 
+from numpyro_backend.infer import distributed
 from numpyro_backend.infer.diagnostics import gradient_variance
 from numpyro_backend.infer.disarm import DisARM_ELBO
 from numpyro_backend.infer.iwae import IWAE_ELBO
@@ -14,5 +15,6 @@ __all__: list[str] = [
     "RELAX_ELBO",
     "SVI",
     "ScoreFunction_ELBO",
+    "distributed",
     "gradient_variance",
 ]

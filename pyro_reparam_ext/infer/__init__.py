@@ -2,6 +2,7 @@
 
 from pyro.infer import SVI  # re-exported so both packages name the same SVI entry point
 
+from pyro_reparam_ext.infer import distributed
 from pyro_reparam_ext.infer.diagnostics import gradient_variance
 from pyro_reparam_ext.infer.disarm import DisARM_ELBO
 from pyro_reparam_ext.infer.iwae import IWAE_ELBO
@@ -15,5 +16,6 @@ __all__: list[str] = [
     "RELAX_ELBO",
     "SVI",
     "ScoreFunction_ELBO",
+    "distributed",
     "gradient_variance",
 ]
