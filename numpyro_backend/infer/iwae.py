@@ -16,12 +16,12 @@ Gradients, with normalized weights :math:`\tilde w_k` held constant:
 - Model parameters θ: :math:`\sum_k \tilde w_k \nabla_\theta \log p(x, z_k)` ([1], eq. 14).
 - Reparameterized guide sites, ``dreg=False``: the plain IWAE gradient
   :math:`\sum_k \tilde w_k \nabla_\phi f_k` ([1], eq. 14).
-- Reparameterized guide sites, ``dreg=True``: DReG ([2], eq. 7),
+- Reparameterized guide sites, ``dreg=True``: DReG ([2], section 3, the IWAE-DReG estimator),
   :math:`\sum_k \tilde w_k^2\, \partial f_k / \partial z_k \cdot \partial z_k / \partial\phi`
   with :math:`\log q` evaluated with its distribution's parameters stopped. Surrogate
   :math:`\sum_k \tilde w_k^2 f^{\perp}_k(z_k) + \sum_k (\tilde w_k - \tilde w_k^2)
   f_k(\bar z_k)`, :math:`\bar z` the stopped sample (the model is replayed a second time).
-- Non-reparameterized guide sites b: VIMCO ([3], eqs. 9-10), the signal
+- Non-reparameterized guide sites b: VIMCO ([3], section 3), the signal
   :math:`\hat L - \hat L_{-k}` with the leave-one-out geometric-mean baseline times
   :math:`\nabla_\phi \log q(b_k)`, per plate element in the per-element bound. With K = 1 the
   signal is :math:`\hat L` (plain score function).
@@ -56,7 +56,7 @@ __all__ = ["IWAE_ELBO", "vimco_signal"]
 
 
 def vimco_signal(log_weights):
-    r"""VIMCO's learning signal :math:`\hat L - \hat L_{-k}` per particle ([3], eqs. 9-10).
+    r"""VIMCO's learning signal :math:`\hat L - \hat L_{-k}` per particle ([3], section 3).
 
     ``log_weights`` has the particles on axis 0. The k-th log-weight is replaced by the mean
     of the others (the geometric-mean substitute); with one particle the signal is

@@ -8,10 +8,10 @@ For K particles :math:`z_k \sim q(z \mid x)` and log-weights
 
 Per plate element. When every site (latent and observed, model and guide) lies in a common
 vectorized ``plate``, the weights factorize over its elements and the bound is formed per
-element, :math:`\sum_n \log \tfrac1K \sum_k w_{nk}` with K particles per element ([1], as
-trained in [1]'s VAE experiments), scaled by the plate's N/M under subsampling. Otherwise (a
-global latent or a site outside every plate) the bound is the one over the whole trace, with
-the sites' scales inside the log-weights (as Pyro's ``RenyiELBO``).
+element, :math:`\sum_n \log \tfrac1K \sum_k w_{nk}` with K particles per element (the
+objective [1] trains VAEs with: K samples per data point), scaled by the plate's N/M under
+subsampling. Otherwise (a global latent or a site outside every plate) the bound is the one
+over the whole trace, with the sites' scales inside the log-weights (as Pyro's ``RenyiELBO``).
 
 Gradients, with normalized weights :math:`\tilde w_k = e^{f_k} / \sum_j e^{f_j}` (held
 constant):
@@ -19,14 +19,14 @@ constant):
 - Model parameters θ: :math:`\sum_k \tilde w_k \nabla_\theta \log p(x, z_k)` ([1], eq. 14).
 - Reparameterized guide sites, ``dreg=False``: the plain IWAE gradient
   :math:`\sum_k \tilde w_k \nabla_\phi f_k(z_k(\epsilon_k, \phi), \phi)` ([1], eq. 14).
-- Reparameterized guide sites, ``dreg=True``: DReG ([2], eq. 7),
+- Reparameterized guide sites, ``dreg=True``: DReG ([2], section 3, the IWAE-DReG estimator),
   :math:`\sum_k \tilde w_k^2\, \partial f_k / \partial z_k \cdot \partial z_k / \partial\phi`,
   where :math:`f_k` uses :math:`\log q` with the guide's parameters stopped. Implemented as the
   surrogate :math:`\sum_k \tilde w_k^2 f^{\perp}_k(z_k) +
   \sum_k (\tilde w_k - \tilde w_k^2)\, f_k(\bar z_k)` with :math:`\bar z` the detached sample
   (the model is replayed a second time on detached values), so θ keeps the weight
   :math:`\tilde w_k` and the z-paths get :math:`\tilde w_k^2`.
-- Non-reparameterized guide sites b: VIMCO ([3], eqs. 9-10): the term
+- Non-reparameterized guide sites b: VIMCO ([3], section 3): the term
   :math:`\sum_k (\hat L - \hat L_{-k}) \nabla_\phi \log q(b_k)` with the leave-one-out
   geometric-mean baseline :math:`\hat L_{-k} = \log \tfrac1K (\sum_{j\ne k} e^{f_j} +
   e^{\frac{1}{K-1}\sum_{j \ne k} f_j})`, per plate element in the per-element bound, plus the
@@ -74,7 +74,7 @@ _PARTICLE_PLATE = "iwae_particles"
 
 
 def vimco_signal(log_weights: torch.Tensor) -> torch.Tensor:
-    r"""VIMCO's learning signal :math:`\hat L - \hat L_{-k}` per particle ([3], eqs. 9-10).
+    r"""VIMCO's learning signal :math:`\hat L - \hat L_{-k}` per particle ([3], section 3).
 
     ``log_weights`` has the particles on dim 0. The k-th log-weight is replaced by the mean of
     the others (the geometric-mean substitute); with one particle the signal is :math:`\hat L`.
