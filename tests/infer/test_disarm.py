@@ -16,7 +16,8 @@ comparison (5 combined SE, at most as heavy-tailed as the Pyro t₂₉ term) add
 normal) add ≤ 4e-5. A bias of 5 SE — 3–10 % of a typical gradient coordinate here — fails:
 with the copula's factor p(1 − p)/D replaced by 1 (the leave-one-out estimator applied to
 coupled samples, biased), the Pyro cases give |z| = 8–74 (Bernoulli models) and 45–54 (the
-one-hot sites), checked when writing this test.
+one-hot sites), NumPyro |z| = 5.8 (bernoulli_nonlinear, n = 4) and 14 (the subsampled
+mixture), checked when writing this test.
 """
 
 from __future__ import annotations
