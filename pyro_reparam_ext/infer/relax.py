@@ -433,7 +433,9 @@ class ParticleRun:
         noise = _RelaxationNoise(
             self.estimator_name, self.records, target=target, target_value=value, temps=temps
         )
-        with self.randomness.replay(), _DetachParams():
+        # validation off: relaxed values lie outside the discrete supports by design, and the
+        # recorded run of the same program was validated
+        with self.randomness.replay(), _DetachParams(), pyro.validation_enabled(False):
             guide_trace = poutine.trace(noise(self.guide)).get_trace(*self.args, **self.kwargs)
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
                 *self.args, **self.kwargs
@@ -573,6 +575,14 @@ class ControlVariateNet(nn.Module):
         return self.output(torch.tanh(self.hidden(z))).squeeze(-1)
 
 
+def _own_relaxed_logits(family, points, masks, batch_shape) -> torch.Tensor:
+    """z_j of each decision at both points: (2, D, *batch, k), k logits per decision."""
+    ndims = masks.dim() - 1 - len(batch_shape) - family.category_dims
+    stop = -family.category_dims
+    own = (points.unsqueeze(1) * masks).sum(tuple(range(stop - ndims, stop)))
+    return own if family.category_dims else own.unsqueeze(-1)
+
+
 def network_input(family, points, logits, hard, masks, batch_shape) -> torch.Tensor:
     """RELAX's network input at both points: (2, D or 1, *batch, input_size).
 
@@ -585,18 +595,38 @@ def network_input(family, points, logits, hard, masks, batch_shape) -> torch.Ten
         parts = [points.reshape((2, 1) + batch_shape + (-1,)), flat_logits]
     else:
         num = masks.shape[0]
-        ndims = masks.dim() - 1 - len(batch_shape) - family.category_dims
-        stop = -family.category_dims
-        dims = tuple(range(stop - ndims, stop))
-        own = (points.unsqueeze(1) * masks).sum(dims)
-        if not family.category_dims:
-            own = own.unsqueeze(-1)
+        own = _own_relaxed_logits(family, points, masks, batch_shape)
         others = (hard * ~masks).reshape((num,) + batch_shape + (-1,))
         position = masks.reshape(num, -1).to(points.dtype)
         position = position.reshape((num,) + (1,) * len(batch_shape) + (-1,))
         parts = [own, flat_logits, others, position]
     shape = (2, parts[0].shape[1]) + batch_shape
     return torch.cat([torch.broadcast_to(p, shape + p.shape[-1:]) for p in parts], -1)
+
+
+def factored_network(net, family, points, logits, hard, masks, batch_shape) -> torch.Tensor:
+    """:class:`ControlVariateNet` at the coordinate-wise inputs without building them.
+
+    Its first layer is linear, so for decision j
+    W·[z_j, ℓ, b₋ⱼ, e_j] + w₀ = W_z z_j + (W_ℓ ℓ + W_b b + w₀) − W_b,j b_j + W_e,j: the part
+    shared by an element's D decisions is computed once, not once per decision (the input
+    has 2·size + D + k numbers per decision). Equal to ``net(network_input(...))``.
+    """
+    num = masks.shape[0]
+    flat_logits = logits.detach().reshape(batch_shape + (-1,))
+    hard_flat = hard.reshape(batch_shape + (-1,))
+    size = flat_logits.shape[-1]
+    per = size // num
+    weight, bias = net.hidden.weight, net.hidden.bias
+    w_own, w_logits, w_hard, w_position = weight.split([per, size, size, num], dim=1)
+    shared = F.linear(flat_logits, w_logits) + F.linear(hard_flat, w_hard) + bias
+    own_hard = hard_flat.reshape(batch_shape + (num, per))
+    removed = torch.einsum("...dk,hdk->...dh", own_hard, w_hard.reshape(-1, num, per))
+    per_decision = w_position.T.reshape((num,) + (1,) * len(batch_shape) + (-1,))
+    per_decision = per_decision - removed.movedim(-2, 0)
+    own = _own_relaxed_logits(family, points, masks, batch_shape)
+    hidden = F.linear(own, w_own) + shared + per_decision
+    return net.output(torch.tanh(hidden)).squeeze(-1)
 
 
 # ---- the estimators -----------------------------------------------------------------------
@@ -883,5 +913,11 @@ class RELAX_ELBO(REBAR_ELBO):
         return pyro.module(f"reparam_ext.relax.{name}", net, update_module_params=True)
 
     def _network_term(self, name, family, points, logits, hard, masks, batch_shape):
+        if masks is not None:
+            size = logits[(0,) * len(batch_shape)].numel()
+            input_size = size // masks.shape[0] + 2 * size + masks.shape[0]
+            net = self._network(name, input_size, points)
+            if type(net) is ControlVariateNet:
+                return factored_network(net, family, points, logits, hard, masks, batch_shape)
         inputs = network_input(family, points, logits, hard, masks, batch_shape)
         return self._network(name, inputs.shape[-1], points)(inputs)
