@@ -155,7 +155,11 @@ def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
         log_prob = _follow_wrappers(fn.base_dist, value, leaf)
         return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
     if isinstance(fn, ExpandedDistribution):
-        return jnp.broadcast_to(_follow_wrappers(fn.base_dist, value, leaf), fn.batch_shape)
+        # as ExpandedDistribution.log_prob: the value may carry more batch dims already (a
+        # masked prior expanded by a plate, then expanded again)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
+        shape = lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(log_prob))
+        return jnp.broadcast_to(log_prob, shape)
     if isinstance(fn, MaskedDistribution):
         return jnp.where(fn._mask, _follow_wrappers(fn.base_dist, value, leaf), 0.0)
     return leaf(fn, value)
