@@ -516,3 +516,95 @@ def test_unsupported_sites_name_the_site(backend):
     infer = {"enumerate": "parallel"}
     with pytest.raises(ValueError, match="site 'b': IWAE_ELBO does not enumerate"):
         run(cls(3, dreg=False))
+
+
+# ------------------------------------------------------------------------------------------
+# a discrete and a reparameterized site together: VIMCO for b, DReG / IWAE for z | b
+
+M_MIXED = (-1.0, 1.0)  # model z | b ~ N(M_MIXED[b], 1), x | z ~ N(z, 1), b ~ Bernoulli(σ(θ))
+X_MIXED, THETA_M, ETA_M, LOC_M, S_M = 0.4, 0.2, -0.3, (-0.5, 0.8), math.log(0.8)
+
+
+@pytest.fixture(scope="module")
+def mixed_reference():
+    """Gradient of the K = 2 bound in (θ, η, μ_0, μ_1, s): exact sum over the 4 b-tuples of
+    q(b) E_ε[L̂(b, z(ε))], the inner expectation over 20 blocks of 20000 fixed ε each (torch
+    autograd through both); mean and SE over the blocks."""
+    num, blocks, per_block = 2, 20, 20000
+    gen = torch.Generator().manual_seed(11)
+    grads = []
+    for _ in range(blocks):
+        params = [torch.tensor(v, requires_grad=True) for v in (THETA_M, ETA_M, *LOC_M, S_M)]
+        theta, eta, loc0, loc1, s = params
+        eps = torch.randn(per_block, num, generator=gen)
+        total = 0.0
+        for config in itertools.product([0, 1], repeat=num):
+            b = torch.tensor(config, dtype=torch.float64)
+            log_q_b = torch.nn.functional.logsigmoid((2 * b - 1) * eta)
+            loc = torch.where(b > 0, loc1, loc0)
+            z = loc + s.exp() * eps
+            log_p = (
+                torch.nn.functional.logsigmoid((2 * b - 1) * theta)
+                + torch.distributions.Normal(torch.tensor(M_MIXED)[b.long()], 1.0).log_prob(z)
+                + torch.distributions.Normal(z, 1.0).log_prob(torch.tensor(X_MIXED))
+            )
+            log_q = log_q_b + torch.distributions.Normal(loc, s.exp()).log_prob(z)
+            bound = (log_p - log_q).logsumexp(-1).mean() - math.log(num)
+            total = total + log_q_b.sum().exp() * bound
+        grads.append(torch.stack(torch.autograd.grad(total, params)).numpy())
+    grads = np.array(grads)
+    return grads.mean(0), grads.std(0, ddof=1) / math.sqrt(blocks)
+
+
+def mixed_draws(backend, dreg, num_elements=4000, calls=2):
+    """Per-element gradients in (θ, η, μ_0, μ_1, s) of N independent copies (K = 2)."""
+    values = (THETA_M, ETA_M, *LOC_M, S_M)
+    if backend == "pyro":
+        params = [torch.full((num_elements,), v, requires_grad=True) for v in values]
+        theta, eta, loc0, loc1, s = params
+        means = torch.tensor(M_MIXED)
+
+        def model():
+            with pyro.plate("data", num_elements):
+                b = pyro.sample("b", pdist.Bernoulli(logits=theta))
+                z = pyro.sample("z", pdist.Normal(means[b.long()], 1.0))
+                pyro.sample("x", pdist.Normal(z, 1.0), obs=torch.tensor(X_MIXED))
+
+        def guide():
+            with pyro.plate("data", num_elements):
+                b = pyro.sample("b", pdist.Bernoulli(logits=eta))
+                pyro.sample("z", pdist.Normal(torch.where(b > 0, loc1, loc0), s.exp()))
+
+        elbo, out = PyroIWAE(2, dreg=dreg), []
+        for _ in range(calls):
+            loss = elbo.differentiable_loss(model, guide)
+            out.append(torch.stack(torch.autograd.grad(loss, params), -1).numpy())
+        return -np.concatenate(out)
+    means = jnp.array(M_MIXED)
+
+    def model(theta, eta, loc0, loc1, s):
+        with numpyro.plate("data", num_elements):
+            b = numpyro.sample("b", ndist.Bernoulli(logits=theta))
+            z = numpyro.sample("z", ndist.Normal(means[b.astype(jnp.int32)], 1.0))
+            numpyro.sample("x", ndist.Normal(z, 1.0), obs=X_MIXED)
+
+    def guide(theta, eta, loc0, loc1, s):
+        with numpyro.plate("data", num_elements):
+            b = numpyro.sample("b", ndist.Bernoulli(logits=eta))
+            numpyro.sample("z", ndist.Normal(jnp.where(b > 0, loc1, loc0), jnp.exp(s)))
+
+    elbo = NumPyroIWAE(2, dreg=dreg)
+    grad = jax.grad(lambda key, *p: elbo.loss(key, {}, model, guide, *p), tuple(range(1, 6)))
+    keys = jax.random.split(jax.random.PRNGKey(5), calls)
+    params = [jnp.full((num_elements,), v) for v in values]
+    grads = jax.jit(jax.vmap(grad, (0,) + (None,) * 5))(keys, *params)
+    return -np.stack([np.asarray(g).reshape(-1) for g in grads], -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dreg", [True, False])
+def test_discrete_then_reparameterized_unbiased(backend, dreg, mixed_reference):
+    """b ~ q(b), z ~ q(z | b): VIMCO for b with DReG (or IWAE) for z, unbiased at 5 SE."""
+    reference, reference_se = mixed_reference
+    z = z_scores(mixed_draws(backend, dreg), reference, reference_se)
+    assert np.all(np.abs(z) < 5), z
