@@ -13,9 +13,13 @@ computed by a replay of model and guide (``particles.py``). The control-variate 
 gradient call gives the model/guide parameters θ the estimate ĝ and φ the gradient of the
 estimator's second moment Σ_j ĝ_j² ([2], eq. 9), because the loss is the surrogate
 
-    L = −ELBO + ⟨θ, −sg(ĝ)⟩ − sg(·) + Σ_j ĝ_j(φ)² − sg(·),
+    L = −ELBO − (S(θ, sg(φ)) − sg(·)) + ⟨φ, sg(∇_φ Σ_j ĝ_j(φ)²)⟩ − sg(·),
 
-where ĝ(φ) is computed inside the loss as a gradient with θ held fixed (``sg``: stop-gradient).
+with S the particles' surrogate (∇_θ S = ĝ) and ĝ(φ) = ∇_θ S computed inside the loss
+(``sg``: stop-gradient). S stays differentiable in everything the programs depend on, so a
+parameter that reaches model or guide through their arguments or a closure (``jax.grad`` of
+``elbo.loss``, NumPyro's gradient tests) gets the estimate ĝ too; φ minimizes the variance of
+the gradient with respect to the parameters in ``param_map`` (those SVI trains).
 
 Coordinate-wise control variates (``coordinatewise=True``, the default), as on the Pyro
 backend: a site element with D > 1 decisions (event dims of a Bernoulli, several one-hot
@@ -116,6 +120,11 @@ class REBAR_ELBO(ParticleELBO):
     :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
         enumeration here).
     :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
+    :raises ValueError: at ``SVI.init`` (``init_state``), naming the site, for a
+        non-reparameterized guide site that is not a Bernoulli, Categorical or
+        OneHotCategorical (a Poisson, a continuous site without ``rsample``: use
+        :class:`~numpyro_backend.infer.ScoreFunction_ELBO`), for a Categorical with event
+        dims (``to_event``: declare those dims with plates), and for bad per-site options.
     """
 
     _estimator = "REBAR_ELBO"
@@ -229,7 +238,7 @@ class REBAR_ELBO(ParticleELBO):
         return masks if kind == "bernoulli" else masks[..., None]
 
     def _site_terms(self, particle, name, cv, temperatures, mask):
-        """log q of the decisions in ``mask`` (all if None), the score weight R − c(z̃) (no
+        """log q of the decisions in ``mask`` (all if None), the score weight f − c(z̃) (no
         θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃), for one control variate."""
         record = particle.records[name]
         kind, z, z_tilde, logits = record["kind"], record["z"], record["z_tilde"], record["logits"]
@@ -271,7 +280,7 @@ class REBAR_ELBO(ParticleELBO):
 
     def _particle(self, rng_key, theta, phi, model, guide, args, kwargs, settings) -> dict:
         """One particle: its ELBO (pathwise gradient) and, per discrete site (per decision
-        when coordinate-wise), log q(b), the score weight R − c(z̃) and Σ c(z) − c(z̃)."""
+        when coordinate-wise), log q(b), the score weight f − c(z̃) and Σ c(z) − c(z̃)."""
         particle = Particle(rng_key, theta, model, guide, args, kwargs, draw_with_noise=True)
         check_relaxable(particle.guide_trace, self._estimator)
         cv = {
@@ -314,7 +323,7 @@ class REBAR_ELBO(ParticleELBO):
             for name, site in out["sites"].items():
                 residual = site["residual"]
                 if num > 1 and settings[name]["baseline"] == "loo":
-                    # β: the other particles' mean R − c(z̃); independent of this particle's
+                    # β: the other particles' mean f − c(z̃); independent of this particle's
                     # draw (unbiased) and a function of φ (∇_φ Σ ĝ² sees it follow φ)
                     residual = residual - leave_one_out_mean(residual)
                 surrogate = (
@@ -364,7 +373,8 @@ class RELAX_ELBO(REBAR_ELBO):
         of j]: event_size = k + 2·size + D for k logits per decision — as on Pyro.
     :param int hidden_dim: hidden units of the default network.
 
-    The other arguments are :class:`REBAR_ELBO`'s.
+    The other arguments (``coordinatewise`` included) and the refused sites are
+    :class:`REBAR_ELBO`'s.
     """
 
     _estimator = "RELAX_ELBO"

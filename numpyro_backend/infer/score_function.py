@@ -57,21 +57,22 @@ def _check_decay(decay, where: str = "baseline_decay") -> None:
 class ScoreFunction_ELBO(ParticleELBO):
     r"""ELBO whose non-reparameterized guide sites get the score-function estimator.
 
-    For a guide site with value b ~ q(b | η) and plate-aware downstream reward R (the
-    log p − log q terms b can influence), the gradient estimate is (R − baseline)·∇ log q(b);
+    For a guide site with value b ~ q(b | η) and plate-aware downstream cost f (the
+    log p − log q terms b can influence; the learning signal, "cost" as in ``particles.py``),
+    the gradient estimate is (f − baseline)·∇ log q(b);
     reparameterized sites get the pathwise gradient. The loss value is the usual −ELBO.
     Baselines:
 
-    - ``"optimal"``: per logit coordinate j, b*_j = E[R s_j²] / E[s_j²] with
+    - ``"optimal"``: per logit coordinate j, b*_j = E[f s_j²] / E[s_j²] with
       s = ∇_η log q(b | η) and η the site's logits ([2], eq. 5.4 for one coordinate); the
-      coordinate-wise estimate (R − b*_j) s_j is chained into upstream parameters by
+      coordinate-wise estimate (f − b*_j) s_j is chained into upstream parameters by
       backprop. With ``num_particles >= 2`` the moments come from the *other* particles
-      (leave-one-out: unbiased); with one particle from running averages of R s² and s²
+      (leave-one-out: unbiased); with one particle from running averages of f s² and s²
       over previous steps (mutable state ``reparam_ext.<site>.baseline_fs2`` /
       ``.baseline_s2``). Sites without logits (e.g. Poisson) fall back to ``"loo"`` (K ≥ 2)
       or ``"decaying_avg"`` (K = 1).
-    - ``"loo"``: the mean reward of the other particles ([3]); needs ``num_particles >= 2``.
-    - ``"decaying_avg"``: an exponential moving average of previous rewards, per element, as
+    - ``"loo"``: the mean cost of the other particles ([3]); needs ``num_particles >= 2``.
+    - ``"decaying_avg"``: an exponential moving average of previous costs, per element, as
       Pyro's ``use_decaying_avg_baseline`` (mutable state ``reparam_ext.<site>.baseline_avg``).
     - ``"none"``: plain REINFORCE with downstream credit.
 
@@ -88,6 +89,9 @@ class ScoreFunction_ELBO(ParticleELBO):
     :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
         enumeration here).
     :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
+    :raises ValueError: at construction for a bad ``baseline`` / ``baseline_decay`` or
+        ``baseline="loo"`` with one particle; at ``SVI.init`` (``init_state``), naming the
+        site, for bad per-site options. Every non-reparameterized guide site is accepted.
     """
 
     def __init__(
@@ -151,16 +155,16 @@ class ScoreFunction_ELBO(ParticleELBO):
         particle = Particle(rng_key, params, model, guide, args, kwargs)
         sites = {}
         for name in particle.nonreparam:
-            reward = particle.downstream_cost(name)
-            site = {"reward": reward, "log_prob": particle.log_prob(name)}
+            cost = particle.downstream_cost(name)
+            site = {"cost": cost, "log_prob": particle.log_prob(name)}
             baseline, _, kind = plan[name]
             if baseline == "optimal":
                 guide_site = particle.guide_trace[name]
                 logits = site_logits(guide_site["fn"], kind)
                 score = score_wrt_logits(kind, lax.stop_gradient(logits), guide_site["value"])
-                extra = logits.ndim - reward.ndim
+                extra = logits.ndim - cost.ndim
                 site.update(logits=logits, score=score)
-                site["reward"] = reward.reshape(reward.shape + (1,) * extra)
+                site["cost"] = cost.reshape(cost.shape + (1,) * extra)
             sites[name] = site
         return {"elbo": particle.elbo(), "sites": sites, "mutable": particle.mutable_state()}
 
@@ -178,7 +182,7 @@ class ScoreFunction_ELBO(ParticleELBO):
             names = self._state_names(name, baseline)
             site = shapes["sites"][name]
             if baseline == "decaying_avg":
-                mutable[names[0]] = jnp.zeros(site["reward"].shape, site["reward"].dtype)
+                mutable[names[0]] = jnp.zeros(site["cost"].shape, site["cost"].dtype)
             elif names:
                 for n in names:
                     mutable[n] = jnp.zeros(site["score"].shape, site["score"].dtype)
@@ -197,10 +201,10 @@ class ScoreFunction_ELBO(ParticleELBO):
             baseline, decay, _ = plan[name]
             names = self._state_names(name, baseline)
             self._require(state, names)
-            reward = site["reward"]
+            cost = site["cost"]
             if baseline == "optimal":
                 score = site["score"]
-                fs2, s2 = reward * score * score, score * score
+                fs2, s2 = cost * score * score, score * score
                 if num > 1:  # leave-one-out moments from the other particles
                     b = safe_ratio(fs2.sum(0) - fs2, s2.sum(0) - s2)
                 else:  # running moments of previous steps
@@ -208,17 +212,17 @@ class ScoreFunction_ELBO(ParticleELBO):
                     b = safe_ratio(old_fs2, old_s2)
                     new_state[names[0]] = decay * old_fs2 + (1 - decay) * fs2.mean(0)
                     new_state[names[1]] = decay * old_s2 + (1 - decay) * s2.mean(0)
-                # gradient w.r.t. the logits is (R − b*_j) s_j; backprop chains it upstream
-                weight = lax.stop_gradient((reward - b) * score)
+                # gradient w.r.t. the logits is (f − b*_j) s_j; backprop chains it upstream
+                weight = lax.stop_gradient((cost - b) * score)
                 surrogate = surrogate + jnp.sum(site["logits"] * weight) / num
                 continue
             if baseline == "loo":
-                reward = reward - leave_one_out_mean(reward)
+                cost = cost - leave_one_out_mean(cost)
             elif baseline == "decaying_avg":
                 old = state[names[0]]
-                new_state[names[0]] = decay * old + (1 - decay) * reward.mean(0)
-                reward = reward - old
-            surrogate = surrogate + jnp.sum(site["log_prob"] * lax.stop_gradient(reward)) / num
+                new_state[names[0]] = decay * old + (1 - decay) * cost.mean(0)
+                cost = cost - old
+            surrogate = surrogate + jnp.sum(site["log_prob"] * lax.stop_gradient(cost)) / num
         elbo = jnp.mean(out["elbo"])
         surrogate = jnp.asarray(surrogate, elbo.dtype)
         loss = -(elbo + surrogate - lax.stop_gradient(surrogate))
