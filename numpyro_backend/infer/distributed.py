@@ -31,6 +31,8 @@ only cross-element reductions are sums and the particle-axis means).
 from __future__ import annotations
 
 import math
+import socket
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -55,7 +57,9 @@ def initialize(
 ) -> None:
     """Join the other processes: ``jax.distributed.initialize`` (call before any JAX work).
 
-    :param str coordinator_address: ``host:port`` of process 0's coordination service.
+    :param str coordinator_address: ``host:port`` of process 0's coordination service; the
+        next port (``port + 1``) serves a first meeting that checks every process arrives
+        with the same ``num_processes`` and its own ``process_id``.
     :param int num_processes: number of processes.
     :param int process_id: this process's index, in ``[0, num_processes)``.
     :param float timeout: seconds to wait for every process to connect before raising,
@@ -70,19 +74,77 @@ def initialize(
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    where = f"process {process_id} of {num_processes} at {coordinator_address}"
     try:
+        if num_processes > 1:
+            _rendezvous(host, int(port) + 1, num_processes, process_id, timeout)
         jax.distributed.initialize(
             coordinator_address,
             num_processes=num_processes,
             process_id=process_id,
             initialization_timeout=max(1, math.ceil(timeout)),
         )
-    except Exception as error:  # e.g. a process never arrives: one line instead of a hang
+    except Exception as error:  # one line instead of a hang or a stack trace
         message = " ".join(str(error).split())[:300]
-        raise RuntimeError(
-            f"process {process_id} of {num_processes} could not join at {coordinator_address} "
-            f"(timeout {timeout} s): {message}"
-        ) from None
+        raise RuntimeError(f"{where} could not join (timeout {timeout} s): {message}") from None
+
+
+def _rendezvous(host: str, port: int, num_processes: int, process_id: int, timeout: float):
+    """Meet every process on a plain TCP socket (``port``: the coordinator's port + 1) first.
+
+    JAX's coordination service ends a process with a fatal error and a C++ stack trace when
+    another never arrives; meeting here first turns that into an exception within ``timeout``
+    and also catches processes started with different ``num_processes`` or the same id.
+    """
+    deadline = time.monotonic() + timeout
+    if process_id == 0:
+        return _host_rendezvous(host, port, num_processes, deadline)
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=1.0)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("process 0 was not reachable") from None
+            time.sleep(0.05)
+    with conn:
+        conn.settimeout(max(deadline - time.monotonic(), 0.0) + 5.0)  # process 0 answers first
+        conn.sendall(f"{num_processes} {process_id}\n".encode())
+        with conn.makefile() as stream:
+            reply = stream.readline().strip()
+    if reply != "ok":
+        raise ValueError(reply or "process 0 closed the connection")
+
+
+def _host_rendezvous(host: str, port: int, num_processes: int, deadline: float) -> None:
+    """Process 0: wait for the others, check what they were started with, answer each."""
+    with socket.create_server((host, port)) as server:
+        peers, seen, problem = [], {0}, None
+        try:
+            while len(peers) < num_processes - 1:
+                server.settimeout(max(deadline - time.monotonic(), 1e-3))
+                conn, _ = server.accept()
+                peers.append(conn)
+                conn.settimeout(max(deadline - time.monotonic(), 1e-3))
+                with conn.makefile() as stream:
+                    count, peer_id = map(int, stream.readline().split())
+                if count != num_processes or peer_id in seen:
+                    problem = (
+                        f"a process started with num_processes={count}, process_id={peer_id} "
+                        f"(process 0: num_processes={num_processes}; ids must be distinct)"
+                    )
+                    break
+                seen.add(peer_id)
+        except TimeoutError:
+            problem = f"{len(seen)} of {num_processes} processes arrived"
+        for conn in peers:  # every connected peer learns the outcome
+            with conn:
+                try:
+                    conn.sendall(f"{problem or 'ok'}\n".encode())
+                except OSError:
+                    pass
+    if problem:
+        raise ValueError(problem)
 
 
 def data_mesh(devices: Sequence | None = None, *, axis_name: str = "data") -> Mesh:

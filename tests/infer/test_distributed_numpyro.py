@@ -322,6 +322,37 @@ def test_shard_batch_checks_its_arguments():
         distributed.data_mesh([])
 
 
+def test_launch_errors_are_one_line_and_do_not_hang():
+    # Both fail in the Python rendezvous that precedes jax.distributed.initialize (which
+    # would abort the process with a C++ stack trace), so they are safe in the test process.
+    import threading
+
+    from numpyro_backend.infer import distributed
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeError, match="1 of 2 processes arrived") as info:
+        distributed.initialize(address, num_processes=2, process_id=0, timeout=0.5)
+    assert "\n" not in str(info.value)
+
+    errors = {}
+
+    def join(num_processes, process_id):
+        try:
+            distributed.initialize(
+                address, num_processes=num_processes, process_id=process_id, timeout=10
+            )
+        except RuntimeError as error:
+            errors[process_id] = str(error)
+
+    threads = [threading.Thread(target=join, args=args) for args in ((2, 0), (3, 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(errors) == [0, 1]
+    assert all("num_processes=3" in message for message in errors.values())
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
     if mode == "mesh":
