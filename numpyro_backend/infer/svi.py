@@ -29,12 +29,14 @@ def is_static_argument(leaf) -> bool:
     """Whether a leaf of a program's arguments is compiled in as a constant.
 
     The one rule of this package wherever it compiles a step for given arguments (the pyroapi
-    alias's ``SVI.step``, :func:`~numpyro_backend.infer.gradient_variance`): arrays and Python
-    floats are data and stay traced (a new value does not recompile); everything else —
-    ints, bools, strings, None, callables — is a size, flag or name that programs use in
-    Python control flow (``plate`` sizes, ``range``), so it is a constant.
+    alias's ``SVI.step``, :func:`~numpyro_backend.infer.gradient_variance`): arrays and
+    floats (Python or NumPy scalars) are data and stay traced (a new value does not
+    recompile); everything else — ints, bools (also NumPy's), strings, None, callables — is
+    a size, flag or name that programs use in Python control flow (``plate`` sizes,
+    ``range``), so it is a constant.
     """
-    return not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex))
+    data = (jax.Array, np.ndarray, float, complex, np.floating, np.complexfloating)
+    return not isinstance(leaf, data)
 
 
 def _hashable(leaf):

@@ -9,11 +9,13 @@ The pyroapi alias's stock ELBOs take Pyro's ELBO arguments and reject the rest t
 
 import inspect
 
+import jax.numpy as jnp
 import numpy as np
 import pyroapi
 import pytest
 
 from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO
+from numpyro_backend.infer.svi import is_static_argument, split_arguments
 from tests.infer.models import EVENT_SITES
 from tests.infer.numpyro_helpers import (
     NUM_SAMPLES,
@@ -126,3 +128,18 @@ def test_relax_joint_form_is_unbiased():
     z, where = z_scores(stats, EVENT_SITES.exact_grads)
     assert z < 5.0, f"|z| = {z:.2f} at {where}"
     assert all(np.all(np.isfinite(s["mean"])) for s in stats["params"].values())
+
+
+def test_one_static_argument_rule_for_svi_steps_and_gradient_variance():
+    constants = [3, True, np.int64(2), "name", None, len]
+    data = [0.5, np.float32(1.0), jnp.ones(2), np.ones(3)]
+    assert all(is_static_argument(x) for x in constants)
+    assert not any(is_static_argument(x) for x in data)
+    args, kwargs = (3, 0.5, jnp.ones(2)), {"size": 4, "names": ["a"], "x": np.ones(3)}
+    key, traced, rebuild = split_arguments(args, kwargs)
+    assert len(traced) == 3
+    rebuilt_args, rebuilt_kwargs = rebuild(traced)
+    assert rebuilt_args[0] == 3 and rebuilt_kwargs["size"] == 4 and rebuilt_kwargs["names"] == ["a"]
+    # new data values: same key (no recompile); a new constant: another key
+    assert split_arguments((3, 0.7, jnp.zeros(2)), kwargs)[0] == key
+    assert split_arguments((5, 0.5, jnp.ones(2)), kwargs)[0] != key
