@@ -1,10 +1,21 @@
-"""Speed of VonMisesFisher and PowerSpherical rsample + backward, relative to a Gaussian.
+"""Speed of VonMisesFisher and PowerSpherical rsample + backward, relative to a Gaussian and to
+the public alternatives, both backends.
 
-For each ambient dimension d ∈ {3, 16, 128, 1024}, one step draws ``--num-samples`` samples,
-evaluates f = Σ aᵀz and back-propagates to the parameters (loc and concentration; for the
-Gaussian, loc and scale of a diagonal Normal with the same event size d). The reported number
-is samples-with-gradients per second and the time ratio to the Gaussian step measured in the
-same run, on both backends (NumPyro steps are ``jax.jit``-compiled ``value_and_grad``).
+For each concentration κ ∈ {10, 50} and ambient dimension d ∈ {3, 16, 128, 1024}, one step draws
+``--num-samples`` samples, evaluates f = Σ aᵀz and back-propagates to the parameters (loc and
+concentration; for the Gaussian, loc and scale of a diagonal Normal with the same event size d).
+Measured in the same run, float32, one torch thread:
+
+* ``Gaussian``: the reference every ratio is taken against (same backend, same process);
+* ``VonMisesFisher``, ``PowerSpherical``: this library;
+* ``power_spherical package``: De Cao & Aziz's ``PowerSpherical`` (PyPI ``power-spherical``,
+  the ``bench`` extra; torch only), with the same step;
+* ``... (before)``: this library at the git revision ``--before`` (default: the last commit
+  before the sphere speed work), extracted with ``git archive`` and timed in a subprocess that
+  also times its own Gaussian, so its ratio is like for like.
+
+s-vae-pytorch (Davidson et al.) is not published on the package index, so it is not run here.
+NumPyro steps are ``jax.jit``-compiled ``value_and_grad``.
 
 Run: ``python benchmarks/sphere.py`` (``--quick`` for a smoke test). Writes
 ``benchmarks/results/sphere.md`` and ``.json``.
@@ -13,23 +24,34 @@ Run: ``python benchmarks/sphere.py`` (``--quick`` for a smoke test). Writes
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import numpyro.distributions as ndist
-import torch
+ROOT = Path(__file__).resolve().parent.parent
+# --library-root: import the library from another tree (the "before" subprocess)
+_LIBRARY_ROOT = os.environ.get("SPHERE_BENCH_LIBRARY_ROOT")
+sys.path.insert(0, str(ROOT))
+if _LIBRARY_ROOT:
+    sys.path.insert(0, _LIBRARY_ROOT)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro.distributions as ndist  # noqa: E402
+import torch  # noqa: E402
 
 import numpyro_backend as npb  # noqa: E402
 import pyro_reparam_ext as prx  # noqa: E402
 from benchmarks.common import median_time, write_results  # noqa: E402
 
 DIMS = [3, 16, 128, 1024]
-CONCENTRATION = 50.0
+CONCENTRATIONS = [10.0, 50.0]
+#: the last commit before the sphere speed work (issue 15)
+BEFORE_REVISION = "9211e53"
 
 
 def _unit(dim, seed):
@@ -37,12 +59,20 @@ def _unit(dim, seed):
     return v / np.linalg.norm(v)
 
 
-def torch_steps(dim, num_samples):
+def _power_spherical_package():
+    try:
+        import power_spherical
+    except ImportError:
+        return None
+    return power_spherical.PowerSpherical
+
+
+def torch_steps(dim, kappa_value, num_samples, ours_only):
     """Closures doing one rsample + backward for each family (float32, the training dtype)."""
     dtype = torch.float32
     a = torch.tensor(_unit(dim, 1), dtype=dtype)
     raw_loc = torch.tensor(_unit(dim, 0), dtype=dtype, requires_grad=True)
-    kappa = torch.tensor(CONCENTRATION, dtype=dtype, requires_grad=True)
+    kappa = torch.tensor(kappa_value, dtype=dtype, requires_grad=True)
     normal_loc = torch.zeros(dim, dtype=dtype, requires_grad=True)
     normal_scale = torch.ones(dim, dtype=dtype, requires_grad=True)
 
@@ -58,18 +88,22 @@ def torch_steps(dim, num_samples):
 
         return step
 
-    return {
+    steps = {
         "Gaussian": gaussian,
         "VonMisesFisher": sphere(prx.VonMisesFisher),
         "PowerSpherical": sphere(prx.PowerSpherical),
     }
+    package = _power_spherical_package()
+    if package is not None and not ours_only:
+        steps["power_spherical package"] = sphere(package)
+    return steps
 
 
-def jax_steps(dim, num_samples):
+def jax_steps(dim, kappa_value, num_samples, ours_only):
     dtype = jnp.float32
     a = jnp.asarray(_unit(dim, 1), dtype=dtype)
     raw_loc = jnp.asarray(_unit(dim, 0), dtype=dtype)
-    kappa = jnp.asarray(CONCENTRATION, dtype=dtype)
+    kappa = jnp.asarray(kappa_value, dtype=dtype)
     key = jax.random.PRNGKey(0)
 
     def gaussian_loss(params, key):
@@ -99,6 +133,48 @@ def jax_steps(dim, num_samples):
     }
 
 
+def measure(dims, kappas, num_samples, repeats, warmup, ours_only, suffix=""):
+    """Rows for every backend, κ, d and family; ``suffix`` tags the family names."""
+    rows = []
+    for backend, make_steps in [("pyro", torch_steps), ("numpyro", jax_steps)]:
+        for kappa in kappas:
+            for dim in dims:
+                steps = make_steps(dim, kappa, num_samples, ours_only)
+                seconds = {name: median_time(fn, repeats, warmup) for name, fn in steps.items()}
+                for name, value in seconds.items():
+                    rows.append(
+                        {
+                            "backend": backend,
+                            "kappa": kappa,
+                            "d": dim,
+                            "distribution": name + suffix,
+                            "ms per step": 1e3 * value,
+                            "time / Gaussian": value / seconds["Gaussian"],
+                        }
+                    )
+                print(rows[-len(seconds) :], flush=True)
+    return rows
+
+
+def measure_before(revision, args):
+    """Rows of this library at ``revision``, timed in a subprocess (``git archive``)."""
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(
+            ["git", "archive", revision, "pyro_reparam_ext", "numpyro_backend"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        out = Path(tree) / "rows.json"
+        command = [sys.executable, __file__, "--ours-only", "--rows-out", str(out)]
+        command += ["--num-samples", str(args.num_samples), "--threads", str(args.threads)]
+        command += ["--quick"] if args.quick else []
+        env = dict(os.environ, SPHERE_BENCH_LIBRARY_ROOT=tree)
+        subprocess.run(command, cwd=ROOT, env=env, check=True)
+        return json.loads(out.read_text())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: few repeats")
@@ -106,38 +182,50 @@ def main(argv=None):
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
     )
+    parser.add_argument(
+        "--before", default=BEFORE_REVISION, help="git revision to compare with ('' to skip)"
+    )
+    parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats, warmup = (3, 1) if args.quick else (15, 3)
     num_samples = 64 if args.quick else args.num_samples
     dims = DIMS[:2] if args.quick else DIMS
-    rows = []
-    for backend, make_steps in [("pyro", torch_steps), ("numpyro", jax_steps)]:
-        for dim in dims:
-            steps = make_steps(dim, num_samples)
-            seconds = {name: median_time(fn, repeats, warmup) for name, fn in steps.items()}
-            for name in ["VonMisesFisher", "PowerSpherical", "Gaussian"]:
-                rows.append(
-                    {
-                        "backend": backend,
-                        "d": dim,
-                        "distribution": name,
-                        "ms per step": 1e3 * seconds[name],
-                        "samples+grad / s": num_samples / seconds[name],
-                        "time / Gaussian": seconds[name] / seconds["Gaussian"],
-                    }
-                )
-            print(rows[-3:-1], flush=True)
+    kappas = CONCENTRATIONS[:1] if args.quick else CONCENTRATIONS
+    if args.rows_out:  # the "before" subprocess
+        rows = measure(dims, kappas, num_samples, repeats, warmup, True, " (before)")
+        Path(args.rows_out).write_text(
+            json.dumps([r for r in rows if "Gaussian" not in r["distribution"]])
+        )
+        return
+    rows = measure(dims, kappas, num_samples, repeats, warmup, args.ours_only)
+    if args.before:
+        rows += measure_before(args.before, args)
+    order = [
+        "VonMisesFisher",
+        "VonMisesFisher (before)",
+        "PowerSpherical",
+        "PowerSpherical (before)",
+        "power_spherical package",
+        "Gaussian",
+    ]
+    rows.sort(
+        key=lambda r: (r["backend"] != "pyro", r["kappa"], r["d"], order.index(r["distribution"]))
+    )
     notes = (
         f"One step = rsample of {num_samples} samples + backward of Σ aᵀz to all parameters "
-        f"(κ = {CONCENTRATION}, float32, CPU, torch threads = {torch.get_num_threads()}). "
-        "Target from the issue: VonMisesFisher within 5× of the Gaussian."
+        f"(float32, CPU, torch threads = {torch.get_num_threads()}); medians of {repeats}. "
+        f"'(before)': this library at git revision {args.before}, timed in a subprocess "
+        "against its own Gaussian. 'power_spherical package': PyPI power-spherical "
+        "(De Cao & Aziz; torch only). Targets (issue 15): VonMisesFisher ≤ 5× and "
+        "PowerSpherical ≤ 3× the Gaussian, PowerSpherical no slower than the package."
     )
     path = write_results(
-        "sphere",
+        "sphere" + ("_quick" if args.quick else ""),
         "Sphere distributions: rsample + backward speed relative to a Gaussian",
         rows,
-        ["backend", "d", "distribution", "ms per step", "samples+grad / s", "time / Gaussian"],
+        ["backend", "kappa", "d", "distribution", "ms per step", "time / Gaussian"],
         notes,
     )
     print(path.read_text())

@@ -110,3 +110,14 @@ def test_broadcasting_dtype_and_scalar_order():
     batched = jax.vmap(lambda xi: jops.bessel_iv_ratio(255.0, xi))(jnp.array([1.0, 1e3]))
     direct = jops.bessel_iv_ratio(255.0, jnp.array([1.0, 1e3]))
     np.testing.assert_allclose(batched, direct, rtol=1e-14)
+
+
+def test_python_float_order_skips_regimes_without_changing_values():
+    """A Python-number order selects the regimes on the host (Debye alone for v ≥ 10, series
+    and Hankel alone below): the values must equal those of a tensor order, which evaluates
+    every regime and picks per element, at the regime boundaries too."""
+    x = torch.tensor([0.0, 1e-6, 0.5, 49.9, 50.1, 1e3, 1e5], dtype=torch.float64)
+    for v in [0.0, 0.5, 7.0, 9.99, 10.0, 255.0]:
+        vt = torch.tensor(v, dtype=torch.float64)
+        for fn in (tops.log_bessel_iv, tops.bessel_iv_ratio):
+            np.testing.assert_array_equal(fn(v, x).numpy(), fn(vt, x).numpy())

@@ -398,3 +398,135 @@ def test_float32_mean_resultant_length(backend):
             assert z.dtype == jnp.float32
             w = np.asarray((z * loc).sum(-1), dtype=np.float64)
         _assert_mean(w.reshape(-1, 1), mean_resultant_length(dim, 2.0), f"float32 d={dim}")
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_implicit_derivative_float32_matches_mpmath(backend):
+    """The same mpmath references in float32 (what a network-fed guide differentiates).
+    Tolerance: the rule's own error is ≤ 1e-7; float32 adds the rounding of its inputs,
+    relative 2⁻²⁴ in t (amplified ~1/(2 − t) near the antipode, so rows with t > 1.9 are
+    left to float64) and 2⁻²⁴/(1 − A) in 1 − A_d(κ) (the score's offset), times a
+    conditioning of the integral measured ≤ 10 (float64 perturbation of t and A); and the
+    exponent L(φ) − L(θ) is the sum of two terms that each reach ~sqrt(45·d) (over the rule's
+    window of 45 log-units) while their sum stays O(1), so it carries an absolute rounding
+    error ~2⁻²⁴·sqrt(45·d): rtol = 10·2⁻²⁴·(1 + 1/(1 − A) + sqrt(45·d)) + 1e-6 per row."""
+    ref = _marginal_reference()
+    eps = 2.0**-24
+    for dim in np.unique(ref["d"]).astype(int):
+        rows = (ref["d"] == dim) & (ref["t"] <= 1.9)
+        t, kappa, expected = ref["t"][rows], ref["kappa"][rows], ref["dt"][rows]
+        # 1 − A_d(κ) only sets the tolerance: the elementary approximation
+        # A ≈ κ/(ν + ½ + sqrt((ν + 3/2)² + κ²)), ν = d/2 − 1, gives 1 − A within 13% on this
+        # grid (measured); halving it keeps the bound conservative
+        nu = dim / 2 - 1
+        one_minus_a = (1 - kappa / (nu + 0.5 + np.sqrt((nu + 1.5) ** 2 + kappa**2))) / 2
+        if backend == "pyro":
+            got = vmf_dt_torch(
+                torch.tensor(t, dtype=torch.float32),
+                torch.tensor(kappa, dtype=torch.float32),
+                int(dim),
+            )
+            assert got.dtype == torch.float32
+            got = got.double().numpy()
+        else:
+            got = vmf_dt_jax(jnp.asarray(t, jnp.float32), jnp.asarray(kappa, jnp.float32), int(dim))
+            assert got.dtype == jnp.float32
+            got = np.asarray(got, dtype=np.float64)
+        rtol = 10 * eps * (1 + 1 / one_minus_a + math.sqrt(45 * dim)) + 1e-6
+        error = np.abs(got / expected - 1)
+        assert np.all(error <= rtol), (dim, error.max(), kappa[np.argmax(error / rtol)])
+
+
+def test_num_proposals_bounds_the_shortfall_exactly():
+    """The Wood proposal pool holds n accepted draws except with probability ≤ 1e-23 at
+    the minimum acceptance rate: checked with the exact Binomial tail (scipy), and the pool
+    is not wastefully large (within 10% + 10 of the exact minimum)."""
+    from numpyro_backend.ops.sphere import _num_proposals as jax_num_proposals
+    from pyro_reparam_ext.ops.sphere import _MIN_ACCEPTANCE, _num_proposals
+
+    for n in [1, 2, 7, 64, 1024]:
+        m = _num_proposals(n)
+        assert m == jax_num_proposals(n)
+        assert stats.binom.logcdf(n - 1, m, _MIN_ACCEPTANCE) <= -23 * math.log(10)
+        smallest = next(
+            k
+            for k in range(n, m + 1)
+            if stats.binom.logcdf(n - 1, k, _MIN_ACCEPTANCE) <= -23 * math.log(10)
+        )
+        assert m <= 1.1 * smallest + 10
+
+
+class _HostSyncRecorder(torch.overrides.TorchFunctionMode):
+    """Records tensor → host conversions (bool(), item(), tolist(), int()/float()) and boolean-
+    mask indexing (a nonzero() whose size the host must know): each is a device-to-host
+    synchronization on an accelerator."""
+
+    SYNCING = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.seen = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        self.seen.add(name)
+        masked = name in ("__getitem__", "__setitem__") and any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in args[1:2]
+        )
+        if name in self.SYNCING or masked:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dist_name", ["VonMisesFisher", "PowerSpherical"])
+@pytest.mark.parametrize("dim", [3, 16])
+def test_torch_rsample_and_backward_never_synchronize(dist_name, dim):
+    """No host synchronization in rsample or in the κ-gradient rule the backward pass runs
+    (issue 15): the recorder sees the rule's own ops, and no syncing call at all."""
+    loc = torch.nn.functional.normalize(torch.randn(dim, dtype=torch.float64), dim=-1)
+    loc.requires_grad_(True)
+    kappa = torch.tensor([10.0, 50.0], dtype=torch.float64, requires_grad=True)
+    dist = getattr(prx, dist_name)(loc, kappa, validate_args=False)
+    sampling, gradient = _HostSyncRecorder(), _HostSyncRecorder()
+    with sampling:
+        z = dist.rsample((32,))
+    # autograd runs a Function's backward outside the mode: record the κ rule it calls directly
+    with gradient:
+        vmf_dt_torch(1 - (z.detach() @ loc.detach()).clamp(-1, 1), kappa.detach(), dim)
+    assert sampling.calls == [] and gradient.calls == []
+    assert {"sin", "log1p", "exp"} <= gradient.seen
+    z.sum().backward()
+    assert torch.isfinite(kappa.grad).all() and torch.isfinite(loc.grad).all()
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("dist_name", ["VonMisesFisher", "PowerSpherical"])
+def test_validation_catches_bad_parameters_on_both_backends(backend, dist_name):
+    """Issue 12 item 6: with NumPyro's validation enabled (Pyro: validate_args=True), κ < 0
+    and a non-unit loc raise a ValueError naming the argument; loc and concentration whose
+    shapes do not broadcast raise a ValueError naming both (always, validation or not)."""
+    import numpyro
+
+    if backend == "pyro":
+        cls = getattr(prx, dist_name)
+
+        def make(loc, kappa, validate):
+            return cls(torch.tensor(loc), torch.tensor(kappa), validate_args=validate)
+
+    else:
+        cls = getattr(npb, dist_name)
+
+        def make(loc, kappa, validate):
+            with numpyro.validation_enabled(validate):
+                return cls(jnp.asarray(loc), jnp.asarray(kappa))
+
+    unit = np.array([0.0, 0.6, 0.8])
+    with pytest.raises(ValueError, match="concentration"):
+        make(unit, -1.0, True)
+    with pytest.raises(ValueError, match="loc"):
+        make(2 * unit, 1.0, True)
+    for validate in (True, False):
+        with pytest.raises(ValueError, match=r"loc \(shape.*concentration \(shape"):
+            make(np.tile(unit, (3, 1)), np.ones(2), validate)
+    make(unit, 0.0, True)  # the boundary κ = 0 is valid

@@ -12,23 +12,29 @@ from jax.scipy.special import digamma, gammaln
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.util import is_prng_key, validate_sample
 
-from numpyro_backend.distributions.von_mises_fisher import SphereLocConcentration, _embed
-from numpyro_backend.ops.sphere import householder_rotate, uniform_tangent
+from numpyro_backend.distributions.von_mises_fisher import SphereLocConcentration
+from numpyro_backend.ops.sphere import householder_rotate
 
 __all__ = ["PowerSpherical"]
 
 
 @partial(jax.jit, static_argnames=("sample_shape",))
 def _sample_power_spherical(key, loc, concentration, sample_shape):
-    key_s, key_tangent = random.split(key)
+    """s = (1 − μᵀz)/2 ~ Beta(β, α) as G_β/(G_β + G_α): with v ~ N(0, I_{d−1}), |v|²/2 is the
+    Gamma(β = (d−1)/2) draw and v/|v| the uniform tangent, independent of each other, so one
+    Gaussian vector gives both; only G_α depends on κ (reparameterized by JAX)."""
+    key_gamma, key_normal = random.split(key)
     dim = loc.shape[-1]
     shape = sample_shape + jnp.shape(concentration)
-    beta = (dim - 1) / 2
-    s = random.beta(
-        key_s, jnp.full_like(concentration, beta), concentration + beta, shape, dtype=loc.dtype
-    )
-    tangent = uniform_tangent(key_tangent, shape, dim - 1, dtype=loc.dtype)
-    z = householder_rotate(loc, _embed(2 * s, tangent))
+    alpha = concentration + (dim - 1) / 2
+    v = random.normal(key_normal, shape + (dim - 1,), dtype=loc.dtype)
+    gamma_beta = (v * v).sum(-1) / 2
+    gamma_alpha = random.gamma(key_gamma, alpha, shape, dtype=loc.dtype)
+    total = gamma_beta + gamma_alpha
+    # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
+    first = ((gamma_alpha - gamma_beta) / total)[..., None]
+    rest = (jnp.sqrt(2 * gamma_alpha) / total)[..., None] * v
+    z = householder_rotate(loc, jnp.concatenate([first, rest], axis=-1))
     return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
@@ -41,9 +47,10 @@ class PowerSpherical(SphereLocConcentration):
 
     A vMF-like family without Bessel functions and without rejection: (1 + μᵀz)/2 ~ Beta(α, β)
     [1, §3.2], the tangent direction is uniform, and a Householder reflection maps e₁ to μ.
-    ``sample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is drawn with
-    ``jax.random.beta`` (differentiable in its parameters through JAX's implicit Gamma
-    gradients); drawing s rather than 1 − s keeps t = 1 − μᵀz = 2s precise when κ is large.
+    ``sample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is G_β/(G_β + G_α)
+    with G_β = |v|²/2 from the same Gaussian vector v whose direction is the tangent part, and
+    G_α drawn by ``jax.random.gamma`` (differentiable through JAX's implicit Gamma gradients;
+    one Gamma per sample instead of a Beta's two).
 
     Example::
 

@@ -36,7 +36,14 @@ def _sphere_params(loc, concentration):
     if loc.ndim < 1 or loc.shape[-1] < 2:
         raise ValueError(f"loc must have shape batch + (d,) with d >= 2, got shape {loc.shape}")
     concentration = jnp.asarray(concentration, dtype=loc.dtype)
-    batch_shape = lax.broadcast_shapes(loc.shape[:-1], jnp.shape(concentration))
+    try:
+        batch_shape = lax.broadcast_shapes(loc.shape[:-1], jnp.shape(concentration))
+    except ValueError:
+        raise ValueError(
+            f"loc (shape {loc.shape}, batch shape {loc.shape[:-1]}) and concentration (shape "
+            f"{jnp.shape(concentration)}) do not broadcast: concentration must be broadcastable "
+            "to loc.shape[:-1]"
+        ) from None
     return (
         jnp.broadcast_to(loc, batch_shape + loc.shape[-1:]),
         jnp.broadcast_to(concentration, batch_shape),
@@ -96,9 +103,9 @@ class VonMisesFisher(SphereLocConcentration):
     How: z = Q(μ)·(w, sqrt(1 − w²)·v) with v uniform on S^{d−2} and Q(μ) a Householder
     reflection sending e₁ to μ [2]; the loc gradient flows through Q. The concentration enters
     only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
-    drawn by Wood's rejection sampler [3] (``lax.while_loop``) and differentiated
+    drawn by Wood's rejection sampler [3] (a fixed pool of proposals) and differentiated
     *implicitly* [4]: dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds
-    computed by a fixed composite Gauss–Legendre rule in the angle arccos w (see
+    computed by a 41-node Gauss–Legendre rule placed per sample in the angle arccos w (see
     :func:`~numpyro_backend.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
     derivative of the sampler's transport map, so no correction term is needed and every
     ELBO gets the right gradient. Differentiating through the accepted proposal instead (as

@@ -115,8 +115,9 @@ def _log_ratio_debye(v, x):
     ds = (2 * v + 1) / (s1 + s0)  # s1 − s0 without cancellation
     return (
         ds
-        + jnp.log(x)
-        - jnp.log(v + 1 + s1)
+        # log x − log(v + 1 + s1) as −log1p((v + 1 + (s1 − x))/x), s1 − x = (v+1)²/(s1 + x):
+        # both logs are ≈ log x, and their difference is the small log ratio itself
+        - jnp.log1p((v + 1 + (v + 1) ** 2 / (s1 + x)) / x)
         - v * jnp.log1p((1 + ds) / (v + s0))
         - 0.5 * jnp.log1p(ds / s0)
         + log_sum1

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration, _embed
-from pyro_reparam_ext.ops.sphere import householder_rotate, uniform_tangent
+from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
+from pyro_reparam_ext.ops.sphere import householder_rotate
 
 __all__ = ["PowerSpherical"]
 
@@ -21,9 +21,10 @@ class PowerSpherical(SphereLocConcentration):
 
     A vMF-like family without Bessel functions and without rejection: (1 + μᵀz)/2 ~ Beta(α, β)
     [1, §3.2], the tangent direction is uniform, and a Householder reflection maps e₁ to μ.
-    ``rsample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is drawn with the
-    backend's reparameterized Beta sampler (drawing s rather than 1 − s keeps t = 1 − μᵀz
-    = 2s precise when κ is large).
+    ``rsample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is G_β/(G_β + G_α)
+    with G_β = |v|²/2 from the same Gaussian vector v whose direction is the tangent part, and
+    G_α a reparameterized Gamma draw (one Gamma per sample instead of a Beta's two; written in
+    G_α, G_β directly, t = 1 − μᵀz stays precise when κ is large).
 
     Example::
 
@@ -45,10 +46,19 @@ class PowerSpherical(SphereLocConcentration):
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        alpha, beta = self._alpha_beta()
-        s = torch.distributions.Beta(torch.full_like(alpha, beta), alpha).rsample(sample_shape)
-        tangent = uniform_tangent(shape[:-1], self.dim - 1, like=self.loc)
-        z = householder_rotate(self.loc, _embed(2 * s, tangent))
+        alpha, _ = self._alpha_beta()
+        # s = (1 − μᵀz)/2 ~ Beta(β, α) as G_β/(G_β + G_α): with v ~ N(0, I_{d−1}), |v|²/2 is
+        # the Gamma(β = (d−1)/2) draw and v/|v| the uniform tangent, independent of each
+        # other, so one Gaussian vector gives both; only G_α depends on κ (reparameterized).
+        v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
+        norm_sq = (v * v).sum(-1)
+        gamma_beta = norm_sq / 2
+        gamma_alpha = torch._standard_gamma(alpha.expand(shape[:-1]))
+        total = gamma_beta + gamma_alpha
+        # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
+        first = ((gamma_alpha - gamma_beta) / total).unsqueeze(-1)
+        rest = (torch.sqrt(2 * gamma_alpha) / total).unsqueeze(-1) * v
+        z = householder_rotate(self.loc, torch.cat([first, rest], dim=-1))
         return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
     def log_normalizer(self) -> torch.Tensor:

@@ -25,6 +25,18 @@ def _embed(t: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
     return torch.cat([(1 - t).unsqueeze(-1), radius.unsqueeze(-1) * tangent], dim=-1)
 
 
+def _batch_shape(loc_shape: tuple, concentration_shape: tuple) -> torch.Size:
+    """Broadcast of loc.shape[:-1] and concentration.shape, or a ValueError naming both."""
+    try:
+        return torch.broadcast_shapes(loc_shape[:-1], concentration_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"loc (shape {loc_shape}, batch shape {loc_shape[:-1]}) and concentration (shape "
+            f"{concentration_shape}) do not broadcast: concentration must be broadcastable "
+            "to loc.shape[:-1]"
+        ) from None
+
+
 class SphereLocConcentration(TorchDistribution):
     """Shared base of the (loc, concentration) families on S^{d−1}: VonMisesFisher and
     PowerSpherical. Holds argument handling, shapes and ``expand``; subclasses add sampling
@@ -44,7 +56,7 @@ class SphereLocConcentration(TorchDistribution):
                 f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
             )
         concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        batch_shape = _batch_shape(tuple(loc.shape), tuple(concentration.shape))
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
@@ -83,8 +95,8 @@ class VonMisesFisher(SphereLocConcentration):
     reflection sending e₁ to μ [2]; the loc gradient flows through Q. The concentration enters
     only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
     drawn by Wood's rejection sampler [3] and differentiated *implicitly* [4]:
-    dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds computed by a fixed
-    composite Gauss–Legendre rule in the angle arccos w (see
+    dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds computed by a
+    41-node Gauss–Legendre rule placed per sample in the angle arccos w (see
     :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
     derivative of the sampler's transport map, so no correction term is needed, the gradient
     is an ordinary backward pass, and it works with every ELBO. Differentiating through the

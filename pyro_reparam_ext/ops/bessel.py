@@ -88,9 +88,21 @@ def _powers(base: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([torch.ones_like(base).unsqueeze(-1), stacked.cumprod(-1)], dim=-1)
 
 
+_DEBYE_TENSORS: dict = {}
+
+
+def _debye_tensor(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`debye_coefficients` as a tensor, built once per dtype and device (building it
+    from the nested tuples costs more than a whole small Bessel evaluation)."""
+    key = (dtype, device)
+    if key not in _DEBYE_TENSORS:
+        _DEBYE_TENSORS[key] = torch.tensor(debye_coefficients(), dtype=dtype, device=device)
+    return _DEBYE_TENSORS[key]
+
+
 def _log_debye_sum(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """log Σ_k U_k(p) / v^k, with p = v / sqrt(v² + x²) ∈ (0, 1]."""
-    coeffs = torch.tensor(debye_coefficients(), dtype=v.dtype, device=v.device)
+    coeffs = _debye_tensor(v.dtype, v.device)
     u_k = _powers(p, coeffs.shape[0]) @ coeffs  # U_k(p) for every k, shape (..., K)
     return torch.log((u_k * _powers(v.reciprocal(), coeffs.shape[1])).sum(-1))
 
@@ -113,8 +125,9 @@ def _log_ratio_debye(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ds = (2 * v + 1) / (s1 + s0)  # s1 − s0 without cancellation
     return (
         ds
-        + torch.log(x)
-        - torch.log(v + 1 + s1)
+        # log x − log(v + 1 + s1) as −log1p((v + 1 + (s1 − x))/x), s1 − x = (v+1)²/(s1 + x):
+        # both logs are ≈ log x, and their difference is the small log ratio itself
+        - torch.log1p((v + 1 + (v + 1) ** 2 / (s1 + x)) / x)
         - v * torch.log1p((1 + ds) / (v + s0))
         - 0.5 * torch.log1p(ds / s0)
         + log_sum1
@@ -162,31 +175,36 @@ def _regimes(v: torch.Tensor, x: torch.Tensor):
     )
 
 
-def _log_iv_forward(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _log_iv_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
+    """``order``: the order as a Python number when it is one, so that the regimes it rules
+    out are not evaluated at all (the order decides Debye vs the others)."""
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
-    result = torch.where(
-        debye,
-        _log_iv_debye(*debye_args),
-        torch.where(hankel, _log_iv_hankel(*hankel_args), _log_iv_series(*series_args)),
-    )
+    if order is not None and order >= DEBYE_MIN_ORDER:
+        result = _log_iv_debye(*debye_args)
+    else:
+        result = torch.where(hankel, _log_iv_hankel(*hankel_args), _log_iv_series(*series_args))
+        if order is None:
+            result = torch.where(debye, _log_iv_debye(*debye_args), result)
     # I_v(0) = 1 for v = 0 and 0 otherwise
     at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, -math.inf))
     return torch.where(x == 0, at_zero, result)
 
 
-def _ratio_forward(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
+    """``order`` as in :func:`_log_iv_forward`."""
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
-    log_ratio_series = _log_iv_series(series_args[0] + 1, series_args[1]) - _log_iv_series(
-        *series_args
-    )
-    log_ratio_hankel = _log_hankel_sum(hankel_args[0] + 1, hankel_args[1]) - _log_hankel_sum(
-        *hankel_args
-    )
-    log_ratio = torch.where(
-        debye,
-        _log_ratio_debye(*debye_args),
-        torch.where(hankel, log_ratio_hankel, log_ratio_series),
-    )
+    if order is not None and order >= DEBYE_MIN_ORDER:
+        log_ratio = _log_ratio_debye(*debye_args)
+    else:
+        log_ratio_series = _log_iv_series(series_args[0] + 1, series_args[1]) - _log_iv_series(
+            *series_args
+        )
+        log_ratio_hankel = _log_hankel_sum(hankel_args[0] + 1, hankel_args[1]) - _log_hankel_sum(
+            *hankel_args
+        )
+        log_ratio = torch.where(hankel, log_ratio_hankel, log_ratio_series)
+        if order is None:
+            log_ratio = torch.where(debye, _log_ratio_debye(*debye_args), log_ratio)
     return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))
 
 
@@ -216,29 +234,30 @@ def _ratio_derivative(v: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor) -> 
 
 class _LogBesselIv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x):
+    def forward(ctx, v, x, order):
         vb, xb = torch.broadcast_tensors(v, x)
         ctx.save_for_backward(vb, xb)
         ctx.x_shape = x.shape
-        return _log_iv_forward(vb, xb)
+        ctx.order = order
+        return _log_iv_forward(vb, xb, order)
 
     @staticmethod
     def backward(ctx, grad):
         v, x = ctx.saved_tensors
         x_safe = torch.where(x == 0, torch.ones_like(x), x)
-        ratio = bessel_iv_ratio(v, x)
+        ratio = _BesselIvRatio.apply(v, x, ctx.order)
         # d/dx log I_v = R_v + v/x; at x = 0 this is +inf for v > 0 and R_0(0) = 0 for v = 0
         dlog = torch.where(
             v == 0, ratio, torch.where(x == 0, torch.full_like(x, math.inf), ratio + v / x_safe)
         )
-        return None, _sum_to_shape(grad * dlog, ctx.x_shape)
+        return None, _sum_to_shape(grad * dlog, ctx.x_shape), None
 
 
 class _BesselIvRatio(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x):
+    def forward(ctx, v, x, order):
         vb, xb = torch.broadcast_tensors(v, x)
-        ratio = _ratio_forward(vb, xb)
+        ratio = _ratio_forward(vb, xb, order)
         ctx.save_for_backward(vb, xb, ratio)
         ctx.x_shape = x.shape
         return ratio
@@ -246,7 +265,7 @@ class _BesselIvRatio(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         v, x, ratio = ctx.saved_tensors
-        return None, _sum_to_shape(grad * _ratio_derivative(v, x, ratio), ctx.x_shape)
+        return None, _sum_to_shape(grad * _ratio_derivative(v, x, ratio), ctx.x_shape), None
 
 
 def log_bessel_iv(v, x) -> torch.Tensor:
@@ -256,8 +275,9 @@ def log_bessel_iv(v, x) -> torch.Tensor:
     :param torch.Tensor x: argument, x ≥ 0; the result has its dtype and device.
     :returns: log I_v(x), with −inf at x = 0 for v > 0.
     """
+    order = float(v) if isinstance(v, (int, float)) else None
     v, x = _broadcast(v, x)
-    return _LogBesselIv.apply(v, x)
+    return _LogBesselIv.apply(v, x, order)
 
 
 def bessel_iv_ratio(v, x) -> torch.Tensor:
@@ -269,5 +289,6 @@ def bessel_iv_ratio(v, x) -> torch.Tensor:
     :param v: order, v ≥ 0 (float or tensor, broadcast against ``x``; not differentiated).
     :param torch.Tensor x: argument, x ≥ 0; the result has its dtype and device.
     """
+    order = float(v) if isinstance(v, (int, float)) else None
     v, x = _broadcast(v, x)
-    return _BesselIvRatio.apply(v, x)
+    return _BesselIvRatio.apply(v, x, order)
