@@ -11,10 +11,13 @@ handled here:
   baseline everywhere (Pyro's own decaying-average baseline drifts apart under Horovod/DDP);
 - **noise**: every rank must draw its own noise while the parameters stay shared.
   :func:`seed_per_rank` seeds torch, numpy and ``random`` from (seed, rank);
-- **REBAR/RELAX** train their control variate through a second, ``create_graph`` gradient
-  inside the loss, which ``DistributedDataParallel`` does not support (pytorch #47562,
-  #63812). :func:`all_reduce_gradients` after ``backward()`` replaces DDP there (and works for
-  every estimator).
+- **REBAR/RELAX** train their control variate with a second, ``create_graph`` gradient,
+  which ``DistributedDataParallel`` does not support in its backward pass (pytorch #47562,
+  #63812). Ours take that gradient inside the loss (``torch.autograd.grad``, which fires none
+  of DDP's hooks) and return a first-order loss, so one ordinary DDP backward suffices (the
+  tests check DDP against the explicit all-reduce). :func:`all_reduce_gradients` after
+  ``backward()`` is the documented replacement for DDP that relies on no such detail, for
+  every estimator.
 
 Classic path (the param store, as Pyro's ``examples/svi_horovod.py``)::
 
@@ -39,7 +42,7 @@ whose buffers hold its running statistics::
         distributed.all_reduce_gradients(loss_fn.parameters())
         optim.step()
 
-For the score-function estimators ``DistributedDataParallel(loss_fn)`` works as well.
+``DistributedDataParallel(loss_fn)`` works as well (it broadcasts rank 0's state when built).
 
 What the average means. Each rank's loss is an unbiased estimate of the full-data −ELBO
 (the plate scales its terms by N / shard size), so the mean of the ranks' gradients is the
