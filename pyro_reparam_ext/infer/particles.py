@@ -20,6 +20,7 @@ once (Pyro issue #531).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pyro
@@ -90,6 +91,9 @@ class DiscreteLatentELBO(ELBO):
             ignore_jit_warnings=ignore_jit_warnings,
         )
 
+    #: whether :meth:`_end_step` is given the trace of the step's ``param`` sites
+    _end_step_needs_params = False
+
     # ---- particles -------------------------------------------------------------------------
 
     @property
@@ -130,14 +134,17 @@ class DiscreteLatentELBO(ELBO):
         loss = 0.0
         surrogate_loss = 0.0
         self._begin_step()
-        with poutine.trace(param_only=True) as param_capture:
+        # the step's param sites, for estimators whose _end_step needs them
+        param_capture = poutine.trace(param_only=True) if self._end_step_needs_params else None
+        with contextlib.nullcontext() if param_capture is None else param_capture:
             for run_model, run_guide in self._particle_runs(model, guide, args, kwargs):
                 loss_run, surrogate_run = self._loss_and_surrogate(
                     run_model, run_guide, args, kwargs
                 )
                 loss = loss + loss_run / self.num_particles
                 surrogate_loss = surrogate_loss + surrogate_run / self.num_particles
-        surrogate_loss = self._end_step(surrogate_loss, param_capture.trace)
+        param_trace = None if param_capture is None else param_capture.trace
+        surrogate_loss = self._end_step(surrogate_loss, param_trace)
         warn_if_nan(loss, "loss")
         if not isinstance(surrogate_loss, torch.Tensor):  # model and guide without sample sites
             return torch.as_tensor(loss, dtype=torch.get_default_dtype())

@@ -697,6 +697,8 @@ class REBAR_ELBO(DiscreteLatentELBO):
         self.learn_eta = learn_eta
         self.coordinatewise = bool(coordinatewise)
 
+    _end_step_needs_params = True  # θ and φ of the variance gradient
+
     # ---- control-variate parameters -------------------------------------------------------
 
     def _scalar(self, name, init: float, learn: bool, like: torch.Tensor) -> torch.Tensor:
