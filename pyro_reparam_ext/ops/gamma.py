@@ -59,10 +59,10 @@ def _series_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dterm = torch.zeros_like(x)  # ∂t_n/∂α
     total, dtotal = term, dterm
     for n in range(1, NUM_SERIES_TERMS + 1):
-        denominator = a + n
-        ratio = x / denominator
+        inverse = torch.reciprocal(a + n)
+        ratio = x * inverse
         # ∂/∂α [t_{n-1} x/(α+n)] = (∂t_{n-1}/∂α - t_{n-1}/(α+n)) · x/(α+n)
-        dterm = (dterm - term / denominator) * ratio
+        dterm = (dterm - term * inverse) * ratio
         term = term * ratio
         total = total + term
         dtotal = dtotal + dterm
@@ -82,22 +82,23 @@ def _continued_fraction_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     h, dh = d, dd
     c = None  # Lentz's C_i (infinite before the first step)
     dc = None
+    # fused forms (addcmul, one reciprocal per quotient): the same recurrences in ~20 instead
+    # of ~29 passes over the array, and no divisions
     for i in range(1, NUM_FRACTION_TERMS + 1):
-        an = -i * (i - a)  # ∂an/∂α = i
+        an = (a - i) * i  # ∂an/∂α = i
         b = b + 2
-        denominator = an * d + b
-        ddenominator = i * d + an * dd - 1
-        d = 1 / denominator
+        ddenominator = an * dd + (i * d - 1)  # ∂/∂α (an·d + b)
+        d = torch.reciprocal(torch.addcmul(b, an, d))
         dd = -ddenominator * d * d
         if c is None:
             c, dc = b, torch.full_like(x, -1.0)
         else:
             # c = b + an/c
-            dc = -1 + i / c - an * dc / (c * c)
-            c = b + an / c
+            inverse_c = torch.reciprocal(c)
+            dc = (i - an * dc * inverse_c) * inverse_c - 1
+            c = torch.addcmul(b, an, inverse_c)
         delta = d * c
-        ddelta = dd * c + d * dc
-        dh = dh * delta + h * ddelta
+        dh = torch.addcmul(dh * delta, h, torch.addcmul(dd * c, d, dc))
         h = h * delta
     return x * (h * (torch.log(x) - torch.digamma(a)) + dh)
 
