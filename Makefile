@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean docs docs-check
+.PHONY: install test lint format demo bench bench-full clean docs docs-check
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The whole estimator protocol (benchmarks/protocol.py; make bench runs its short version).
+bench-full: install
+	$(PY) benchmarks/protocol.py
+	$(PY) benchmarks/run_all.py --collect-only
 
 # The documentation site, offline (MathJax ships in a wheel), warnings are errors.
 DOCS_BUILD ?= build/docs/html

@@ -1,7 +1,8 @@
 """Run every benchmark script and publish the results (what ``make bench`` runs).
 
 Runs each ``benchmarks/*.py`` other than ``common.py`` and this file, one subprocess each
-(``--quick`` is passed on when given), then gathers the ``benchmarks/results/*.md`` files the
+(``--quick`` is passed on when given; ``protocol.py`` always gets it, its full version is
+``make bench-full``), then gathers the ``benchmarks/results/*.md`` files the
 scripts wrote (through ``benchmarks.common.write_results``) into ``benchmarks/results/README.md``
 and replaces the part of the top-level ``README.md`` between the markers
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` with the same tables, so the README always
@@ -30,6 +31,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 NOT_BENCHMARKS = {"common.py", "run_all.py", "__init__.py"}
+# run with --quick even in a full `make bench`: the whole protocol is `make bench-full`
+ALWAYS_QUICK = {"protocol"}
 
 
 def benchmark_scripts() -> list[Path]:
@@ -39,6 +42,7 @@ def benchmark_scripts() -> list[Path]:
 
 def run_script(script: Path, quick: bool) -> tuple[bool, float, str]:
     """Run one script; return (succeeded, seconds, last lines of its output)."""
+    quick = quick or script.stem in ALWAYS_QUICK
     command = [sys.executable, str(script)] + (["--quick"] if quick else [])
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
