@@ -4,9 +4,9 @@ Every step draws one global minibatch (the same indices on every worker); each w
 its shard and the gradients are averaged, so the run is the single-worker run of the same
 global batch with the work split. On this CPU machine::
 
-    python examples/svi_distributed.py --backend pyro --workers 2         # 2 gloo ranks
-    python examples/svi_distributed.py --backend numpyro --devices 2      # 2 host devices
-    python examples/svi_distributed.py --backend numpyro --workers 2      # jax.distributed
+    python examples/data_parallel_svi.py --backend pyro --workers 2         # 2 gloo ranks
+    python examples/data_parallel_svi.py --backend numpyro --devices 2      # 2 host devices
+    python examples/data_parallel_svi.py --backend numpyro --workers 2      # jax.distributed
 
 Pyro: the classic path — ``SVI`` with the param store and
 ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (parameters broadcast from rank 0
