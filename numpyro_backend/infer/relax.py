@@ -311,53 +311,69 @@ class REBAR_ELBO(ParticleELBO):
         learned_names = [n for name in sites for n in self._all_learned_names(name)]
         self._require(phi, learned_names)
         phi = {k: v for k, v in phi.items() if k in learned_names}
-        num = self.num_particles
 
         def surrogate_fn(theta, phi):
-            """S with ∇_θ S = ĝ (particle average); aux: the ELBO estimate."""
             out = self.map_particles(
                 lambda key: self._particle(key, theta, phi, model, guide, args, kwargs, settings),
                 rng_key,
             )
-            surrogate = jnp.mean(out["elbo"])
-            for name, site in out["sites"].items():
-                residual = site["residual"]
-                if num > 1 and settings[name]["baseline"] == "loo":
-                    # β: the other particles' mean f − c(z̃); independent of this particle's
-                    # draw (unbiased) and a function of φ (∇_φ Σ ĝ² sees it follow φ)
-                    residual = residual - leave_one_out_mean(residual)
-                surrogate = (
-                    surrogate
-                    + (jnp.sum(site["log_prob"] * residual) + jnp.sum(site["control"])) / num
-                )
-            return surrogate, lax.stop_gradient(jnp.mean(out["elbo"]))
+            baselines = {name: setting["baseline"] for name, setting in settings.items()}
+            return particle_surrogate(out, baselines), lax.stop_gradient(jnp.mean(out["elbo"]))
 
-        if not phi:
-            surrogate, elbo = surrogate_fn(theta, phi)
-            loss = -elbo - (surrogate - lax.stop_gradient(surrogate))
-            return {"loss": loss, "mutable_state": None}
+        return {"loss": variance_trained_loss(surrogate_fn, theta, phi), "mutable_state": None}
 
-        # ĝ(φ) = ∇_θ S and the φ-gradient of the variance objective Σ ĝ² are computed here;
-        # S stays differentiable in θ and in whatever else the programs take as arguments or
-        # close over (their gradient is the estimate), φ's gradient is injected linearly.
-        def second_moment(phi):
-            (surrogate, elbo), grad = jax.value_and_grad(surrogate_fn, has_aux=True)(theta, phi)
-            squares = (jnp.sum(g**2) for g in jax.tree.leaves(grad))
-            return sum(squares, jnp.zeros_like(surrogate)), (surrogate, elbo)
 
-        (_, (surrogate, elbo)), phi_grad = jax.value_and_grad(second_moment, has_aux=True)(
-            lax.stop_gradient(phi)
+def particle_surrogate(out: dict, baselines: dict) -> jnp.ndarray:
+    """S with ∇_θ S = ĝ, the particle average of ([2], eq. 8), from the stacked outputs of
+    :meth:`REBAR_ELBO._particle`; ``baselines``: site -> ``"loo"`` or ``"none"``."""
+    num = jnp.shape(out["elbo"])[0]
+    surrogate = jnp.mean(out["elbo"])
+    for name, site in out["sites"].items():
+        residual = site["residual"]
+        if num > 1 and baselines[name] == "loo":
+            # β: the other particles' mean f − c(z̃); independent of this particle's draw
+            # (unbiased) and a function of φ (∇_φ Σ ĝ² sees it follow φ)
+            residual = residual - leave_one_out_mean(residual)
+        score_term = jnp.sum(site["log_prob"] * residual)
+        surrogate = surrogate + (score_term + jnp.sum(site["control"])) / num
+    return surrogate
+
+
+def variance_trained_loss(surrogate_fn: Callable, theta: dict, phi: dict) -> jnp.ndarray:
+    """−ELBO whose gradient is −ĝ = −∇_θ S for θ (and for whatever the programs take as
+    arguments or close over) and ∇_φ Σ_j ĝ_j(φ)² for the control-variate parameters φ
+    ([2], eq. 9); ``surrogate_fn(theta, phi) -> (S, ELBO estimate)``.
+
+    ĝ(φ) and its φ-gradient are computed here, at θ and φ held fixed, and injected linearly;
+    S itself stays differentiable only in what the programs take as arguments or close over,
+    so no second backward pass runs for θ (SVI differentiates in θ and φ only).
+    """
+    if not phi:
+        surrogate, elbo = surrogate_fn(theta, phi)
+        return -elbo - (surrogate - lax.stop_gradient(surrogate))
+
+    def second_moment(phi):
+        (surrogate, elbo), grad = jax.value_and_grad(surrogate_fn, has_aux=True)(
+            lax.stop_gradient(theta), phi
         )
-        variance = sum(
-            jnp.sum(p * lax.stop_gradient(g))
-            for p, g in zip(jax.tree.leaves(phi), jax.tree.leaves(phi_grad), strict=True)
-        )
-        loss = (
-            -elbo
-            - (surrogate - lax.stop_gradient(surrogate))
-            + (variance - lax.stop_gradient(variance))
-        )
-        return {"loss": loss, "mutable_state": None}
+        squares = (jnp.sum(g**2) for g in jax.tree.leaves(grad))
+        return sum(squares, jnp.zeros_like(surrogate)), (surrogate, elbo, grad)
+
+    (_, (surrogate, elbo, theta_grad)), phi_grad = jax.value_and_grad(second_moment, has_aux=True)(
+        lax.stop_gradient(phi)
+    )
+
+    def linear(params, grads):
+        leaves = zip(jax.tree.leaves(params), jax.tree.leaves(grads), strict=True)
+        total = sum(jnp.sum(p * lax.stop_gradient(g)) for p, g in leaves)
+        return total - lax.stop_gradient(total)
+
+    return (
+        -elbo
+        - (surrogate - lax.stop_gradient(surrogate))
+        - linear(theta, theta_grad)
+        + linear(phi, phi_grad)
+    )
 
 
 class RELAX_ELBO(REBAR_ELBO):
