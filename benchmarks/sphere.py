@@ -11,8 +11,11 @@ Measured in the same run, float32, one torch thread:
 * ``power_spherical package``: De Cao & Aziz's ``PowerSpherical`` (PyPI ``power-spherical``,
   the ``bench`` extra; torch only), with the same step;
 * ``... (before)``: this library at the git revision ``--before`` (default: the last commit
-  before the sphere speed work), extracted with ``git archive`` and timed in a subprocess that
-  also times its own Gaussian, so its ratio is like for like.
+  before the sphere speed work), extracted with ``git archive`` and imported in the same
+  process under its own module objects (:func:`load_revision`).
+
+All steps of one (backend, κ, d) cell are timed round-robin (one call of each per round), so
+a busy machine slows them alike and the ratios stay comparable.
 
 s-vae-pytorch (Davidson et al.) is not published on the package index, so it is not run here.
 NumPyro steps are ``jax.jit``-compiled ``value_and_grad``.
@@ -24,19 +27,16 @@ Run: ``python benchmarks/sphere.py`` (``--quick`` for a smoke test). Writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
-# --library-root: import the library from another tree (the "before" subprocess)
-_LIBRARY_ROOT = os.environ.get("SPHERE_BENCH_LIBRARY_ROOT")
 sys.path.insert(0, str(ROOT))
-if _LIBRARY_ROOT:
-    sys.path.insert(0, _LIBRARY_ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import numpyro_backend as npb  # noqa: E402
 import pyro_reparam_ext as prx  # noqa: E402
-from benchmarks.common import median_time, write_results  # noqa: E402
+from benchmarks.common import write_results  # noqa: E402
 
 DIMS = [3, 16, 128, 1024]
 CONCENTRATIONS = [10.0, 50.0]
@@ -67,7 +67,7 @@ def _power_spherical_package():
     return power_spherical.PowerSpherical
 
 
-def torch_steps(dim, kappa_value, num_samples, ours_only):
+def torch_steps(dim, kappa_value, num_samples, before):
     """Closures doing one rsample + backward for each family (float32, the training dtype)."""
     dtype = torch.float32
     a = torch.tensor(_unit(dim, 1), dtype=dtype)
@@ -93,13 +93,16 @@ def torch_steps(dim, kappa_value, num_samples, ours_only):
         "VonMisesFisher": sphere(prx.VonMisesFisher),
         "PowerSpherical": sphere(prx.PowerSpherical),
     }
+    if before is not None:
+        steps["VonMisesFisher (before)"] = sphere(before.pyro.VonMisesFisher)
+        steps["PowerSpherical (before)"] = sphere(before.pyro.PowerSpherical)
     package = _power_spherical_package()
-    if package is not None and not ours_only:
+    if package is not None:
         steps["power_spherical package"] = sphere(package)
     return steps
 
 
-def jax_steps(dim, kappa_value, num_samples, ours_only):
+def jax_steps(dim, kappa_value, num_samples, before):
     dtype = jnp.float32
     a = jnp.asarray(_unit(dim, 1), dtype=dtype)
     raw_loc = jnp.asarray(_unit(dim, 0), dtype=dtype)
@@ -126,28 +129,46 @@ def jax_steps(dim, kappa_value, num_samples, ours_only):
 
         return run
 
-    return {
-        "Gaussian": step(gaussian_loss, (jnp.zeros(dim, dtype), jnp.ones(dim, dtype))),
-        "VonMisesFisher": step(sphere_loss(npb.VonMisesFisher), (raw_loc, kappa)),
-        "PowerSpherical": step(sphere_loss(npb.PowerSpherical), (raw_loc, kappa)),
-    }
+    families = {"VonMisesFisher": npb, "PowerSpherical": npb}
+    if before is not None:
+        families.update({"VonMisesFisher (before)": before.numpyro})
+        families.update({"PowerSpherical (before)": before.numpyro})
+    steps = {"Gaussian": step(gaussian_loss, (jnp.zeros(dim, dtype), jnp.ones(dim, dtype)))}
+    for name, library in families.items():
+        dist_class = getattr(library, name.split()[0])
+        steps[name] = step(sphere_loss(dist_class), (raw_loc, kappa))
+    return steps
 
 
-def measure(dims, kappas, num_samples, repeats, warmup, ours_only, suffix=""):
-    """Rows for every backend, κ, d and family; ``suffix`` tags the family names."""
+def round_robin_medians(steps: dict, repeats: int, warmup: int) -> dict:
+    """Median seconds of each step, timed one call of each per round."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure(dims, kappas, num_samples, repeats, warmup, before):
+    """Rows for every backend, κ, d and family."""
     rows = []
     for backend, make_steps in [("pyro", torch_steps), ("numpyro", jax_steps)]:
         for kappa in kappas:
             for dim in dims:
-                steps = make_steps(dim, kappa, num_samples, ours_only)
-                seconds = {name: median_time(fn, repeats, warmup) for name, fn in steps.items()}
+                steps = make_steps(dim, kappa, num_samples, before)
+                seconds = round_robin_medians(steps, repeats, warmup)
                 for name, value in seconds.items():
                     rows.append(
                         {
                             "backend": backend,
                             "kappa": kappa,
                             "d": dim,
-                            "distribution": name + suffix,
+                            "distribution": name,
                             "ms per step": 1e3 * value,
                             "time / Gaussian": value / seconds["Gaussian"],
                         }
@@ -156,23 +177,35 @@ def measure(dims, kappas, num_samples, repeats, warmup, ours_only, suffix=""):
     return rows
 
 
-def measure_before(revision, args):
-    """Rows of this library at ``revision``, timed in a subprocess (``git archive``)."""
-    with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(
-            ["git", "archive", revision, "pyro_reparam_ext", "numpyro_backend"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        out = Path(tree) / "rows.json"
-        command = [sys.executable, __file__, "--ours-only", "--rows-out", str(out)]
-        command += ["--num-samples", str(args.num_samples), "--threads", str(args.threads)]
-        command += ["--quick"] if args.quick else []
-        env = dict(os.environ, SPHERE_BENCH_LIBRARY_ROOT=tree)
-        subprocess.run(command, cwd=ROOT, env=env, check=True)
-        return json.loads(out.read_text())
+def load_revision(revision: str, tree: str) -> SimpleNamespace:
+    """Both packages as of git ``revision``, extracted into ``tree`` and imported as separate
+    module objects: the current modules are set aside in ``sys.modules`` while the old ones
+    import, then restored (the old functions keep their own module globals)."""
+    archive = subprocess.run(
+        ["git", "archive", revision, "pyro_reparam_ext", "numpyro_backend"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    names = ("pyro_reparam_ext", "numpyro_backend")
+
+    def ours(name):
+        return name.split(".")[0] in names
+
+    current = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in current:
+        del sys.modules[name]
+    sys.path.insert(0, tree)
+    try:
+        import numpyro_backend as old_numpyro
+        import pyro_reparam_ext as old_pyro
+    finally:
+        sys.path.remove(tree)
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(current)
+    return SimpleNamespace(pyro=old_pyro, numpyro=old_numpyro)
 
 
 def main(argv=None):
@@ -185,23 +218,15 @@ def main(argv=None):
     parser.add_argument(
         "--before", default=BEFORE_REVISION, help="git revision to compare with ('' to skip)"
     )
-    parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--rows-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats, warmup = (3, 1) if args.quick else (15, 3)
     num_samples = 64 if args.quick else args.num_samples
     dims = DIMS[:2] if args.quick else DIMS
     kappas = CONCENTRATIONS[:1] if args.quick else CONCENTRATIONS
-    if args.rows_out:  # the "before" subprocess
-        rows = measure(dims, kappas, num_samples, repeats, warmup, True, " (before)")
-        Path(args.rows_out).write_text(
-            json.dumps([r for r in rows if "Gaussian" not in r["distribution"]])
-        )
-        return
-    rows = measure(dims, kappas, num_samples, repeats, warmup, args.ours_only)
-    if args.before:
-        rows += measure_before(args.before, args)
+    with tempfile.TemporaryDirectory() as tree:
+        before = load_revision(args.before, tree) if args.before else None
+        rows = measure(dims, kappas, num_samples, repeats, warmup, before)
     order = [
         "VonMisesFisher",
         "VonMisesFisher (before)",
@@ -216,8 +241,8 @@ def main(argv=None):
     notes = (
         f"One step = rsample of {num_samples} samples + backward of Σ aᵀz to all parameters "
         f"(float32, CPU, torch threads = {torch.get_num_threads()}); medians of {repeats}. "
-        f"'(before)': this library at git revision {args.before}, timed in a subprocess "
-        "against its own Gaussian. 'power_spherical package': PyPI power-spherical "
+        f"'(before)': this library at git revision {args.before}, same process. All steps of "
+        "a row group are timed round-robin. 'power_spherical package': PyPI power-spherical "
         "(De Cao & Aziz; torch only). Targets (issue 15): VonMisesFisher ≤ 5× and "
         "PowerSpherical ≤ 3× the Gaussian, PowerSpherical no slower than the package."
     )

@@ -12,6 +12,7 @@ from jax.scipy.special import digamma, gammaln
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.util import is_prng_key, validate_sample
 
+from numpyro_backend.distributions.implicit import _implicit_standard_gamma
 from numpyro_backend.distributions.von_mises_fisher import SphereLocConcentration
 from numpyro_backend.ops.sphere import householder_rotate
 
@@ -22,14 +23,16 @@ __all__ = ["PowerSpherical"]
 def _sample_power_spherical(key, loc, concentration, sample_shape):
     """s = (1 − μᵀz)/2 ~ Beta(β, α) as G_β/(G_β + G_α): with v ~ N(0, I_{d−1}), |v|²/2 is the
     Gamma(β = (d−1)/2) draw and v/|v| the uniform tangent, independent of each other, so one
-    Gaussian vector gives both; only G_α depends on κ (reparameterized by JAX)."""
+    Gaussian vector gives both; only G_α depends on κ (implicitly reparameterized)."""
     key_gamma, key_normal = random.split(key)
     dim = loc.shape[-1]
     shape = sample_shape + jnp.shape(concentration)
     alpha = concentration + (dim - 1) / 2
     v = random.normal(key_normal, shape + (dim - 1,), dtype=loc.dtype)
     gamma_beta = (v * v).sum(-1) / 2
-    gamma_alpha = random.gamma(key_gamma, alpha, shape, dtype=loc.dtype)
+    # jax.random.gamma's draw with this library's implicit gradient (faster than XLA's
+    # random_gamma_grad, and exact)
+    gamma_alpha = _implicit_standard_gamma(key_gamma, jnp.broadcast_to(alpha, shape))
     total = gamma_beta + gamma_alpha
     # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
     first = ((gamma_alpha - gamma_beta) / total)[..., None]
@@ -49,8 +52,9 @@ class PowerSpherical(SphereLocConcentration):
     [1, §3.2], the tangent direction is uniform, and a Householder reflection maps e₁ to μ.
     ``sample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is G_β/(G_β + G_α)
     with G_β = |v|²/2 from the same Gaussian vector v whose direction is the tangent part, and
-    G_α drawn by ``jax.random.gamma`` (differentiable through JAX's implicit Gamma gradients;
-    one Gamma per sample instead of a Beta's two).
+    G_α drawn by ``jax.random.gamma`` with the implicit gradient of
+    :class:`~numpyro_backend.distributions.ImplicitGamma` (one Gamma per sample instead of a
+    Beta's two).
 
     Example::
 
