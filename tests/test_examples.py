@@ -69,18 +69,23 @@ def test_shootout_every_estimator_on_pyro(shootout, tmp_path, capsys):
         assert r.train_elbo < 0 and r.test_elbo < 0  # an ELBO of binary pixels is a log-prob
         assert r.steps == [2, 3] and len(r.variance_curve) == 2
     out = capsys.readouterr().out
-    for label in ("RELAX", "TraceGraph_ELBO (decaying avg)", "grad variance", "steps/s"):
+    labels = ("RELAX", "DisARM / ARMS", "IWAE bound (VIMCO)", "TraceGraph_ELBO (decaying avg)")
+    for label in (*labels, "ELBO (nats/image)", "grad variance", "steps/s"):
         assert label in out
     assert (tmp_path / "estimator_shootout.png").stat().st_size > 10_000
 
 
 def test_shootout_on_numpyro(shootout, tmp_path, capsys):
-    # one of ours (with mutable baseline state) and the straight-through guide (a stock ELBO)
-    argv = [*TINY_SHOOTOUT, "--backends", "numpyro", "--estimators", "sf-optimal,concrete-st"]
+    # one of ours (with mutable baseline state), the straight-through guide (a stock ELBO) and
+    # the coupled and importance-weighted estimators
+    estimators = "sf-optimal,concrete-st,disarm,iwae"
+    argv = [*TINY_SHOOTOUT, "--backends", "numpyro", "--estimators", estimators]
     results = shootout.main([*argv, "--output-dir", str(tmp_path)])
     assert [r.label for r in results] == [
         "ScoreFunction, optimal baseline",
         "Concrete straight-through",
+        "DisARM / ARMS",
+        "IWAE bound (VIMCO)",
     ]
     for r in results:
         assert np.isfinite([r.train_elbo, r.test_elbo, r.variance, r.steps_per_second]).all()

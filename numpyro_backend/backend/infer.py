@@ -12,8 +12,8 @@ Pyro's signatures, plus this package's estimators.
   ``Trace_ELBO`` and ``TraceGraph_ELBO`` have Pyro's semantics for non-reparameterized guide
   sites (score-function terms, unbiased under subsampling), unlike NumPyro's classes of the
   same names.
-- ``ScoreFunction_ELBO``, ``REBAR_ELBO``, ``RELAX_ELBO`` are this package's classes, with the
-  same arguments as on the Pyro backend.
+- ``ScoreFunction_ELBO``, ``REBAR_ELBO``, ``RELAX_ELBO``, ``DisARM_ELBO``, ``IWAE_ELBO`` are
+  this package's classes, with the same arguments as on the Pyro backend.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ JitTraceMeanField_ELBO = TraceMeanField_ELBO
 JitTraceGraph_ELBO = TraceGraph_ELBO
 JitTraceEnum_ELBO = TraceEnum_ELBO
 
-# ScoreFunction_ELBO, REBAR_ELBO, RELAX_ELBO: this package's classes themselves (imported
-# above); they take Pyro's retain_graph / strict_enumeration_warning / ignore_jit_warnings.
+# ScoreFunction_ELBO, REBAR_ELBO, RELAX_ELBO, DisARM_ELBO, IWAE_ELBO: this package's classes
+# (imported above); they take Pyro's retain_graph / strict_enumeration_warning /
+# ignore_jit_warnings.
 
 
 class SVI(_svi.SVI):
@@ -187,5 +188,7 @@ __all__ = [
     "ScoreFunction_ELBO",
     "REBAR_ELBO",
     "RELAX_ELBO",
+    "DisARM_ELBO",
+    "IWAE_ELBO",
     "gradient_variance",
 ]
