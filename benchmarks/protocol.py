@@ -912,7 +912,8 @@ def plot(runs: list[Run], model: str, budget: int, path: Path) -> None:
         for i, name in enumerate(names)
     }
     backends = list(dict.fromkeys(r.backend for r in selected))
-    fig, axes = plt.subplots(4, len(backends), figsize=(7 * len(backends), 15), squeeze=False)
+    width = max(7 * len(backends), 10)
+    fig, axes = plt.subplots(4, len(backends), figsize=(width, 15), squeeze=False)
     for column, backend in enumerate(backends):
         bound_steps, bound_time, own, shared = axes[:, column]
         for r in (r for r in selected if r.backend == backend):
@@ -939,7 +940,9 @@ def plot(runs: list[Run], model: str, budget: int, path: Path) -> None:
         for axis in axes[:, column]:
             axis.grid(alpha=0.3, which="both")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=10, frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
