@@ -262,6 +262,10 @@ class Concrete(ExpConcrete):
         gradient passes through the clamp unchanged). For exact log-densities at low temperature
         use :class:`ExpConcrete`, which works in log space.
 
+    :param temperature: relaxation temperature λ > 0 (may be differentiated).
+    :param probs: class probabilities (normalized over the last axis).
+    :param logits: unnormalized log-probabilities.
+
     References:
 
     [1] C. J. Maddison, A. Mnih, Y. W. Teh (2017). The Concrete Distribution. ICLR.
@@ -289,6 +293,10 @@ class ConcreteStraightThrough(Concrete):
     through the underlying relaxed sample. ``log_prob``, ``mean``, ``mode`` and ``entropy`` are
     those of the one-hot Categorical(π) that the samples follow; ``log_prob`` is linear in the
     value, so it also accepts relaxed values.
+
+    :param temperature: relaxation temperature λ > 0 of the backward relaxation.
+    :param probs: class probabilities (normalized over the last axis).
+    :param logits: unnormalized log-probabilities.
     """
 
     support = constraints.simplex  # one-hot vectors; NumPyro has no one_hot constraint
@@ -330,6 +338,10 @@ class BinaryConcrete(Distribution):
 
     .. note:: Samples are clamped into [tiny, 1 − eps] of the dtype so that log_prob stays
         finite at low temperature; the gradient passes through the clamp unchanged.
+
+    :param temperature: relaxation temperature λ > 0 (may be differentiated).
+    :param probs: probability of 1.
+    :param logits: log-odds of 1.
 
     References:
 
@@ -408,6 +420,15 @@ class BinaryConcreteStraightThrough(BinaryConcrete):
     ``rsample`` returns exact 0/1 values distributed as Bernoulli(σ(logits)); gradients flow
     through the relaxed sample. ``log_prob``, ``mean``, ``mode`` and ``entropy`` are those of
     that Bernoulli; ``log_prob`` is linear in the value, so it also accepts relaxed values.
+
+    :param temperature: relaxation temperature λ > 0 of the backward relaxation.
+    :param probs: probability of 1.
+    :param logits: log-odds of 1.
+
+    References:
+
+    [1] C. J. Maddison, A. Mnih, Y. W. Teh (2017). The Concrete Distribution. ICLR.
+    [2] E. Jang, S. Gu, B. Poole (2017). Categorical Reparameterization with Gumbel-Softmax.
     """
 
     support = constraints.boolean
@@ -472,6 +493,10 @@ class ReinMaxStraightThrough(ConcreteStraightThrough):
     .. note:: Biased (a second-order approximation of the gradient of E[f(D)]). The
         temperature gets no gradient (π₁ is held constant, as in [3]); [3] recommends τ ≥ 1
         (its reference code refuses τ < 1; here any τ > 0 is valid).
+
+    :param temperature: τ > 0 of the softmax(θ/τ) in π₁.
+    :param probs: class probabilities.
+    :param logits: unnormalized log-probabilities.
 
     References:
 

@@ -73,7 +73,21 @@ class SVI(_svi.SVI):
     """:class:`numpyro.infer.SVI` whose ``init`` also creates the loss's own state.
 
     Pass earlier ``get_params(...)`` output as ``init_params`` to resume: entries named
-    ``reparam_ext.*`` there replace the estimator's initial values.
+    ``reparam_ext.*`` there replace the estimator's initial values. NumPyro's own ``SVI.init``
+    discovers parameters only by tracing the model and guide, so an estimator's learned state
+    (REBAR/RELAX temperature, η, network; running baselines) would be missing; ``update`` and
+    ``run`` are NumPyro's, unchanged.
+
+    Example::
+
+        svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=RELAX_ELBO(num_particles=2))
+        result = svi.run(jax.random.PRNGKey(0), 2000, data)
+
+    :param model: the model (a Python callable with NumPyro primitives).
+    :param guide: the guide.
+    :param optim: a ``numpyro.optim`` optimizer (or an optax one, as NumPyro's SVI accepts).
+    :param loss: the ELBO: one of this package's estimators or any NumPyro ELBO.
+    :param static_kwargs: keyword arguments held constant under ``jit``, as in NumPyro.
     """
 
     def init(self, rng_key, *args, init_params=None, **kwargs):

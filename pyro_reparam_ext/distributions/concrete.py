@@ -310,6 +310,10 @@ class ConcreteStraightThrough(Concrete):
 
         q = ConcreteStraightThrough(torch.tensor(0.5), logits=logits)
         b = q.rsample()                # one-hot, gradient through the relaxation
+
+    :param temperature: relaxation temperature λ > 0 of the backward relaxation.
+    :param torch.Tensor probs: class probabilities (normalized over the last axis).
+    :param torch.Tensor logits: unnormalized log-probabilities.
     """
 
     support = constraints.one_hot
@@ -443,6 +447,15 @@ class BinaryConcreteStraightThrough(BinaryConcrete):
 
         q = BinaryConcreteStraightThrough(torch.tensor(0.5), logits=logits)
         b = q.rsample()                # 0./1. values, gradient through the relaxation
+
+    :param temperature: relaxation temperature λ > 0 of the backward relaxation.
+    :param torch.Tensor probs: probability of 1.
+    :param torch.Tensor logits: log-odds of 1.
+
+    References:
+
+    [1] C. J. Maddison, A. Mnih, Y. W. Teh (2017). The Concrete Distribution. ICLR.
+    [2] E. Jang, S. Gu, B. Poole (2017). Categorical Reparameterization with Gumbel-Softmax.
     """
 
     support = constraints.boolean
