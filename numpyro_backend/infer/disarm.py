@@ -54,10 +54,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax, random
-from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer.elbo import get_nonreparam_deps
+from numpyro.handlers import seed
 from numpyro.primitives import Messenger
-from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_backend.distributions.concrete import (
     bernoulli_hard,
@@ -67,10 +65,7 @@ from numpyro_backend.distributions.concrete import (
 from numpyro_backend.infer.particles import (
     Particle,
     ParticleELBO,
-    _log_probs,
-    _StopNonreparamGradient,
     guide_sites,
-    nonreparam_sites,
     relaxation_kind,
     site_logits,
     split_param_map,
@@ -224,30 +219,13 @@ class _CoupledParticle(Particle):
     """:class:`Particle` (traces, log-densities, downstream costs) of one coupled copy."""
 
     def __init__(self, rng_key, params, model, guide, args, kwargs, coupling_key, num_copies):
-        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
-        self.model_key, self.guide_key = random.split(rng_key)
-        self.params = params
-        drawer = _CoupledDraw(guide, coupling_key, num_copies)
-        guide_fn = seed(drawer, self.guide_key)
-        guide_fn = substitute(_StopNonreparamGradient(guide_fn), data=params)
-        self.guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
-        model_fn = substitute(replay(seed(model, self.model_key), self.guide_trace), data=params)
-        self.model_trace = trace(model_fn).get_trace(*args, **kwargs)
-        check_model_guide_match(self.model_trace, self.guide_trace)
-        _validate_model(self.model_trace, plate_warning="strict")
-        _log_probs(self.guide_trace)
-        _log_probs(self.model_trace)
-        self.records = {}
+        self._coupling = (coupling_key, num_copies)
+        super().__init__(rng_key, params, model, guide, args, kwargs)
+
+    def _seeded_guide(self, guide, draw_with_noise: bool):
+        drawer = _CoupledDraw(guide, *self._coupling)
         self.draws = drawer.records
-        latents = {
-            n: s["value"]
-            for n, s in self.guide_trace.items()
-            if s["type"] == "sample" and not s.get("is_observed", False)
-        }
-        self.model_deps, self.guide_deps = get_nonreparam_deps(
-            model, guide, args, kwargs, params, latents=latents
-        )
-        self.nonreparam = nonreparam_sites(self.guide_trace)
+        return seed(drawer, self.guide_key), None
 
 
 class DisARM_ELBO(ParticleELBO):
@@ -293,11 +271,13 @@ class DisARM_ELBO(ParticleELBO):
                 "are coupled, so they are drawn in one vectorized run)"
             )
         super().__init__(
-            num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True
+            num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=True,
+            retain_graph=retain_graph,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
         )
-        self.retain_graph = retain_graph
-        self.strict_enumeration_warning = strict_enumeration_warning
-        self.ignore_jit_warnings = ignore_jit_warnings
 
     def init_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         """No learned state; raises ``ValueError`` for a guide site it cannot handle."""

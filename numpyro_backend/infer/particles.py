@@ -393,10 +393,7 @@ class Particle:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.model_key, self.guide_key = random.split(rng_key)
         self.params = params
-        drawer = _DrawWithNoise() if draw_with_noise else None
-        guide_fn = seed(guide, self.guide_key)
-        if drawer is not None:
-            guide_fn = drawer(guide_fn)
+        guide_fn, drawer = self._seeded_guide(guide, draw_with_noise)
         guide_fn = substitute(_StopNonreparamGradient(guide_fn), data=params)
         self.guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
         model_fn = substitute(replay(seed(model, self.model_key), self.guide_trace), data=params)
@@ -412,6 +409,17 @@ class Particle:
             model, guide, args, kwargs, params, latents=latents
         )
         self.nonreparam = nonreparam_sites(self.guide_trace)
+
+    def _seeded_guide(self, guide, draw_with_noise: bool):
+        """(the seeded guide to trace, the messenger recording its relaxation noise or None).
+
+        The one hook for how guide sites draw; DisARM's coupled copies override it.
+        """
+        guide_fn = seed(guide, self.guide_key)
+        if not draw_with_noise:
+            return guide_fn, None
+        drawer = _DrawWithNoise()
+        return drawer(guide_fn), drawer
 
     def elbo(self) -> jnp.ndarray:
         """The ELBO estimate; its gradient is the pathwise part (score terms are added apart)."""
