@@ -55,8 +55,10 @@ proportional to the variance of the averaged gradient (Var(mean of R) = mean Var
 from __future__ import annotations
 
 import re
+import weakref
 import zlib
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import timedelta
 
 import numpy as np
@@ -141,18 +143,48 @@ def seed_per_rank(seed: int) -> int:
     return rank_seed
 
 
-def average_running_state(state: torch.Tensor) -> torch.Tensor:
-    """Replace ``state`` in place by its mean over ranks (no-op without ``torch.distributed``).
+# Running statistics waiting for the next gradient all-reduce of a DistributedOptimizer.
+_pending: list[torch.Tensor] = []
+# Live DistributedOptimizers: while one exists, the classic SVI path defers the averages to it.
+_optimizers: weakref.WeakSet = weakref.WeakSet()
+# Inside EstimatorELBOModule.forward: the states updated by this call, averaged at its end.
+_collected: ContextVar[list | None] = ContextVar("running_states_collected", default=None)
 
-    Called by the estimators after every update of a running statistic, in the same order on
-    every rank. The mean is one all-reduce (a sum, then a division by the world size), so every
-    rank holds bitwise the same result.
+
+def average_running_state(state: torch.Tensor) -> torch.Tensor:
+    """Make ``state`` the mean over ranks of its values (no-op without ``torch.distributed``).
+
+    Called by the estimators after every in-place update of a running statistic, in the same
+    order on every rank; the estimators read a statistic before updating it, so the mean is
+    only needed by the next step. It is therefore taken where a collective happens anyway:
+
+    - while a :class:`DistributedOptimizer` exists (the classic ``SVI`` path), in that
+      optimizer's next step, inside the same all-reduce as the gradients — one collective per
+      step however many statistics there are;
+    - inside :class:`EstimatorELBOModule` (the module / DDP path), in one all-reduce at the end
+      of the forward call, for all statistics that call updated;
+    - otherwise at once (with any statistics still pending).
+
+    The mean is a sum all-reduce followed by a division by the world size, so every rank holds
+    bitwise the same result whichever of the three routes is taken.
     """
-    if is_distributed():
-        with torch.no_grad():
-            dist.all_reduce(state)
-            state.div_(dist.get_world_size())
+    if not is_distributed():
+        return state
+    collected = _collected.get()
+    if collected is not None:
+        collected.append(state)
+    elif len(_optimizers):
+        _pending.append(state)
+    else:
+        _all_reduce_mean([], _take_pending() + [state])
     return state
+
+
+def _take_pending() -> list[torch.Tensor]:
+    """The pending running statistics (each tensor once, in order), and clear the list."""
+    states = list({id(s): s for s in _pending}.values())
+    _pending.clear()
+    return states
 
 
 def _groups(tensors: list[torch.Tensor]) -> dict:
@@ -163,28 +195,50 @@ def _groups(tensors: list[torch.Tensor]) -> dict:
     return groups
 
 
+def _all_reduce_mean(params: list[torch.Tensor], states: list[torch.Tensor]) -> None:
+    """Average ``params``' gradients and the ``states`` in place: one all-reduce per group.
+
+    Per (device, dtype) one flat tensor holds the gradients (zeros where missing), one
+    has-gradient flag per parameter, and the states. A parameter without a gradient on some
+    ranks counts as zero there; without one on every rank it keeps ``grad = None``.
+    """
+    world = dist.get_world_size()
+    tensors = params + states
+    for (device, dtype), indices in _groups(tensors).items():
+        group = [params[i] for i in indices if i < len(params)]
+        group_states = [tensors[i] for i in indices if i >= len(params)]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
+        has_grad = torch.tensor([p.grad is not None for p in group], dtype=dtype, device=device)
+        parts = [g.reshape(-1) for g in grads] + [has_grad] + [s.reshape(-1) for s in group_states]
+        flat = torch.cat(parts).detach()
+        dist.all_reduce(flat)
+        flat.div_(world)
+        sizes = [p.numel() for p in group] + [len(group)] + [s.numel() for s in group_states]
+        chunks = torch.split(flat, sizes)
+        grad_chunks, flags, state_chunks = (
+            chunks[: len(group)],
+            chunks[len(group)],
+            chunks[len(group) + 1 :],
+        )
+        for p, chunk, flag in zip(group, grad_chunks, flags, strict=True):
+            p.grad = chunk.view_as(p).clone() if flag > 0 else None
+        with torch.no_grad():
+            for s, chunk in zip(group_states, state_chunks, strict=True):
+                s.copy_(chunk.view_as(s))
+
+
 def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
     """Average ``.grad`` across ranks, in one all-reduce per (device, dtype).
 
     Pass the parameters in the same order on every rank (``module.parameters()`` is). A
     parameter without a gradient on some ranks counts as zero there; one without a gradient
-    on every rank keeps ``grad = None``. No-op without ``torch.distributed``.
+    on every rank keeps ``grad = None``. Running statistics still waiting for an average
+    (see :func:`average_running_state`) go into the same all-reduce. No-op without
+    ``torch.distributed``.
     """
     params = list(parameters)
-    if not is_distributed() or not params:
-        return
-    world = dist.get_world_size()
-    for (device, dtype), indices in _groups(params).items():
-        group = [params[i] for i in indices]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
-        has_grad = torch.tensor([p.grad is not None for p in group], dtype=dtype, device=device)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])
-        dist.all_reduce(flat)
-        flat.div_(world)
-        sizes = [p.numel() for p in group] + [len(group)]
-        *chunks, flags = torch.split(flat, sizes)
-        for p, chunk, flag in zip(group, chunks, flags, strict=True):
-            p.grad = chunk.view_as(p).clone() if flag > 0 else None
+    if is_distributed() and (params or _pending):
+        _all_reduce_mean(params, _take_pending())
 
 
 def _broadcast(tensors: list[torch.Tensor], src: int = 0) -> None:
@@ -204,25 +258,35 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         _broadcast(list(module.parameters()) + list(module.buffers()), src)
 
 
-def _check_same_parameters(names: list[str], params: list[torch.Tensor]) -> None:
+def _check_same_parameters(
+    names: list[str], params: list[torch.Tensor], states: list[torch.Tensor]
+) -> None:
     """ValueError on every rank if the ranks are about to step different parameters.
 
-    A mismatch would make the next all-reduce hang or mix unrelated tensors; one small
-    all-gather of (count, elements, CRC of the names) per step rules it out.
+    A mismatch would make the next all-reduce abort (gloo) or mix unrelated tensors; one small
+    all-gather of (count, elements, CRC of the names, count and elements of the pending
+    running statistics) per step rules it out.
     """
     digest = zlib.crc32("\n".join(names).encode()) & 0xFFFFF  # exact in float32
+    device = (params or states)[0].device
     local = torch.tensor(
-        [len(names), sum(p.numel() for p in params), digest],
-        dtype=torch.float64 if params[0].device.type == "cpu" else torch.float32,
-        device=params[0].device,
+        [
+            len(names),
+            sum(p.numel() for p in params),
+            digest,
+            len(states),
+            sum(s.numel() for s in states),
+        ],
+        dtype=torch.float64 if device.type == "cpu" else torch.float32,
+        device=device,
     )
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise ValueError(
             "DistributedOptimizer: the ranks step different parameters (count, elements, name "
-            f"digest per rank: {[g.tolist() for g in gathered]}); every rank must run the same "
-            "model and guide"
+            "digest, running statistics, their elements per rank: "
+            f"{[g.tolist() for g in gathered]}); every rank must run the same model and guide"
         )
 
 
@@ -252,17 +316,19 @@ class DistributedOptimizer(PyroOptim):
         super().__init__(
             pyro_optim.pt_optim_constructor, pyro_optim.pt_optim_args, pyro_optim.pt_clip_args
         )
+        _optimizers.add(self)  # from now on running statistics wait for a step (one all-reduce)
 
     def __call__(self, params, *args, **kwargs) -> None:
         store = pyro.get_param_store()
         names_and_params = sorted((store.param_name(p), p) for p in params)
         params = [p for _, p in names_and_params]
-        if is_distributed() and params:
-            _check_same_parameters([n for n, _ in names_and_params], params)
+        states = _take_pending()  # the loss's running statistics: in the gradients' all-reduce
+        if is_distributed() and (params or states):
+            _check_same_parameters([n for n, _ in names_and_params], params, states)
             new = [p for p in params if p not in self.optim_objs]
             if new:
                 _broadcast(new, src=0)
-            all_reduce_gradients(params)
+            _all_reduce_mean(params, states)
         super().__call__(params, *args, **kwargs)
 
 
@@ -298,9 +364,16 @@ class EstimatorELBOModule(ELBOModule):
 
     def forward(self, *args, **kwargs):
         store = pyro.get_param_store()
-        with poutine.trace(param_only=True) as capture:
-            with store.scope(state=self._store_state):
-                loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        states = []
+        token = _collected.set(states)  # this call's running statistics: one all-reduce below
+        try:
+            with poutine.trace(param_only=True) as capture:
+                with store.scope(state=self._store_state):
+                    loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        finally:
+            _collected.reset(token)
+        if is_distributed() and states:
+            _all_reduce_mean([], list({id(s): s for s in states}.values()))
         self._adopt(set(capture.trace.nodes))
         return loss
 

@@ -199,6 +199,50 @@ def run_mismatch(rank: int) -> str:
     return ""
 
 
+def count_collectives(fn) -> dict:
+    """Run ``fn()`` and count the torch.distributed collectives it calls, by kind."""
+    counts = {}
+    originals = {
+        n: getattr(torch.distributed, n) for n in ("all_reduce", "all_gather", "broadcast")
+    }
+
+    def counting(name):
+        def call(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    try:
+        for name in originals:
+            setattr(torch.distributed, name, counting(name))
+        fn()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.distributed, name, original)
+    return counts
+
+
+def run_collective_counts(rank: int, x) -> dict:
+    """Collectives in one SVI step after the first, and in one module forward (sf-optimal).
+
+    The loss updates two running statistics (the optimal baseline's moments); they must ride
+    in the optimizer's gradient all-reduce, resp. one all-reduce at the end of the forward.
+    """
+    pyro.clear_param_store()
+    fixed_init()
+    optim = distributed.DistributedOptimizer(pyro.optim.Adam({"lr": 0.05}))
+    svi = SVI(model, guide, optim, loss=pre.ScoreFunction_ELBO(baseline="optimal"))
+    svi.step(x, shard(minibatch(0), rank))
+    svi_step = count_collectives(lambda: svi.step(x, shard(minibatch(1), rank)))
+    pyro.clear_param_store()
+    with pyro.settings.context(module_local_params=True):
+        loss_fn = pre.ScoreFunction_ELBO(baseline="optimal")(model, guide)
+        loss_fn(x, shard(minibatch(0), rank))
+        forward = count_collectives(lambda: loss_fn(x, shard(minibatch(1), rank)))
+    return {"svi_step": svi_step, "module_forward": forward}
+
+
 def worker(rank: int, port: int, path: str) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
@@ -215,6 +259,7 @@ def worker(rank: int, port: int, path: str) -> None:
     }
     out["resume"] = run_resume(rank, x, path)
     out["mismatch"] = run_mismatch(rank)
+    out["collectives"] = run_collective_counts(rank, x)
     torch.save(out, f"{path}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -340,6 +385,14 @@ def test_resuming_from_rank_0_checkpoint_continues_identically(runs):
         assert any(".baseline_" in k for k in runs[r]["resume"]["resumed"])
         assert_bitwise_equal(runs[r]["resume"]["resumed"], runs[r]["resume"]["uninterrupted"])
     assert_bitwise_equal(runs[0]["resume"]["resumed"], runs[1]["resume"]["resumed"])
+
+
+def test_running_statistics_ride_in_one_all_reduce(runs):
+    # one SVI step: the parameter check (all-gather) and one all-reduce holding the gradients
+    # and both running moments; one module forward: one all-reduce for both moments
+    for r in range(WORLD):
+        assert runs[r]["collectives"]["svi_step"] == {"all_gather": 1, "all_reduce": 1}
+        assert runs[r]["collectives"]["module_forward"] == {"all_reduce": 1}
 
 
 def test_mismatched_parameters_raise_on_every_rank(runs):
