@@ -8,7 +8,7 @@ whole guide, the n values of every decision are drawn *coupled*: with d ~ Dirich
 
 (each (1 − dᵢ)^{n−1} is Uniform(0, 1), so every copy is a Bernoulli(p) draw; at most one dᵢ
 exceeds ½, so the rare outcome is spread out over the copies). With f the decision's
-downstream reward, the ARMS estimate of ∂E[f]/∂α ([2]; the multi-sample estimator with
+downstream cost, the ARMS estimate of ∂E[f]/∂α ([2]; the multi-sample estimator with
 the Dirichlet copula) is
 
     ĝ = p(1 − p) / ((n − 1) D) · Σᵢ (f(bᵢ) − f̄)(bᵢ − p),     f̄ = (1/n) Σⱼ f(bⱼ),
@@ -29,7 +29,7 @@ copies nearly exclusive — the strongest negative correlation — whether p is 
 
 Plates, several decisions, several sites (the rule). Every scalar decision — every plate
 element, every event coordinate of a ``to_event`` site — is coupled with its own Dirichlet
-draw, and its reward is the plate-aware downstream reward of Pyro's ``TraceGraph_ELBO``
+draw, and its cost is the plate-aware downstream cost of Pyro's ``TraceGraph_ELBO``
 (``_compute_downstream_costs``: the log p − log q terms the element can influence, scaled
 N/M under subsampling while the score is not). The n copies are whole guide runs (the
 vectorized particle plate), so a site *after* another discrete site sees, in each copy, that
@@ -40,7 +40,7 @@ values happened to agree); where the copies' logits differ (the decision depends
 sampled values that differ) its n values are drawn independently and it gets the
 leave-one-out score-function term (f(bᵢ) − f̄₋ᵢ)(bᵢ − pᵢ) ([3]) instead. Both choices are
 unbiased given everything upstream (the choice is a function of upstream values only, and the
-reward of a copy never depends on another copy's noise at the same decision), so the whole
+cost of a copy never depends on another copy's noise at the same decision), so the whole
 estimator is unbiased. Reparameterized guide sites get the pathwise gradient, averaged over
 the n copies (as ``Trace_ELBO`` with ``num_particles = n``).
 
@@ -88,61 +88,13 @@ from pyro_reparam_ext.distributions.concrete import (
     uniform_noise,
 )
 from pyro_reparam_ext.infer.particles import (
-    BERNOULLI,
-    CATEGORICAL,
     DiscreteLatentELBO,
-    downstream_rewards,
-    full_logits,
+    downstream_costs,
     pathwise_elbo_and_surrogate,
-    score_function_sites,
-    unwrap_discrete,
 )
+from pyro_reparam_ext.infer.sites import check_relaxable, family_of, score_function_sites
 
 __all__ = ["DisARM_ELBO"]
-
-
-def unsupported_site_error(name: str, fn) -> ValueError:
-    """The ValueError for a guide site DisARM_ELBO cannot couple, saying what to use."""
-    return ValueError(
-        f"DisARM_ELBO cannot handle guide site '{name}' ({type(fn).__name__}): it couples "
-        "Bernoulli, Categorical and OneHotCategorical sites only. Use ScoreFunction_ELBO for "
-        "this model, or make the site reparameterized."
-    )
-
-
-def category_order(kind: str, logits: torch.Tensor) -> torch.Tensor | None:
-    """The stick-breaking order: categories by increasing probability (None for Bernoulli)."""
-    return None if kind == BERNOULLI else torch.argsort(logits.detach(), -1)
-
-
-def binary_logits(kind: str, logits: torch.Tensor, order) -> torch.Tensor:
-    """α of a site's binary decisions: the logits themselves (Bernoulli), or, with ℓ the logits
-    in ``order``, the stick-breaking α_k = ℓ_k − logsumexp(ℓ_{k+1:}) = logit of
-    π_k / Σ_{j≥k} π_j, k < K − 1 (categorical; last dim K − 1)."""
-    if kind == BERNOULLI:
-        return logits
-    ordered = torch.gather(logits, -1, order)
-    tail = torch.logcumsumexp(ordered.flip(-1), -1).flip(-1)  # logsumexp(ℓ_{k:})
-    return ordered[..., :-1] - tail[..., 1:]
-
-
-def value_from_binaries(kind: str, binaries: torch.Tensor, order) -> torch.Tensor:
-    """The site's value: the binaries (Bernoulli), or the category ``order[k]`` of the first k
-    with b_k = 1 (the last one if none)."""
-    if kind == BERNOULLI:
-        return binaries
-    first = torch.cat([binaries, torch.ones_like(binaries[..., :1])], -1).argmax(-1)
-    index = torch.gather(order, -1, first.unsqueeze(-1)).squeeze(-1)
-    if kind == CATEGORICAL:
-        return index
-    return F.one_hot(index, binaries.shape[-1] + 1).to(binaries.dtype)
-
-
-def reached(kind: str, binaries: torch.Tensor) -> torch.Tensor:
-    """Whether each binary decision is reached (no earlier b_j = 1; always, for Bernoulli)."""
-    if kind == BERNOULLI:
-        return torch.ones_like(binaries, dtype=torch.bool)
-    return (binaries.cumsum(-1) - binaries) == 0
 
 
 def coupled_bernoulli(logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,24 +128,23 @@ def copula_debias(logits: torch.Tensor, num: int) -> torch.Tensor:
 
 
 def coupled_score_weights(
-    logits: torch.Tensor, value: torch.Tensor, reward: torch.Tensor, coupled, dim: int
+    logits: torch.Tensor, value: torch.Tensor, cost: torch.Tensor, coupled, dim: int
 ) -> torch.Tensor:
     """Per copy and decision: (f(bᵢ) − f̄₋ᵢ)(bᵢ − p)·(p(1 − p)/D if coupled else 1).
 
-    ``reward`` has the logits' shape (broadcast over event dims); ``dim`` indexes the copies.
+    ``cost`` has the logits' shape (broadcast over event dims); ``dim`` indexes the copies.
     Their mean over the copies is the ARMS / DisARM estimate of ∂E[f]/∂α (coupled) or the
     leave-one-out score-function estimate (independent).
     """
     num = logits.shape[dim]
-    leave_one_out = reward - (reward.sum(dim, keepdim=True) - reward) / (num - 1)
+    leave_one_out = cost - (cost.sum(dim, keepdim=True) - cost) / (num - 1)
     debias = torch.where(coupled, copula_debias(logits, num), 1.0)
     return leave_one_out * (value - torch.sigmoid(logits)) * debias
 
 
 class _CoupledNoise(Messenger):
     """Draws the n copies (the particle dim) of every discrete guide site's binary decisions by
-    :func:`coupled_bernoulli` and records (binaries, coupled mask, category order) per site;
-    raises for non-reparameterized sites it cannot couple."""
+    :func:`coupled_bernoulli` and records (binaries, coupled mask, category order) per site."""
 
     def __init__(self, particle_dim: int):
         super().__init__()
@@ -206,14 +157,14 @@ class _CoupledNoise(Messenger):
         fn = msg["fn"]
         if getattr(fn, "has_rsample", False):
             return
-        kind, base = unwrap_discrete(fn)
-        if kind is None:
-            raise unsupported_site_error(msg["name"], fn)
-        logits = full_logits(fn, kind, base).detach()
-        order = category_order(kind, logits)
-        alpha = binary_logits(kind, logits, order)
+        family, base = family_of(fn)
+        if family is None:  # sampled as usual; check_relaxable refuses it after the run
+            return
+        logits = family.logits(fn, base).detach()
+        order = family.category_order(logits)
+        alpha = family.binary_logits(logits, order)
         binaries, coupled = coupled_bernoulli(alpha, _copies_dim(fn, alpha, self.particle_dim))
-        msg["value"] = value_from_binaries(kind, binaries, order)
+        msg["value"] = family.value_from_binaries(binaries, order)
         self.records[msg["name"]] = binaries, coupled, order
 
 
@@ -276,25 +227,26 @@ class DisARM_ELBO(DiscreteLatentELBO):
     def _loss_and_surrogate(self, model, guide, args, kwargs):
         noise = _CoupledNoise(self.particle_dim)
         model_trace, guide_trace = self._get_trace(model, noise(guide), args, kwargs)
+        check_relaxable(guide_trace, type(self).__name__)
         elbo, surrogate = pathwise_elbo_and_surrogate(model_trace, guide_trace)
         sites = score_function_sites(guide_trace)
         if sites:
-            rewards, _ = downstream_rewards(model_trace, guide_trace, sites)
+            costs, _ = downstream_costs(model_trace, guide_trace, sites)
             for name in sites:
                 site = guide_trace.nodes[name]
-                surrogate = surrogate + self._site_term(site, rewards[name], noise.records[name])
+                surrogate = surrogate + self._site_term(site, costs[name], noise.records[name])
         return -elbo, -surrogate
 
-    def _site_term(self, site: dict, reward: torch.Tensor, record) -> torch.Tensor:
+    def _site_term(self, site: dict, cost: torch.Tensor, record) -> torch.Tensor:
         """Surrogate-ELBO term whose gradient, divided by n, is the site's coupled estimate."""
         fn = site["fn"]
-        kind, base = unwrap_discrete(fn)
+        family, base = family_of(fn)
         binaries, coupled, order = record
-        alpha = binary_logits(kind, full_logits(fn, kind, base), order)
+        alpha = family.binary_logits(family.logits(fn, base), order)
         dim = _copies_dim(fn, alpha, self.particle_dim)
-        reward = reward.reshape(reward.shape + (1,) * (alpha.dim() - reward.dim()))
-        weights = coupled_score_weights(alpha.detach(), binaries, reward, coupled, dim)
+        cost = cost.reshape(cost.shape + (1,) * (alpha.dim() - cost.dim()))
+        weights = coupled_score_weights(alpha.detach(), binaries, cost, coupled, dim)
         # a decision that no copy reaches has terms of zero mean given the earlier decisions
-        weights = weights * reached(kind, binaries).any(dim, keepdim=True)
+        weights = weights * family.reached(binaries).any(dim, keepdim=True)
         # gradient w.r.t. α is the per-copy weight; backprop chains it to the logits, upstream
         return (alpha * weights.detach()).sum()

@@ -1,4 +1,7 @@
-"""Particles, costs and discrete-site helpers shared by every estimator in this package.
+"""Particles, plate-aware costs and relaxed log-densities shared by every estimator here.
+
+Which sites need an estimator and their options live in :mod:`.sites`; what depends on a
+site's discrete family (noise, threshold, relaxation, scores) in :mod:`.relaxation`.
 
 :class:`DiscreteLatentELBO` is the common base of ``ScoreFunction_ELBO``, ``REBAR_ELBO`` and
 ``RELAX_ELBO``. It
@@ -26,7 +29,6 @@ from collections.abc import Iterator
 import pyro
 import pyro.poutine as poutine
 import torch
-import torch.nn.functional as F
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -34,27 +36,18 @@ from pyro.infer.tracegraph_elbo import _compute_downstream_costs
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated, warn_if_nan
-from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 
 from pyro_reparam_ext.infer.distributed import EstimatorELBOModule, average_running_state
+from pyro_reparam_ext.infer.sites import (
+    PREFIX,
+    SITE_OPTIONS,  # noqa: F401  (re-export)
+    family_of,
+    score_function_sites,  # noqa: F401  (re-export)
+    site_options,  # noqa: F401  (re-export)
+)
 
-#: Prefix of every param-store entry an estimator creates (learned or running state).
-PARAM_PREFIX = "reparam_ext."
-
-#: Keys accepted under a guide site's ``infer={"reparam_ext": {...}}``.
-SITE_OPTIONS = frozenset({"baseline", "baseline_decay", "temperature", "eta"})
-
-
-def site_options(site: dict) -> dict:
-    """The site's ``infer["reparam_ext"]`` options, validated against :data:`SITE_OPTIONS`."""
-    options = site["infer"].get("reparam_ext", {})
-    unknown = set(options) - SITE_OPTIONS
-    if unknown:
-        raise ValueError(
-            f"site '{site['name']}': unknown infer['reparam_ext'] option(s) {sorted(unknown)}; "
-            f"valid options are {sorted(SITE_OPTIONS)}"
-        )
-    return options
+#: Former name of :data:`~pyro_reparam_ext.infer.sites.PREFIX` (kept importable).
+PARAM_PREFIX = PREFIX
 
 
 class DiscreteLatentELBO(ELBO):
@@ -221,17 +214,6 @@ def pathwise_elbo_and_surrogate(model_trace, guide_trace) -> tuple[torch.Tensor,
     return elbo, surrogate
 
 
-def score_function_sites(guide_trace) -> list[str]:
-    """Names of the guide sites with a score-function term, in execution order."""
-    return [
-        name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]  # e.g. pyro.factor(..., has_rsample=False)
-        and not is_identically_zero(site["score_parts"].score_function)
-    ]
-
-
 def downstream_costs(model_trace, guide_trace, sites: list[str]):
     """Plate-aware downstream cost of each score-function site and the nodes it sums.
 
@@ -248,10 +230,6 @@ def downstream_costs(model_trace, guide_trace, sites: list[str]):
         shape = guide_trace.nodes[name]["score_parts"].score_function.shape
         out[name] = torch.broadcast_to(torch.as_tensor(costs[name]).detach(), shape)
     return out, nodes
-
-
-#: Former name of :func:`downstream_costs` (kept importable).
-downstream_rewards = downstream_costs
 
 
 def with_guide_only_sites(model_trace, guide_trace):
@@ -295,7 +273,7 @@ def sum_local_terms(terms: list[tuple[tuple, torch.Tensor]], site: dict) -> torc
     return total.sum_to(site["cond_indep_stack"])
 
 
-def param_leaves(*traces, exclude_prefix: str = PARAM_PREFIX) -> dict[str, torch.Tensor]:
+def param_leaves(*traces, exclude_prefix: str = PREFIX) -> dict[str, torch.Tensor]:
     """Unconstrained param-store leaves of the ``param`` sites in ``traces`` (by name)."""
     leaves = {}
     for trace in traces:
@@ -337,76 +315,48 @@ def update_running_state(state: torch.Tensor, new_value: torch.Tensor, decay: fl
     average_running_state(state)  # the same baseline on every rank under torch.distributed
 
 
-# ---- discrete distributions: kind, logits, relaxed log-density ----------------------------
-
-BERNOULLI, CATEGORICAL, ONE_HOT = "bernoulli", "categorical", "one_hot_categorical"
+# ---- discrete distributions: relaxed log-density ----------------------------------------
 
 
-def unwrap_discrete(fn) -> tuple[str | None, object]:
-    """(kind, base distribution) for Bernoulli / Categorical / OneHotCategorical sites.
-
-    Looks through ``Independent`` (``to_event``), ``expand`` and ``mask`` wrappers; kind is
-    None for any other distribution.
-    """
-    base = fn
-    while hasattr(base, "base_dist") and not isinstance(
-        base, (Bernoulli, Categorical, OneHotCategorical)
-    ):
-        base = base.base_dist
-    if isinstance(base, Bernoulli):
-        return BERNOULLI, base
-    if isinstance(base, OneHotCategorical):
-        return ONE_HOT, base
-    if isinstance(base, Categorical):
-        return CATEGORICAL, base
-    return None, base
+def sum_decisions(fn, family, per_decision: torch.Tensor) -> torch.Tensor:
+    """Sum a per-decision log-density over the decision dims of a site element."""
+    event_dims = len(family.decision_shape(fn))
+    return per_decision.sum(tuple(range(-event_dims, 0))) if event_dims else per_decision
 
 
-def full_logits(fn, kind: str, base) -> torch.Tensor:
-    """The site's logits broadcast to one entry per scalar decision (+ categories).
-
-    Shape ``batch_shape + event_shape`` for Bernoulli, ``batch + event + (K,)`` for
-    Categorical, ``batch + event`` (event ending in K) for OneHotCategorical.
-    """
-    shape = fn.batch_shape + fn.event_shape
-    if kind == CATEGORICAL:
-        shape = shape + base.logits.shape[-1:]
-    return base.logits.expand(shape)
-
-
-def score_wrt_logits(kind: str, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """s = ∇_logits log q(value | logits), per logit coordinate (same shape as ``logits``)."""
-    if kind == BERNOULLI:
-        return value - torch.sigmoid(logits)
-    one_hot = F.one_hot(value, logits.shape[-1]).to(logits.dtype) if kind == CATEGORICAL else value
-    return one_hot - torch.softmax(logits, dim=-1)
-
-
-def relaxed_log_prob(fn, kind: str, base, value: torch.Tensor) -> torch.Tensor:
-    """The continuous extension of a discrete log-density at a relaxed value.
+def relaxed_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
+    """The continuous extension of a discrete log-density at a relaxed value, per element.
 
     Bernoulli: b·log p + (1 − b)·log(1 − p); (OneHot)Categorical: the dot product of the
     (relaxed) one-hot value with log π. Equal to ``fn.log_prob`` at hard values. Categorical
     sites take a relaxed one-hot of shape ``batch + event + (K,)``.
     """
-    logits = full_logits(fn, kind, base)
-    if kind == BERNOULLI:
-        elementwise = value * F.logsigmoid(logits) + (1.0 - value) * F.logsigmoid(-logits)
-        event_dims = len(fn.event_shape)
-    else:
-        elementwise = (value * torch.log_softmax(logits, dim=-1)).sum(-1)
-        event_dims = len(fn.event_shape) - (1 if kind == ONE_HOT else 0)
-    if event_dims:
-        elementwise = elementwise.sum(tuple(range(-event_dims, 0)))
-    return elementwise
+    family, base = family_of(fn)
+    return sum_decisions(fn, family, family.log_prob(family.logits(fn, base), value))
+
+
+# ---- former names (kept importable while other modules move to family objects) ----------
+
+#: Former name of :func:`~pyro_reparam_ext.infer.sites.family_of`; returns the family object.
+unwrap_discrete = family_of
+
+
+def full_logits(fn, family, base) -> torch.Tensor:
+    """Former spelling of ``family.logits(fn, base)``."""
+    return family.logits(fn, base)
+
+
+def score_wrt_logits(family, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Former spelling of ``family.score(logits, value)``."""
+    return family.score(logits, value)
 
 
 def site_log_prob(site: dict, relaxed: bool) -> torch.Tensor:
     """Scaled and masked log-density of a trace site, by continuous extension if relaxed."""
     fn, value = site["fn"], site["value"]
-    kind, base = unwrap_discrete(fn)
-    if relaxed and kind is not None and value.is_floating_point() and not site["is_observed"]:
-        log_prob = relaxed_log_prob(fn, kind, base, value)
+    family = family_of(fn)[0]
+    if relaxed and family is not None and value.is_floating_point() and not site["is_observed"]:
+        log_prob = relaxed_log_prob(fn, value)
     else:
         log_prob = fn.log_prob(value, *site["args"], **site["kwargs"])
     return scale_and_mask(log_prob, site["scale"], site["mask"])
@@ -431,21 +381,13 @@ def relaxed_cost(model_trace, guide_trace, nodes, site: dict, skip=()) -> torch.
     return sum_local_terms(terms, site)
 
 
-#: Former name of :func:`relaxed_cost` (kept importable).
-relaxed_reward = relaxed_cost
-
-
 __all__ = [
     "DiscreteLatentELBO",
-    "PARAM_PREFIX",
-    "SITE_OPTIONS",
     "downstream_costs",
-    "downstream_rewards",
     "param_leaves",
     "pathwise_elbo_and_surrogate",
     "relaxed_cost",
     "relaxed_log_prob",
     "running_state",
-    "score_function_sites",
-    "unwrap_discrete",
+    "sum_decisions",
 ]

@@ -81,127 +81,33 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyro_reparam_ext.distributions.concrete import (
-    bernoulli_conditional_relaxed_logits,
-    bernoulli_hard,
-    bernoulli_relaxed_logits,
-    bernoulli_soft,
-    categorical_conditional_relaxed_logits,
-    categorical_hard,
-    categorical_relaxed_logits,
-    categorical_soft,
-    uniform_noise,
-)
 from pyro_reparam_ext.infer.particles import (
-    BERNOULLI,
-    CATEGORICAL,
-    ONE_HOT,
-    PARAM_PREFIX,
     DiscreteLatentELBO,
     downstream_costs,
-    full_logits,
     param_leaves,
     pathwise_elbo_and_surrogate,
     relaxed_cost,
-    relaxed_log_prob,
+    sum_decisions,
+    sum_local_terms,
+)
+from pyro_reparam_ext.infer.relaxation import (  # noqa: F401  (FAMILIES, classes: re-export)
+    FAMILIES,
+    BernoulliRelaxation,
+    CategoricalRelaxation,
+    OneHotCategoricalRelaxation,
+)
+from pyro_reparam_ext.infer.sites import (
+    PREFIX,
+    check_relaxable,
+    family_of,
     score_function_sites,
     site_options,
-    sum_local_terms,
-    unwrap_discrete,
 )
 
 __all__ = ["REBAR_ELBO", "RELAX_ELBO"]
 
 
-# ---- discrete families: noise, threshold, relaxation, conditional sampler -----------------
-
-
-class BernoulliRelaxation:
-    """Bernoulli: z = ℓ + Logistic noise, b = 1[z > 0], relaxed value σ(z/λ)."""
-
-    category_dims = 0  #: trailing dims of a relaxed value that index categories
-    replayable = True  #: a relaxed value can stand in for the sample in user code
-
-    @staticmethod
-    def relaxed_logits(logits, u):
-        return bernoulli_relaxed_logits(logits, u)
-
-    @staticmethod
-    def conditional_relaxed_logits(logits, hard, v):
-        """z̃ ~ p(z | b) ([2], appendix)."""
-        return bernoulli_conditional_relaxed_logits(logits, hard, v)
-
-    @staticmethod
-    def soft(z, temperature):
-        return bernoulli_soft(z, temperature)
-
-    @staticmethod
-    def sample(z):
-        """The site's value b = H(z)."""
-        return bernoulli_hard(z)
-
-    @staticmethod
-    def as_relaxed(value, logits):
-        """The sampled value as a float tensor shaped like a relaxed value."""
-        return value.to(logits.dtype)
-
-    @staticmethod
-    def decision_log_prob(logits, hard):
-        """log q of each decision (no category dim), differentiable in the logits."""
-        return hard * F.logsigmoid(logits) + (1.0 - hard) * F.logsigmoid(-logits)
-
-
-class OneHotCategoricalRelaxation:
-    """OneHotCategorical: z = log π + Gumbel noise, b = one-hot of argmax z, softmax(z/λ)."""
-
-    category_dims = 1
-    replayable = True
-
-    @staticmethod
-    def relaxed_logits(logits, u):
-        return categorical_relaxed_logits(logits, u)
-
-    @staticmethod
-    def conditional_relaxed_logits(logits, hard, v):
-        return categorical_conditional_relaxed_logits(logits, hard, v)
-
-    @staticmethod
-    def soft(z, temperature):
-        return categorical_soft(z, temperature)
-
-    @staticmethod
-    def sample(z):
-        return categorical_hard(z)
-
-    @staticmethod
-    def as_relaxed(value, logits):
-        return value.to(logits.dtype)
-
-    @staticmethod
-    def decision_log_prob(logits, hard):
-        return (hard * torch.log_softmax(logits, dim=-1)).sum(-1)
-
-
-class CategoricalRelaxation(OneHotCategoricalRelaxation):
-    """Integer Categorical: as one-hot, but the value is an index user code may index with,
-    so a relaxed (one-hot) value cannot be replayed through the program."""
-
-    replayable = False
-
-    @staticmethod
-    def sample(z):
-        return z.argmax(-1)
-
-    @staticmethod
-    def as_relaxed(value, logits):
-        return F.one_hot(value, logits.shape[-1]).to(logits.dtype)
-
-
-FAMILIES = {
-    BERNOULLI: BernoulliRelaxation(),
-    ONE_HOT: OneHotCategoricalRelaxation(),
-    CATEGORICAL: CategoricalRelaxation(),
-}
+# ---- coordinate-wise control variates: decisions, copies, the site's own term -------------
 
 
 def decision_masks(family, logits, batch_shape, coordinatewise: bool):
@@ -269,8 +175,8 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
     """
     total = 0.0
     for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
-        kind, base = unwrap_discrete(site["fn"])
-        logits = full_logits(site["fn"], kind, base)
+        site_family, base = family_of(site["fn"])
+        logits = site_family.logits(site["fn"], base)
         if logits.shape != hard.shape:
             return None
         at_hard = family.decision_log_prob(logits, hard).reshape(batch_shape + (-1,))
@@ -297,11 +203,8 @@ class _RelaxationNoise(Messenger):
     values.
     """
 
-    def __init__(
-        self, estimator_name: str, records=None, target=None, target_value=None, temps=None
-    ):
+    def __init__(self, records=None, target=None, target_value=None, temps=None):
         super().__init__()
-        self.estimator_name = estimator_name
         self.records = {} if records is None else records
         self.target = target
         self.target_value = target_value
@@ -314,24 +217,17 @@ class _RelaxationNoise(Messenger):
         fn = msg["fn"]
         if getattr(fn, "has_rsample", False):
             return
-        kind, base = unwrap_discrete(fn)
-        if kind is None:
-            raise ValueError(
-                f"{self.estimator_name} cannot relax guide site '{msg['name']}' "
-                f"({type(fn).__name__}): it handles Bernoulli, Categorical and "
-                "OneHotCategorical sites. Use ScoreFunction_ELBO for this model, or make the "
-                "site reparameterized."
-            )
-        family, logits, name = FAMILIES[kind], full_logits(fn, kind, base), msg["name"]
+        family, base = family_of(fn)
+        if family is None:  # sampled as usual; check_relaxable refuses it after the run
+            return
+        logits, name = family.logits(fn, base), msg["name"]
         if self.target is None:
-            u = uniform_noise(logits.shape, like=logits)
-            v = uniform_noise(logits.shape, like=logits)
-            value = family.sample(family.relaxed_logits(logits, u))
+            u, v = family.noise(logits)
+            value = family.hard(family.relaxed_logits(logits, u))
             self.records[name] = SiteDraw(family, logits, u, v, value)
         else:
             record = self.records[name]
-            for _ in range(2):  # the recorded run's two draws, whatever the shape here
-                uniform_noise(record.logits.shape, like=record.logits)
+            record.family.noise(record.logits)  # the recorded run's draws, whatever the shape
             if name == self.target:
                 value = self.target_value
                 self._seen_target = True
@@ -421,7 +317,6 @@ class ParticleRun:
     guide_trace: object
     records: dict
     randomness: ReplayRandomness
-    estimator_name: str
     max_plate_nesting: float
 
     def replay_cost(self, target: str, value, temps: dict, nodes, own_cost=None):
@@ -430,9 +325,7 @@ class ParticleRun:
         With ``own_cost`` (a function of the target's replayed model and guide sites giving
         its own term, or None where it cannot), returns ``(other terms, own term)``.
         """
-        noise = _RelaxationNoise(
-            self.estimator_name, self.records, target=target, target_value=value, temps=temps
-        )
+        noise = _RelaxationNoise(self.records, target=target, target_value=value, temps=temps)
         # validation off: relaxed values lie outside the discrete supports by design, and the
         # recorded run of the same program was validated
         with self.randomness.replay(), _DetachParams(), pyro.validation_enabled(False):
@@ -468,9 +361,9 @@ class ParticleRun:
         guide_site, model_site = self.guide_trace.nodes[name], self.model_trace.nodes[name]
         terms = []
         for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
-            kind, base = unwrap_discrete(site["fn"])
-            base = type(base)(logits=base.logits.detach(), validate_args=False)
-            log_prob = relaxed_log_prob(site["fn"], kind, base, value)
+            family, base = family_of(site["fn"])
+            logits = family.logits(site["fn"], base).detach()
+            log_prob = sum_decisions(site["fn"], family, family.log_prob(logits, value))
             terms.append((site["cond_indep_stack"], sign * log_prob * site["scale"]))
         return sum_local_terms(terms, guide_site)
 
@@ -703,7 +596,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
 
     def _scalar(self, name, init: float, learn: bool, like: torch.Tensor) -> torch.Tensor:
         init = torch.tensor(init, dtype=like.dtype, device=like.device)
-        return pyro.param(f"{PARAM_PREFIX}{name}", init) if learn else init
+        return pyro.param(f"{PREFIX}{name}", init) if learn else init
 
     def _site_controls(self, site: dict, like: torch.Tensor) -> tuple:
         """(λ, η) of a site: learned param-store scalars or the configured constants."""
@@ -725,9 +618,10 @@ class REBAR_ELBO(DiscreteLatentELBO):
 
     def _record_run(self, model, guide, args, kwargs) -> ParticleRun:
         """Run guide (with recorded relaxation noise) and model once: a ParticleRun."""
-        noise, randomness = _RelaxationNoise(type(self).__name__), ReplayRandomness()
+        noise, randomness = _RelaxationNoise(), ReplayRandomness()
         with randomness.record():
             model_trace, guide_trace = self._get_trace(model, noise(guide), args, kwargs)
+        check_relaxable(guide_trace, type(self).__name__)
         return ParticleRun(
             model,
             guide,
@@ -737,7 +631,6 @@ class REBAR_ELBO(DiscreteLatentELBO):
             guide_trace,
             noise.records,
             randomness,
-            type(self).__name__,
             self.max_plate_nesting,
         )
 
@@ -817,7 +710,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         phi = {
             name: leaf
             for name, leaf in param_leaves(param_trace, exclude_prefix="\0").items()
-            if name.startswith(PARAM_PREFIX)
+            if name.startswith(PREFIX)
         }
         correction = variance_correction(surrogate_loss, list(theta.values()), list(phi.values()))
         return surrogate_loss if correction is None else surrogate_loss + correction

@@ -44,12 +44,8 @@ from numpyro_backend.infer import SVI as NumPyroSVI
 from numpyro_backend.infer.disarm import binary_logits as numpyro_binary_logits
 from numpyro_backend.infer.disarm import category_order as numpyro_category_order
 from numpyro_backend.infer.disarm import copula_debias as numpyro_copula_debias
-from pyro_reparam_ext.infer.disarm import (
-    binary_logits,
-    category_order,
-    copula_debias,
-    coupled_score_weights,
-)
+from pyro_reparam_ext.infer.disarm import copula_debias, coupled_score_weights
+from pyro_reparam_ext.infer.relaxation import CategoricalRelaxation
 from tests.infer.make_reference import _grads, enum_reference
 from tests.infer.models import MODELS, EstimatorModel
 from tests.infer.numpyro_helpers import (
@@ -307,8 +303,8 @@ def test_stick_breaking_reproduces_the_categorical_probabilities():
     # P(first success at k) = Π_{j<k} (1 − σ(α_j)) σ(α_k), the last category if none, must be
     # π of the category order[k], on both backends
     logits = torch.tensor([[0.3, -1.2, 2.0, 0.1], [-0.5, -0.5, 0.4, -3.0]], dtype=torch.float64)
-    order = category_order("categorical", logits)
-    alpha = binary_logits("categorical", logits, order)
+    order = CategoricalRelaxation.category_order(logits)
+    alpha = CategoricalRelaxation.binary_logits(logits, order)
     p = torch.sigmoid(alpha)
     none_before = torch.cumprod(torch.cat([torch.ones_like(p[..., :1]), 1 - p], -1), -1)
     first = none_before * torch.cat([p, torch.ones_like(p[..., :1])], -1)

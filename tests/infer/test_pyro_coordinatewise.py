@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pyro_reparam_ext.infer import REBAR_ELBO, RELAX_ELBO, relax
-from pyro_reparam_ext.infer.particles import BERNOULLI, ONE_HOT
+from pyro_reparam_ext.infer.relaxation import BernoulliRelaxation, OneHotCategoricalRelaxation
 from tests.infer.models import BINARY_VAE, EVENT_SITES
 from tests.infer.pyro_helpers import torch_inputs
 
@@ -101,17 +101,17 @@ def test_program_that_does_not_broadcast_falls_back(monkeypatch):
     assert failures and set(failures) == {"z"}
 
 
-@pytest.mark.parametrize("kind", [BERNOULLI, ONE_HOT])
-def test_factored_network_equals_network_of_input(kind):
-    family = relax.FAMILIES[kind]
+@pytest.mark.parametrize(
+    "family, decisions",
+    [(BernoulliRelaxation(), (5,)), (OneHotCategoricalRelaxation(), (2, 3))],
+    ids=lambda x: getattr(x, "name", None),
+)
+def test_factored_network_equals_network_of_input(family, decisions):
     batch = (3, 4)
-    shape = batch + ((5,) if kind == BERNOULLI else (2, 3))
+    shape = batch + decisions
     logits = torch.randn(shape)
     points = torch.randn((2,) + shape)
-    if kind == BERNOULLI:
-        hard = (torch.rand(shape) > 0.5).to(logits.dtype)
-    else:
-        hard = torch.nn.functional.one_hot(torch.randint(3, shape[:-1]), 3).to(logits.dtype)
+    hard = family.hard(family.relaxed_logits(logits, family.noise(logits)[0]))
     masks = relax.decision_masks(family, logits, batch, True)
     inputs = relax.network_input(family, points, logits, hard, masks, batch)
     net = relax.ControlVariateNet(inputs.shape[-1], hidden_dim=8)
