@@ -135,24 +135,54 @@ def _log_ratio_debye(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _log_iv_series(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log I_v(x) = v log(x/2) + log Σ_k (x/2)^{2k} / (k! Γ(k+v+1))  ([1, 10.25.2])."""
-    k = torch.arange(SERIES_TERMS, dtype=x.dtype, device=x.device)
-    log_half_x = torch.log(x / 2).unsqueeze(-1)
-    v_ = v.unsqueeze(-1)
-    log_terms = 2 * k * log_half_x - torch.lgamma(k + 1) - torch.lgamma(k + v_ + 1)
-    return v * torch.log(x / 2) + torch.logsumexp(log_terms, dim=-1)
+def _series_table(v: torch.Tensor, dtype, device):
+    """The x-independent parts of the power series: 2k and −log k! − log Γ(k+v+1)."""
+    k = torch.arange(SERIES_TERMS, dtype=dtype, device=device)
+    return 2 * k, -torch.lgamma(k + 1) - torch.lgamma(k + v.unsqueeze(-1) + 1)
 
 
-def _log_hankel_sum(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log Σ_k (−1)^k a_k(v) / x^k, a_k(v) = Π_{j≤k} (4v² − (2j−1)²) / (8j)  ([1, 10.40.1])."""
-    j = torch.arange(1, HANKEL_TERMS, dtype=x.dtype, device=x.device)
-    factors = ((2 * j - 1) ** 2 - 4 * (v * v).unsqueeze(-1)) / (8 * j * x.unsqueeze(-1))
+def _hankel_table(v: torch.Tensor, dtype, device):
+    """The x-independent parts of the Hankel factors: (2j−1)² − 4v² and 8j."""
+    j = torch.arange(1, HANKEL_TERMS, dtype=dtype, device=device)
+    return (2 * j - 1) ** 2 - 4 * (v * v).unsqueeze(-1), 8 * j
+
+
+def _log_iv_series(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
+    """log I_v(x) = v log(x/2) + log Σ_k (x/2)^{2k} / (k! Γ(k+v+1))  ([1, 10.25.2]).
+    ``table``: :func:`_series_table` of v when it is cached (a Python-number order)."""
+    two_k, offsets = table if table is not None else _series_table(v, x.dtype, x.device)
+    log_half_x = torch.log(x / 2)
+    log_terms = two_k * log_half_x.unsqueeze(-1) + offsets
+    return v * log_half_x + torch.logsumexp(log_terms, dim=-1)
+
+
+def _log_hankel_sum(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
+    """log Σ_k (−1)^k a_k(v) / x^k, a_k(v) = Π_{j≤k} (4v² − (2j−1)²) / (8j)  ([1, 10.40.1]).
+    ``table``: :func:`_hankel_table` of v when it is cached (a Python-number order)."""
+    numerators, eight_j = table if table is not None else _hankel_table(v, x.dtype, x.device)
+    factors = numerators / (eight_j * x.unsqueeze(-1))
     return torch.log1p(factors.cumprod(-1).sum(-1))
 
 
-def _log_iv_hankel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return x - 0.5 * torch.log(2 * math.pi * x) + _log_hankel_sum(v, x)
+_SMALL_ORDER_TABLES: dict = {}
+
+
+def _small_order_tables(order: float, dtype, device):
+    """Series and Hankel tables of the orders v and v + 1 for a Python-number order v,
+    built once per (order, dtype, device): they hold all of the small-order ratio's work
+    that does not depend on x."""
+    key = (order, dtype, device)
+    if key not in _SMALL_ORDER_TABLES:
+        tables = []
+        v0 = torch.tensor(order, dtype=dtype, device=device)
+        for vt in (v0, v0 + 1):  # v + 1 rounded as the tensor-order path rounds it
+            tables.append((vt, _series_table(vt, dtype, device), _hankel_table(vt, dtype, device)))
+        _SMALL_ORDER_TABLES[key] = tables
+    return _SMALL_ORDER_TABLES[key]
+
+
+def _log_iv_hankel(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
+    return x - 0.5 * torch.log(2 * math.pi * x) + _log_hankel_sum(v, x, table)
 
 
 def _regimes(v: torch.Tensor, x: torch.Tensor):
@@ -175,25 +205,61 @@ def _regimes(v: torch.Tensor, x: torch.Tensor):
     )
 
 
+def _small_order_args(x: torch.Tensor):
+    """x clamped into the series and the Hankel domains, and the Hankel mask (orders < 10)."""
+    x_pos = x.clamp(min=torch.finfo(x.dtype).tiny)
+    return (
+        x_pos.clamp(max=HANKEL_MIN_ARGUMENT),
+        x.clamp(min=HANKEL_MIN_ARGUMENT),
+        x > HANKEL_MIN_ARGUMENT,
+    )
+
+
+def _small_order_log_iv(order: float, x: torch.Tensor) -> torch.Tensor:
+    """log I_v(x) for a Python-number order v < 10, from the cached tables (the same
+    operations as the tensor-order path, so the same values)."""
+    v, series_table, hankel_table = _small_order_tables(order, x.dtype, x.device)[0]
+    x_series, x_hankel, hankel = _small_order_args(x)
+    hankel_value = _log_iv_hankel(v, x_hankel, hankel_table)
+    return torch.where(hankel, hankel_value, _log_iv_series(v, x_series, series_table))
+
+
+def _small_order_ratio(order: float, x: torch.Tensor) -> torch.Tensor:
+    """log R_v(x) for a Python-number order v < 10, from the cached tables."""
+    (v0, series0, hankel0), (v1, series1, hankel1) = _small_order_tables(order, x.dtype, x.device)
+    x_series, x_hankel, hankel = _small_order_args(x)
+    series = _log_iv_series(v1, x_series, series1) - _log_iv_series(v0, x_series, series0)
+    hankel_value = _log_hankel_sum(v1, x_hankel, hankel1) - _log_hankel_sum(v0, x_hankel, hankel0)
+    return torch.where(hankel, hankel_value, series)
+
+
 def _log_iv_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
     """``order``: the order as a Python number when it is one, so that the regimes it rules
     out are not evaluated at all (the order decides Debye vs the others)."""
+    if order is not None and order < DEBYE_MIN_ORDER:
+        return _at_zero(v, x, _small_order_log_iv(order, x))
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
-    if order is not None and order >= DEBYE_MIN_ORDER:
+    if order is not None:
         result = _log_iv_debye(*debye_args)
     else:
         result = torch.where(hankel, _log_iv_hankel(*hankel_args), _log_iv_series(*series_args))
-        if order is None:
-            result = torch.where(debye, _log_iv_debye(*debye_args), result)
-    # I_v(0) = 1 for v = 0 and 0 otherwise
+        result = torch.where(debye, _log_iv_debye(*debye_args), result)
+    return _at_zero(v, x, result)
+
+
+def _at_zero(v: torch.Tensor, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """log I_v(0) = 0 for v = 0 and −inf otherwise, where x = 0."""
     at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, -math.inf))
     return torch.where(x == 0, at_zero, result)
 
 
 def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
     """``order`` as in :func:`_log_iv_forward`."""
+    if order is not None and order < DEBYE_MIN_ORDER:
+        log_ratio = _small_order_ratio(order, x)
+        return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
-    if order is not None and order >= DEBYE_MIN_ORDER:
+    if order is not None:
         log_ratio = _log_ratio_debye(*debye_args)
     else:
         log_ratio_series = _log_iv_series(series_args[0] + 1, series_args[1]) - _log_iv_series(
@@ -203,8 +269,7 @@ def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor
             *hankel_args
         )
         log_ratio = torch.where(hankel, log_ratio_hankel, log_ratio_series)
-        if order is None:
-            log_ratio = torch.where(debye, _log_ratio_debye(*debye_args), log_ratio)
+        log_ratio = torch.where(debye, _log_ratio_debye(*debye_args), log_ratio)
     return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))
 
 

@@ -177,20 +177,6 @@ _PANEL_RULE = _unit_gauss_legendre(_PANEL_NODES)
 _PEAK_RULE = _unit_gauss_legendre(_PEAK_NODES)
 
 
-def _log_density_step(sin_t, cos_t, cot_t, kappa, dim, delta):
-    """L(θ+δ) − L(θ) and cos(θ+δ) − cos θ for L = κ cos θ + (d−2) log sin θ, from the
-    half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
-    cos(θ+δ) − cos θ = −2(s² cos θ + s c sin θ), sin(θ+δ)/sin θ = 1 − 2s² + 2 s c cot θ."""
-    s, c = torch.sin(delta / 2), torch.cos(delta / 2)
-    s2, sc = s * s, s * c
-    dcos = -2 * (s2 * cos_t + sc * sin_t)
-    step = kappa * dcos
-    if dim > 2:
-        # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
-        step = step + (dim - 2) * torch.log1p((2 * sc * cot_t - 2 * s2).clamp(min=-1.0))
-    return step, dcos
-
-
 def _mode_t(kappa: torch.Tensor, dim: int) -> torch.Tensor:
     """1 − cos θ_m at the mode θ_m of L (κ sin²θ = (d−2) cos θ), without cancellation:
     cos θ_m = 2κ/(m + r), r = sqrt(m² + 4κ²), m = d − 2, and r − 2κ = m²/(r + 2κ)."""
@@ -199,22 +185,67 @@ def _mode_t(kappa: torch.Tensor, dim: int) -> torch.Tensor:
     return (m + m * m / (r + 2 * kappa)) / (m + r)
 
 
-def _tail_grid(a, b, span, dtype_info):
+_RULE_TENSORS: dict = {}
+
+
+def _rule_tensors(dtype: torch.dtype, device: torch.device):
+    """The constant parts of the rule as tensors, built once per dtype and device: panel
+    nodes / weights on [0, 1], the geometric exponents, and the peak rule."""
+    key = (dtype, device)
+    if key not in _RULE_TENSORS:
+
+        def tensor(values):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        _RULE_TENSORS[key] = (
+            tensor(_PANEL_RULE[0]),
+            tensor(_PANEL_RULE[1]),
+            tensor([float(k) for k in range(_TAIL_PANELS - 1, -1, -1)]),
+            tensor(_PEAK_RULE[0]),
+            tensor(_PEAK_RULE[1]),
+        )
+    return _RULE_TENSORS[key]
+
+
+def _tail_grid(a, b, span, tiny, rule):
     """Nodes u and weights of the geometric panel rule on [0, min(span, u_cut)] for an
     integrand ≈ exp(−a u − b u²/2): u_cut solves a u + b u²/2 = _LOG_DROP, the first panel
     ends at half the decay length ℓ = 1/(a + √b), the others grow geometrically to u_cut."""
+    nodes, weights, powers = rule[:3]
     u_cut = 2 * _LOG_DROP / (a + torch.sqrt(a * a + 2 * _LOG_DROP * b))
-    u_cut = torch.minimum(u_cut, span).clamp(min=dtype_info.tiny)
+    u_cut = torch.minimum(u_cut, span).clamp(min=tiny)
     first = torch.minimum(0.5 / (a + torch.sqrt(b)), u_cut)
     ratio = (first / u_cut) ** (1 / (_TAIL_PANELS - 1))
-    powers = torch.arange(_TAIL_PANELS - 1, -1, -1, dtype=a.dtype, device=a.device)
-    edges = u_cut.unsqueeze(-1) * ratio.unsqueeze(-1) ** powers
-    edges = torch.cat([torch.zeros_like(u_cut).unsqueeze(-1), edges], dim=-1)
-    lo, width = edges[..., :-1, None], (edges[..., 1:] - edges[..., :-1])[..., None]
-    nodes = torch.tensor(_PANEL_RULE[0], dtype=a.dtype, device=a.device)
-    weights = torch.tensor(_PANEL_RULE[1], dtype=a.dtype, device=a.device)
+    edges = u_cut.unsqueeze(-1) * ratio.unsqueeze(-1) ** powers  # panel ends, increasing
+    lo = torch.cat([torch.zeros_like(edges[..., :1]), edges[..., :-1]], dim=-1).unsqueeze(-1)
+    width = edges.unsqueeze(-1) - lo
     shape = u_cut.shape + (-1,)
-    return (lo + width * nodes).reshape(shape), (width * weights).reshape(shape)
+    return torch.addcmul(lo, width, nodes).reshape(shape), (width * weights).reshape(shape)
+
+
+def _weighted_integral(half_delta, weights, sin_t, cos_t, cot_t, kappa, offset, dim):
+    """Σ_j w_j (cos φ_j − A) exp(L(φ_j) − L(θ)) for φ_j = θ + 2·half_delta_j, from the
+    half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
+    cos φ − cos θ = −2P with P = s² cos θ + s c sin θ, and
+    sin φ / sin θ = 1 + 2Q with Q = s c cot θ − s², so that
+    L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
+    ``offset`` = (1 − A) − t = cos θ − A, so the score is offset − 2P (precise near 1)."""
+    s, c = torch.sin(half_delta), torch.cos(half_delta)
+    s2, sc = s * s, s * c
+    p = torch.addcmul(s2 * cos_t, sc, sin_t)
+    step = p * (-2 * kappa)
+    if dim > 2:
+        # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
+        q = torch.addcmul(-s2, sc, cot_t)
+        step = torch.add(step, torch.log1p((2 * q).clamp_(min=-1.0)), alpha=dim - 2)
+    score = torch.add(offset, p, alpha=-2)
+    return (score * torch.exp(step.clamp_(max=60.0)) * weights).sum(-1)
+
+
+def _angle(t: torch.Tensor):
+    """θ = arccos(1 − t), sin θ and cos θ, precise for small t."""
+    sin = torch.sqrt((t * (2 - t)).clamp(min=0.0))
+    return 2 * torch.asin(torch.sqrt(t / 2).clamp(max=1.0)), sin, 1 - t
 
 
 def vmf_marginal_dt_dconcentration(
@@ -235,7 +266,8 @@ def vmf_marginal_dt_dconcentration(
     model L(θ₀ + σu) − L(θ₀) ≈ −au − bu²/2 (a, b from L′, L″ at θ₀) gives the decay length
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
     Gaussian decay alike (:func:`_tail_grid`). All steps are written as half-angle products
-    (:func:`_log_density_step`), so nothing cancels near θ. Measured relative error ≤ 1e-7
+    (:func:`_weighted_integral`), so nothing cancels near θ; tail and peak nodes are summed
+    in one pass. Measured relative error ≤ 1e-7
     (float64) against mpmath for d ∈ [2, 4096], κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20
     times the mean of t; in float32 the error is that of rounding t itself. The result is ≤ 0.
 
@@ -248,40 +280,29 @@ def vmf_marginal_dt_dconcentration(
     one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
     t_mode = _mode_t(kappa, dim)
     t, kappa, one_minus_a, t_mode = torch.broadcast_tensors(t.detach(), kappa, one_minus_a, t_mode)
-    info = torch.finfo(t.dtype)
+    tiny = torch.finfo(t.dtype).tiny
+    rule = _rule_tensors(t.dtype, t.device)
     m = dim - 2
-
-    def angle(t):
-        sin = torch.sqrt((t * (2 - t)).clamp(min=0.0))
-        return 2 * torch.asin(torch.sqrt(t / 2).clamp(max=1.0)), sin, 1 - t
-
-    theta, sin_t, cos_t = angle(t)
-    cot_t = cos_t / sin_t.clamp(min=info.tiny)
+    theta, sin_t, cos_t = _angle(t)
+    cot_t = cos_t / sin_t.clamp(min=tiny)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
-    sigma = torch.where(upper, -1.0, 1.0).to(t.dtype)
-    theta_mode, sin_mode, cos_mode = angle(t_mode)
+    sigma = 1 - 2 * upper.to(t.dtype)
+    theta_mode, sin_mode, cos_mode = _angle(t_mode)
     across_mode = upper & (theta > theta_mode)
     theta0 = torch.where(across_mode, theta_mode, theta)
-    sin0 = torch.where(across_mode, sin_mode, sin_t).clamp(min=info.tiny)
+    sin0 = torch.where(across_mode, sin_mode, sin_t).clamp(min=tiny)
     cos0 = torch.where(across_mode, cos_mode, cos_t)
     span = torch.where(upper, theta0, math.pi - theta0)
     slope = -sigma * (m * cos0 / sin0 - kappa * sin0)  # −σ L′(θ₀) ≥ 0
-    curvature = kappa * cos0 + m / (sin0 * sin0).clamp(min=info.tiny)  # −L″(θ₀)
-    u, weights = _tail_grid(slope.clamp(min=0.0), curvature.clamp(min=0.0), span, info)
-
-    def integral(delta, weights):
-        step, dcos = _log_density_step(
-            sin_t[..., None], cos_t[..., None], cot_t[..., None], kappa[..., None], dim, delta
-        )
-        score = (one_minus_a - t)[..., None] + dcos  # cos φ − A, precise near 1
-        return (score * torch.exp(step.clamp(max=60.0)) * weights).sum(-1)
-
-    tail = integral((theta0 - theta)[..., None] + sigma[..., None] * u, weights)
-    peak_nodes = torch.tensor(_PEAK_RULE[0], dtype=t.dtype, device=t.device)
-    peak_weights = torch.tensor(_PEAK_RULE[1], dtype=t.dtype, device=t.device)
-    peak_span = (theta - theta0)[..., None]
-    peak = integral(-peak_span * peak_nodes, peak_span * peak_weights)
-    result = sin_t * sigma * (tail + peak)
+    curvature = kappa * cos0 + m / (sin0 * sin0).clamp(min=tiny)  # −L″(θ₀)
+    u, tail_weights = _tail_grid(slope.clamp(min=0.0), curvature.clamp(min=0.0), span, tiny, rule)
+    # tail nodes θ₀ + σu and peak nodes θ − (θ − θ₀)x, as half offsets from θ, in one array
+    peak_span = (theta - theta0).unsqueeze(-1)
+    tail_half = torch.addcmul(((theta0 - theta) / 2).unsqueeze(-1), (sigma / 2).unsqueeze(-1), u)
+    half_delta = torch.cat([tail_half, peak_span * (-0.5 * rule[3])], dim=-1)
+    weights = torch.cat([tail_weights, peak_span * rule[4]], dim=-1)
+    columns = [x.unsqueeze(-1) for x in (sin_t, cos_t, cot_t, kappa, one_minus_a - t)]
+    result = sin_t * sigma * _weighted_integral(half_delta, weights, *columns, dim)
     return torch.where(sin_t > 0, result, torch.zeros_like(result))
 
 
