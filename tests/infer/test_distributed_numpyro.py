@@ -234,6 +234,7 @@ def run_process(path: str, port: int, rank: int) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "data_parallel_svi.py"
 
 
 def environment(devices: int) -> dict:
@@ -379,6 +380,32 @@ def test_two_processes_equal_one_device(process_runs, mesh_runs, name):
     # (tolerance: as in test_mesh_run_equals_single_device_run)
     single = state_of(mesh_runs[f"{name}/single"], f"{PROCESS_STEPS}/")
     assert_close_relative(state_of(process_runs[0][name]), single, rtol=1e-10)
+
+
+def test_example_with_two_workers_ends_with_bitwise_equal_parameters(tmp_path):
+    # the example end to end from the command line: 2 jax.distributed processes, a few steps, --out
+    command = [sys.executable, str(EXAMPLE), "--backend", "numpyro", "--workers", "2"]
+    command += ["--estimator", "sf-optimal", "--steps", "3", "--hidden", "16"]
+    # XLA's optimizations off: compiling dominates these 3 steps (as in ``environment``)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_backend_optimization_level=0",
+    )
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("step ") == 3  # progress from rank 0 only
+    ranks = [np.load(tmp_path / f"params_rank{r}.npz") for r in (0, 1)]
+    assert ranks[0].files == ranks[1].files
+    assert {"reparam_ext.z.baseline_fs2", "reparam_ext.z.baseline_s2"} <= set(ranks[0].files)
+    for name in ranks[0].files:
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    for r in (0, 1):
+        losses = np.load(tmp_path / f"losses_rank{r}.npy")
+        assert losses.shape == (3,) and np.all(np.isfinite(losses))
 
 
 def test_shard_batch_checks_its_arguments():

@@ -10,7 +10,11 @@ an amortized Bernoulli guide. Its exact −ELBO is a sum over the 4 values of b 
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -455,6 +459,29 @@ def test_running_statistics_ride_in_one_all_reduce(runs):
 def test_mismatched_parameters_raise_on_every_rank(runs):
     for r in range(WORLD):
         assert "the ranks step different parameters" in runs[r]["mismatch"]
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_svi.py"
+
+
+def test_example_with_two_workers_ends_with_bitwise_equal_parameters(tmp_path):
+    # the example end to end from the command line: 2 gloo ranks, a few steps, --out
+    command = [sys.executable, str(EXAMPLE), "--backend", "pyro", "--workers", "2"]
+    command += ["--estimator", "sf-optimal", "--steps", "3", "--hidden", "16"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("step ") == 3  # progress from rank 0 only
+    ranks = [np.load(tmp_path / f"params_rank{r}.npz") for r in (0, 1)]
+    assert ranks[0].files == ranks[1].files
+    assert {"reparam_ext.z.baseline_fs2", "reparam_ext.z.baseline_s2"} <= set(ranks[0].files)
+    for name in ranks[0].files:
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    for r in (0, 1):
+        losses = np.load(tmp_path / f"losses_rank{r}.npy")
+        assert losses.shape == (3,) and np.all(np.isfinite(losses))
 
 
 def test_bad_launch_settings():
