@@ -38,14 +38,23 @@ batch of 50) at fixed checkpoints of one *shared* training run (Pyro,
 backends; estimator state such as running baselines and REBAR/RELAX's η, λ, ρ is warmed up for
 ``--warmup`` steps by an optimizer that moves only that state) and along the estimator's *own*
 run; the 100-sample importance-weighted test bound against steps and against training
-wall-clock time; steps/s (NumPyro jitted: the first, compiling call is reported as
-``compile_s`` and left out of the wall-clock and steps/s; on Pyro the first step, one-off
-set-up, is treated the same way). Relaxations use temperature 0.5 (ReinMax 1.0), fixed.
-``--quick`` runs NumPyro on the linear model only (compiling every estimator for every
-model takes minutes); the full run does every model on both backends.
+time; steps per CPU second. Time is CPU time of the process (``time.process_time``; the
+wall-clock is recorded alongside): on a machine shared with other jobs the wall-clock
+measures the load, the CPU time the estimator. NumPyro is jitted: the first, compiling call
+is reported as ``compile_s`` and left out of both clocks and of steps/s; on Pyro the first
+step, one-off set-up, is treated the same way. Relaxations use temperature 0.5 (ReinMax
+1.0), fixed. ``--quick`` runs NumPyro on the linear model only (compiling every estimator
+for every model takes minutes; ``--numpyro-models`` chooses); the full run does every model
+on both backends. ``--jobs`` (default 2, one per core) splits the models between processes
+and merges their results.
 
     python benchmarks/protocol.py --quick     # make bench (short; minutes)
     python benchmarks/protocol.py             # make bench-full (the whole protocol)
+
+Quick settings: 100 steps, checkpoints 0/50/100, 30 gradient samples per variance (a
+variance's relative SE ≈ √(2/29) ≈ 26% for Gaussian gradients, more with heavy tails; the
+tables give each ratio's SE), 20 warm-up steps. Full: 2000 steps, 6 checkpoints, 100 samples
+(≈ 14%), 200 warm-up steps.
 
 writes ``benchmarks/results/protocol.md``, ``protocol.json`` and ``protocol_<model>_E<E>.png``.
 Torch on one intra-op thread; float32 on both backends.
@@ -369,13 +378,21 @@ class Run:
     particles: int
     evaluations: int
     steps: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # training wall-clock at checkpoints
+    cpu_seconds: list[float] = field(default_factory=list)  # training CPU time (process_time)
     test_bound: list[float] = field(default_factory=list)
     variance: list[float] = field(default_factory=list)
     shared_variance: dict = field(default_factory=dict)  # checkpoint step -> (var, se)
     steps_per_s: float = float("nan")
     compile_s: float = 0.0
+    compile_cpu_s: float = 0.0
+    run_wall_s: float = float("nan")  # the whole run: training, variances, test bounds
+    run_cpu_s: float = float("nan")
     error: str = ""
+
+    def time_axis(self) -> list[float]:
+        """Training CPU seconds at the checkpoints (wall-clock for results saved without)."""
+        return self.cpu_seconds or self.seconds
 
 
 def checkpoint_steps(num_steps: int, count: int) -> list[int]:
@@ -422,17 +439,11 @@ class PyroTrainer:
         self.svi = SVI(model, guide, Adam({"lr": settings.lr}), self.elbo)
         self.settings = settings
         self.variance_batch = torch.tensor(data.variance_batch)
-        self.compile_s, self.steps_taken = 0.0, 0
 
     def step(self, batch: np.ndarray) -> float:
         import torch
 
-        start = time.perf_counter()
-        loss = self.svi.step(torch.tensor(batch))
-        self.steps_taken += 1
-        if self.steps_taken == 1:  # one-off set-up (param creation, lazy imports): as NumPyro
-            self.compile_s = time.perf_counter() - start
-        return loss
+        return self.svi.step(torch.tensor(batch))
 
     def params(self) -> dict:
         import pyro
@@ -540,18 +551,13 @@ class NumPyroTrainer:
             self.state = self.svi.init(jax.random.fold_in(self.key, 0), self.variance_batch)
         self.update = jax.jit(self.svi.update)
         self.warm_svi, self.warm_update = None, None
-        self.compile_s, self.calls, self.steps_taken = 0.0, 0, 0
+        self.calls = 0
 
     def step(self, batch: np.ndarray) -> float:
         import jax.numpy as jnp
 
-        start = time.perf_counter()
         self.state, loss = self.update(self.state, jnp.asarray(batch))
-        loss = float(loss)  # blocks until the step is done
-        self.steps_taken += 1
-        if self.steps_taken == 1:
-            self.compile_s = time.perf_counter() - start
-        return loss
+        return float(loss)  # blocks until the step is done
 
     def params(self) -> dict:
         params = self.svi.get_params(self.state)
@@ -635,12 +641,17 @@ def train_own_run(run: Run, trainer, spec, data: Data, settings: Settings, snaps
     encoder-gradient variance (and, for the shared run, the parameters in ``snapshots``)."""
     checkpoints = checkpoint_steps(settings.steps, settings.checkpoints)
     order = batches(data, settings.steps, settings.seed)
-    seconds = 0.0
+    seconds = cpu = 0.0
     for step in range(settings.steps + 1):
         if step > 0:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             loss = trainer.step(data.train[order[step - 1]])
-            seconds += time.perf_counter() - start
+            if step == 1:  # set-up (Pyro) / compilation (NumPyro): left out of both clocks
+                run.compile_s = time.perf_counter() - start
+                run.compile_cpu_s = time.process_time() - start_cpu
+            else:
+                seconds += time.perf_counter() - start
+                cpu += time.process_time() - start_cpu
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss {loss} at step {step}")
         if step in checkpoints:
@@ -648,12 +659,11 @@ def train_own_run(run: Run, trainer, spec, data: Data, settings: Settings, snaps
             if snapshots is not None:
                 snapshots[step] = params
             run.steps.append(step)
-            run.seconds.append(max(seconds - trainer.compile_s, 0.0))
+            run.seconds.append(seconds)
+            run.cpu_seconds.append(cpu)
             run.test_bound.append(test_bound(spec, params, data, 1000 + step))
             run.variance.append(trainer.variance()[0])
-    run.compile_s = trainer.compile_s
-    timed_steps = settings.steps - (1 if trainer.compile_s else 0)
-    run.steps_per_s = timed_steps / max(run.seconds[-1], 1e-9)
+    run.steps_per_s = (settings.steps - 1) / max(run.cpu_seconds[-1], 1e-9)
 
 
 def run_model(spec, data: Data, settings: Settings, budgets, backend: str, names, snapshots):
@@ -686,7 +696,7 @@ def run_model(spec, data: Data, settings: Settings, budgets, backend: str, names
 def one_run(spec, est, backend, budget, data, init, settings, snapshots, is_reference) -> Run:
     run = Run(spec.name, backend, budget, est.name, est.particles(budget), budget)
     run.evaluations = est.particles(budget) * est.evals_per_particle
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     try:
         trainer = make_trainer(spec, est, backend, budget, data, init, settings)
         train_own_run(run, trainer, spec, data, settings, snapshots if is_reference else None)
@@ -696,25 +706,28 @@ def one_run(spec, est, backend, budget, data, init, settings, snapshots, is_refe
     except Exception as error:  # one broken estimator must not stop the benchmark
         run.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         traceback.print_exc()
+    run.run_wall_s = time.perf_counter() - start
+    run.run_cpu_s = time.process_time() - start_cpu
     bound = run.test_bound[-1] if run.test_bound else float("nan")
     print(
         f"{spec.name:11s} E={budget} {backend:7s} {est.name:30s} bound {bound:8.2f} "
-        f"{run.steps_per_s:7.1f} steps/s ({time.perf_counter() - start:.0f} s) {run.error}",
+        f"{run.steps_per_s:7.1f} steps/CPU-s (run {run.run_wall_s:.0f} s wall, "
+        f"{run.run_cpu_s:.0f} s CPU) {run.error}",
         flush=True,
     )
     return run
 
 
 def median_step(spec, est, backend, data, init, settings, order) -> float:
-    """Median seconds of one training step after two warm-up (NumPyro: compiling) steps."""
+    """Median CPU seconds of one training step after two warm-up (NumPyro: compiling) steps."""
     trainer = make_trainer(spec, est, backend, 2, data, init, settings)
     for index in order[:2]:
         trainer.step(data.train[index])
     times = []
     for index in order[2:]:
-        start = time.perf_counter()
+        start = time.process_time()
         trainer.step(data.train[index])
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
@@ -777,8 +790,15 @@ def _find(runs, model, backend, budget, estimator):
 
 
 def bound_at(run: Run, seconds: float) -> float:
-    """Test bound at ``seconds`` of training, linear between checkpoints."""
-    return float(np.interp(seconds, run.seconds, run.test_bound))
+    """Test bound at ``seconds`` of training CPU time, linear between checkpoints."""
+    return float(np.interp(seconds, run.time_axis(), run.test_bound))
+
+
+def ratio_se(reference: tuple[float, float], estimate: tuple[float, float]) -> float:
+    """Standard error of ``reference[0] / estimate[0]`` from the two (variance, SE) pairs
+    (delta method, independent estimates: relative SEs add in quadrature)."""
+    ratio = reference[0] / estimate[0]
+    return ratio * float(np.hypot(reference[1] / reference[0], estimate[1] / estimate[0]))
 
 
 def shared_rows(runs: list[Run]) -> list[dict]:
@@ -797,6 +817,11 @@ def shared_rows(runs: list[Run]) -> list[dict]:
             row[f"se@{step}"] = se
             if reference is not None and step in reference.shared_variance:
                 row[f"ratio@{step}"] = reference.shared_variance[step][0] / variance
+                row[f"ratio_se@{step}"] = (
+                    0.0  # the reference itself: ratio 1 exactly
+                    if run is reference
+                    else ratio_se(reference.shared_variance[step], (variance, se))
+                )
         rows.append(row)
     return rows
 
@@ -821,11 +846,14 @@ def own_rows(runs: list[Run]) -> list[dict]:
             if (r.model, r.budget, r.backend) == (run.model, run.budget, run.backend)
             and not r.error
         ]
-        equal_s = min(r.seconds[-1] for r in group)
+        equal_s = min(r.time_axis()[-1] for r in group)
         row.update(
             steps_per_s=run.steps_per_s,
             compile_s=run.compile_s,
-            train_s=run.seconds[-1],
+            train_s=run.time_axis()[-1],
+            train_wall_s=run.seconds[-1],
+            run_cpu_s=run.run_cpu_s,
+            run_wall_s=run.run_wall_s,
             final_bound=run.test_bound[-1],
             equal_time_s=equal_s,
             bound_at_equal_time=bound_at(run, equal_s),
@@ -865,7 +893,7 @@ def headline_rows(runs: list[Run], shared: list[dict], own: list[dict]) -> list[
             "best unbiased (ours)": best["estimator"],
             "backend": best["backend"],
         }
-        row.update({k: v for k, v in best.items() if k.startswith("ratio@")})
+        row.update({k: v for k, v in best.items() if k.startswith(("ratio@", "ratio_se@"))})
         mine = next(
             o
             for o in own
@@ -897,6 +925,15 @@ def headline_rows(runs: list[Run], shared: list[dict], own: list[dict]) -> list[
             row["bound (TraceGraph)"] = bound_at(
                 _find(runs, model, "pyro", budget, REFERENCE), seconds
             )
+            bounds = {
+                o["estimator"]: bound_at(
+                    _find(runs, model, o["backend"], budget, o["estimator"]), seconds
+                )
+                for o in pyro_group
+                if o["estimator"] in ours
+            }
+            row["by"] = max(bounds, key=bounds.get)
+            row["best bound (ours)"] = bounds[row["by"]]
         rows.append(row)
     return rows
 
@@ -919,7 +956,7 @@ def plot(runs: list[Run], model: str, budget: int, path: Path) -> None:
         for r in (r for r in selected if r.backend == backend):
             style = dict(**styles[r.estimator], label=r.estimator, marker="o", ms=3)
             bound_steps.plot(r.steps, r.test_bound, **style)
-            bound_time.plot(r.seconds[1:], r.test_bound[1:], **style)
+            bound_time.plot(r.time_axis()[1:], r.test_bound[1:], **style)
             own.plot(r.steps, r.variance, **style)
             points = sorted(r.shared_variance.items())
             shared.plot([p[0] for p in points], [p[1][0] for p in points], **style)
@@ -929,7 +966,7 @@ def plot(runs: list[Run], model: str, budget: int, path: Path) -> None:
             ylabel="test bound (nats, 100-sample IW)",
         )
         bound_time.set(
-            xscale="log", xlabel="training wall-clock (s, log)", ylabel="test bound (nats)"
+            xscale="log", xlabel="training CPU time (s, log)", ylabel="test bound (nats)"
         )
         own.set(yscale="log", xlabel="step (own run)", ylabel="encoder-gradient variance (log)")
         shared.set(
@@ -948,7 +985,63 @@ def plot(runs: list[Run], model: str, budget: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float) -> Path:
+def source_revision() -> str:
+    """The checkout's commit (``+ local changes`` when the tree differs from it)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "pyro_reparam_ext",
+        "numpyro_backend",
+        "benchmarks/protocol.py",
+    )
+    return commit + (" + local changes" if dirty else "")
+
+
+def numpyro_text(runs: list[Run]) -> str:
+    on_numpyro = list(dict.fromkeys(r.model for r in runs if r.backend == "numpyro"))
+    missing = [m for m in dict.fromkeys(r.model for r in runs) if m not in on_numpyro]
+    if not missing:
+        return ""
+    if not on_numpyro:
+        return "No NumPyro runs."
+    return f"NumPyro runs: {', '.join(on_numpyro)} only (not {', '.join(missing)})."
+
+
+def precision_text(shared: list[dict]) -> str:
+    """The median relative SE of the variances and of the ratios, as a sentence."""
+    variances = [
+        row[k.replace("var@", "se@")] / row[k]
+        for row in shared
+        for k in row
+        if k.startswith("var@") and row[k] > 0
+    ]
+    ratios = [
+        row[k.replace("ratio@", "ratio_se@")] / row[k]
+        for row in shared
+        for k in row
+        if k.startswith("ratio@") and row["estimator"] != REFERENCE
+    ]
+    if not variances or not ratios:
+        return ""
+    return (
+        f"Precision: median relative SE {100 * np.median(variances):.0f}% per variance, "
+        f"{100 * np.median(ratios):.0f}% per ratio (90th percentile "
+        f"{100 * np.percentile(ratios, 90):.0f}%); ratio_se is the ratio's SE. "
+    )
+
+
+def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float, info=None) -> Path:
+    info = info or {}
     shared, own = shared_rows(runs), own_rows(runs)
     headline = headline_rows(runs, shared, own)
     meta = machine_info()
@@ -961,15 +1054,22 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
         "",
         f"{mode}: {settings.steps} steps per run (Adam, lr {settings.lr}), "
         f"{settings.variance_samples} gradient samples per variance, state warm-up "
-        f"{settings.warmup} steps at shared checkpoints; {elapsed / 60:.1f} min in all. "
-        "E = model evaluations per data point (see `benchmarks/protocol.py` for the count). "
+        f"{settings.warmup} steps at shared checkpoints; {elapsed / 60:.1f} min wall-clock "
+        f"in all ({info.get('cpu_s', float('nan')) / 60:.1f} CPU-min over "
+        f"{info.get('jobs', 1)} process(es)); library at commit "
+        f"{info.get('revision', 'unknown')}. "
+        "**Time axis = training CPU seconds** (`time.process_time`, set-up/compiling step "
+        "left out): the machine was shared with other jobs, so wall-clock (also listed, "
+        "`train_wall_s`) measures the load, not the estimator. "
+        + precision_text(shared)
+        + "E = model evaluations per data point (see `benchmarks/protocol.py` for the count). "
         "ratio@s = variance of Pyro's TraceGraph_ELBO (decaying-average baseline) / variance "
         "of the estimator, at step s of the shared run (same parameters on both backends; "
         "> 1: lower variance than TraceGraph). Test bound: 100-sample importance-weighted "
         "bound of the discrete model on the 359 test images (nats; higher is better). "
         "Evaluations per data point: K particles = K (REBAR/RELAX with "
         "`coordinatewise=False`: 3 per particle, so K = 1 at E = 4 and absent at E = 2). "
-        + ("NumPyro: linear model only in `--quick`." if quick else ""),
+        + numpyro_text(runs),
         "",
         "### Headline: best unbiased estimator of ours vs TraceGraph_ELBO",
         "",
@@ -981,9 +1081,12 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
                 "best unbiased (ours)",
                 "backend",
                 *checkpoints,
+                checkpoints[-1].replace("ratio", "ratio_se") if checkpoints else "",
                 "equal_time_s",
                 "bound (best)",
                 "bound (TraceGraph)",
+                "best bound (ours)",
+                "by",
             ],
         ),
         "",
@@ -998,6 +1101,7 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
                 "estimator",
                 "evals",
                 *checkpoints,
+                checkpoints[-1].replace("ratio", "ratio_se") if checkpoints else "",
                 checkpoints[-1].replace("ratio", "var") if checkpoints else "",
             ],
         ),
@@ -1014,6 +1118,8 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
                 "evals",
                 "steps_per_s",
                 "compile_s",
+                "train_s",
+                "train_wall_s",
                 "final_bound",
                 "equal_time_s",
                 "bound_at_equal_time",
@@ -1022,11 +1128,14 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
             ],
         ),
         "",
-        "equal_time_s: the shortest training time in the (model, E, backend) group; "
-        "bound_at_equal_time interpolates each run's test bound there. final_variance: "
-        "along the estimator's own run, at its own parameters.",
+        "steps_per_s: training steps per CPU second; train_s: training CPU seconds "
+        "(train_wall_s: the same steps' wall-clock). equal_time_s: the shortest training "
+        "CPU time in the (model, E, backend) group; bound_at_equal_time interpolates each "
+        "run's test bound there (headline: equal_time_s also capped by Pyro "
+        "TraceGraph_ELBO's; `best bound (ours)`: the best of our unbiased estimators there, "
+        "`by` which). final_variance: along the estimator's own run, at its own parameters.",
         "",
-        "### Step time at K = 2 (median, ms)",
+        "### Step time at K = 2 (median CPU time, ms)",
         "",
         markdown_table(
             timing,
@@ -1050,6 +1159,7 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float)
         "own_runs": own,
         "step_times": timing,
         "elapsed_s": elapsed,
+        "info": info,
         "curves": [
             vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
             for r in runs
@@ -1066,7 +1176,7 @@ def plot_name(run: Run) -> str:
     return f"protocol_{run.model}_E{run.budget}.png"
 
 
-QUICK = dict(steps=200, checkpoints=2, variance_samples=50, warmup=50, timing_steps=5)
+QUICK = dict(steps=100, checkpoints=2, variance_samples=30, warmup=20, timing_steps=5)
 QUICK_NUMPYRO_MODELS = ("linear",)  # compiling every estimator for every model takes minutes
 FULL = dict(steps=2000, checkpoints=5, variance_samples=100, warmup=200, timing_steps=20)
 
@@ -1081,8 +1191,20 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the mode's steps")
     parser.add_argument("--variance-samples", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--checkpoints", type=int, default=None, help="shared checkpoints > 0")
+    parser.add_argument(
+        "--numpyro-models",
+        default=None,
+        help="models also run on NumPyro (default: all; --quick: "
+        + ",".join(QUICK_NUMPYRO_MODELS)
+        + ")",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="processes (models split between them; 2 cores)"
+    )
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one job's output
     parser.add_argument(
         "--from-json",
         action="store_true",
@@ -1093,7 +1215,7 @@ def main(argv=None) -> None:
         rerender(RESULTS_DIR / "protocol.json")
         return
     chosen = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "variance_samples", "warmup"):
+    for key in ("steps", "variance_samples", "warmup", "checkpoints"):
         if getattr(args, key) is not None:
             chosen[key] = getattr(args, key)
     settings = Settings(lr=args.lr, seed=args.seed, **chosen)
@@ -1101,21 +1223,98 @@ def main(argv=None) -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     backends = args.backends.split(",")
     names = set(args.estimators.split(";")) if args.estimators else None
-    run_protocol(settings, models, budgets, backends, names, args.quick)
+    if args.numpyro_models is not None:
+        numpyro_models = tuple(args.numpyro_models.split(","))
+    else:
+        numpyro_models = QUICK_NUMPYRO_MODELS if args.quick else tuple(MODELS)
+    if args.jobs > 1 and len(models) > 1:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        run_in_parallel(_without(argv, ("--jobs", "--models")), models, args.jobs)
+        return
+    run_protocol(settings, models, budgets, backends, names, args.quick, numpyro_models, args.part)
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options and their values (``--opt v`` or ``--opt=v``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            kept.append(arg)
+    return kept
+
+
+def load_runs(payload: dict) -> list[Run]:
+    runs = []
+    for curve in payload["curves"]:
+        shared = {int(step): tuple(value) for step, value in curve["shared_variance"].items()}
+        runs.append(Run(**{**curve, "shared_variance": shared}))
+    return runs
 
 
 def rerender(path: Path) -> None:
     """``protocol.md`` and the plots again from the curves a run saved in ``path``."""
     payload = json.loads(path.read_text())
-    runs = []
-    for curve in payload["curves"]:
-        shared = {int(step): tuple(value) for step, value in curve["shared_variance"].items()}
-        runs.append(Run(**{**curve, "shared_variance": shared}))
     settings = Settings(**payload["settings"])
-    write_outputs(runs, payload["step_times"], settings, payload["quick"], payload["elapsed_s"])
+    write_outputs(
+        load_runs(payload),
+        payload["step_times"],
+        settings,
+        payload["quick"],
+        payload["elapsed_s"],
+        payload.get("info"),
+    )
 
 
-def run_protocol(settings, models, budgets, backends, names, quick) -> None:
+def model_groups(models: list[ModelSpec], jobs: int) -> list[list[ModelSpec]]:
+    """Models split over ``jobs`` processes, largest first onto the least loaded (a model's
+    runs stay together: its NumPyro runs need its Pyro shared-run checkpoints)."""
+    cost = {"linear": 1.0, "nonlinear": 2.0, "categorical": 3.0}  # from the quick run's times
+    groups: list[list[ModelSpec]] = [[] for _ in range(min(jobs, len(models)))]
+    for spec in sorted(models, key=lambda m: -cost.get(m.name, 2.0)):
+        min(groups, key=lambda g: sum(cost.get(m.name, 2.0) for m in g)).append(spec)
+    return [sorted(g, key=models.index) for g in groups if g]
+
+
+def run_in_parallel(argv: list[str], models: list[ModelSpec], jobs: int) -> None:
+    """This script once per model group (``--part``), then the merged results."""
+    import subprocess
+    import tempfile
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        parts, children = [], []
+        for index, group in enumerate(model_groups(models, jobs)):
+            part = Path(folder) / f"part{index}.json"
+            names = ",".join(m.name for m in group)
+            command = [sys.executable, __file__, *argv, "--jobs", "1", "--models", names]
+            children.append(subprocess.Popen([*command, "--part", str(part)], cwd=ROOT))
+            parts.append(part)
+        codes = [child.wait() for child in children]
+        if any(codes):
+            raise SystemExit(f"a protocol process failed (exit codes {codes})")
+        payloads = [json.loads(part.read_text()) for part in parts]
+    order = {name: i for i, name in enumerate(MODELS)}
+    runs = sorted((r for p in payloads for r in load_runs(p)), key=lambda r: order[r.model])
+    timing = sorted(
+        (row for p in payloads for row in p["step_times"]), key=lambda r: order[r["model"]]
+    )
+    info = {
+        "jobs": len(payloads),
+        "cpu_s": sum(p["info"]["cpu_s"] for p in payloads),
+        "revision": payloads[0]["info"]["revision"],
+    }
+    settings = Settings(**payloads[0]["settings"])
+    path = write_outputs(
+        runs, timing, settings, payloads[0]["quick"], time.perf_counter() - start, info
+    )
+    print("wrote", path)
+
+
+def run_protocol(settings, models, budgets, backends, names, quick, numpyro_models, part=None):
     import pyroapi
     import torch
 
@@ -1129,15 +1328,29 @@ def run_protocol(settings, models, budgets, backends, names, quick) -> None:
     for spec in models:
         snapshots: dict[int, dict] = {}  # filled by the shared run (Pyro, first)
         for backend in backends:
-            if quick and backend == "numpyro" and spec.name not in QUICK_NUMPYRO_MODELS:
+            if backend == "numpyro" and spec.name not in numpyro_models:
                 continue
             with pyroapi.pyro_backend(BACKENDS[backend]):
                 runs += run_model(spec, data, settings, budgets, backend, names, snapshots)
-                # the step-time table: D = 32 Bernoulli models (quick: the first one only)
-                timed = [m for m in models if m.family == "bernoulli"][: 1 if quick else None]
-                if spec in timed:
+                # the step-time table: D = 32 Bernoulli models (quick: the linear one only)
+                if spec.family == "bernoulli" and (spec.name == "linear" or not quick):
                     timing += step_times(spec, data, settings, [backend])
-    path = write_outputs(runs, timing, settings, quick, time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    info = {"jobs": 1, "cpu_s": time.process_time(), "revision": source_revision()}
+    if part is not None:  # one process of a parallel run: the curves only, merged later
+        payload = {
+            "settings": vars(settings),
+            "quick": quick,
+            "step_times": timing,
+            "info": info,
+            "curves": [
+                vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
+                for r in runs
+            ],
+        }
+        Path(part).write_text(json.dumps(payload) + "\n")
+        return
+    path = write_outputs(runs, timing, settings, quick, elapsed, info)
     print("wrote", path)
 
 

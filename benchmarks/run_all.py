@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -49,6 +50,12 @@ def run_script(script: Path, quick: bool) -> tuple[bool, float, str]:
     seconds = time.perf_counter() - start
     output = (completed.stdout + completed.stderr).strip().splitlines()
     return completed.returncode == 0, seconds, "\n".join(output[-15:])
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of the finished child processes (and their children) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def collect(results_dir: Path = RESULTS_DIR) -> str:
@@ -109,13 +116,20 @@ def main(argv=None) -> int:
         selected = [p for p in selected if p.stem in wanted]
     failed = []
     if not args.collect_only:
+        total, total_cpu = 0.0, 0.0
         for script in selected:
             print(f"running {script.name} ...", flush=True)
+            before = children_cpu_seconds()
             ok, seconds, tail = run_script(script, args.quick)
-            print(f"  {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
+            cpu = children_cpu_seconds() - before
+            total, total_cpu = total + seconds, total_cpu + cpu
+            print(
+                f"  {'done' if ok else 'FAILED'} in {seconds:.0f} s ({cpu:.0f} s CPU)", flush=True
+            )
             if not ok:
                 failed.append(script.name)
                 print("  " + tail.replace("\n", "\n  "), flush=True)
+        print(f"all scripts: {total:.0f} s wall-clock, {total_cpu:.0f} s CPU", flush=True)
     publish()
     print(f"wrote {RESULTS_DIR / 'README.md'} and the benchmark section of {README}")
     if failed:
