@@ -666,16 +666,20 @@ def train_own_run(run: Run, trainer, spec, data: Data, settings: Settings, snaps
     run.steps_per_s = (settings.steps - 1) / max(run.cpu_seconds[-1], 1e-9)
 
 
-def run_model(spec, data: Data, settings: Settings, budgets, backend: str, names, snapshots):
+def run_model(spec, data, settings, budgets, backend: str, names, snapshots, record=None):
     """Every estimator × budget on one model and backend: own runs, then the shared
-    checkpoints. On Pyro the shared run goes first and fills ``snapshots`` (step -> params)."""
+    checkpoints. On Pyro the shared run goes first and fills ``snapshots`` (step -> params).
+    ``record(run)`` is called after each run."""
     init = initial_params(spec, data, settings.seed)
+    # the reference and ours first, both budgets each, stock and relaxations last: a run
+    # stopped early (a deadline) still has the headline's rows
     combos = [
         (est, budget)
-        for budget in budgets
         for est in estimators()
+        for budget in budgets
         if est.available(spec.family, backend, budget) and (names is None or est.name in names)
     ]
+    combos.sort(key=lambda c: c[0].name == "Trace_ELBO" or c[0].relaxation != "none")
     if backend == SHARED_RUN[0]:
         reference = next(
             (c for c in combos if c[0].name == SHARED_RUN[1] and c[1] == max(budgets)), None
@@ -690,7 +694,24 @@ def run_model(spec, data: Data, settings: Settings, budgets, backend: str, names
         runs.append(
             one_run(spec, est, backend, budget, data, init, settings, snapshots, is_reference)
         )
+        if record is not None:
+            record(runs[-1])
     return runs
+
+
+def shared_snapshots(spec, data: Data, settings: Settings, budgets) -> dict[int, dict]:
+    """The shared run's checkpoints (Pyro), for a process that runs only NumPyro: the same
+    seeds, so the same parameters as the Pyro process's shared run."""
+    import pyroapi
+
+    est = next(e for e in estimators() if e.name == SHARED_RUN[1])
+    init = initial_params(spec, data, settings.seed)
+    snapshots: dict[int, dict] = {}
+    with pyroapi.pyro_backend(BACKENDS[SHARED_RUN[0]]):
+        run = one_run(spec, est, SHARED_RUN[0], max(budgets), data, init, settings, snapshots, True)
+    if run.error:
+        raise RuntimeError(f"the shared run failed: {run.error}")
+    return snapshots
 
 
 def one_run(spec, est, backend, budget, data, init, settings, snapshots, is_reference) -> Run:
@@ -1042,6 +1063,8 @@ def precision_text(shared: list[dict]) -> str:
 
 def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float, info=None) -> Path:
     info = info or {}
+    models, backends = list(MODELS), list(BACKENDS)
+    runs = sorted(runs, key=lambda r: (models.index(r.model), r.budget, backends.index(r.backend)))
     shared, own = shared_rows(runs), own_rows(runs)
     headline = headline_rows(runs, shared, own)
     meta = machine_info()
@@ -1205,6 +1228,12 @@ def main(argv=None) -> None:
         "--jobs", type=int, default=2, help="processes (models split between them; 2 cores)"
     )
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one job's output
+    parser.add_argument("--parts-dir", default=None, help="keep the processes' part files here")
+    parser.add_argument(
+        "--merge-parts",
+        default=None,
+        help="do not run: write the results from the part files in this folder",
+    )
     parser.add_argument(
         "--from-json",
         action="store_true",
@@ -1213,6 +1242,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.from_json:
         rerender(RESULTS_DIR / "protocol.json")
+        return
+    if args.merge_parts:
+        merge_parts(sorted(Path(args.merge_parts).glob("*.json")), float("nan"), args.jobs)
         return
     chosen = dict(QUICK if args.quick else FULL)
     for key in ("steps", "variance_samples", "warmup", "checkpoints"):
@@ -1227,9 +1259,11 @@ def main(argv=None) -> None:
         numpyro_models = tuple(args.numpyro_models.split(","))
     else:
         numpyro_models = QUICK_NUMPYRO_MODELS if args.quick else tuple(MODELS)
-    if args.jobs > 1 and len(models) > 1:
+    pairs = units(models, backends, numpyro_models)
+    if args.jobs > 1 and len(pairs) > 1 and args.part is None:
         argv = sys.argv[1:] if argv is None else list(argv)
-        run_in_parallel(_without(argv, ("--jobs", "--models")), models, args.jobs)
+        argv = _without(argv, ("--jobs", "--models", "--backends", "--parts-dir"))
+        run_in_parallel(argv, pairs, args.jobs, args.parts_dir)
         return
     run_protocol(settings, models, budgets, backends, names, args.quick, numpyro_models, args.part)
 
@@ -1269,48 +1303,80 @@ def rerender(path: Path) -> None:
     )
 
 
-def model_groups(models: list[ModelSpec], jobs: int) -> list[list[ModelSpec]]:
-    """Models split over ``jobs`` processes, largest first onto the least loaded (a model's
-    runs stay together: its NumPyro runs need its Pyro shared-run checkpoints)."""
-    cost = {"linear": 1.0, "nonlinear": 2.0, "categorical": 3.0}  # from the quick run's times
-    groups: list[list[ModelSpec]] = [[] for _ in range(min(jobs, len(models)))]
-    for spec in sorted(models, key=lambda m: -cost.get(m.name, 2.0)):
-        min(groups, key=lambda g: sum(cost.get(m.name, 2.0) for m in g)).append(spec)
-    return [sorted(g, key=models.index) for g in groups if g]
+# a unit's share of the work, from the quick run's CPU times (NumPyro: mostly compiling)
+UNIT_COST = {"pyro": {"linear": 1.0, "nonlinear": 2.0, "categorical": 3.0}, "numpyro": 1.5}
 
 
-def run_in_parallel(argv: list[str], models: list[ModelSpec], jobs: int) -> None:
-    """This script once per model group (``--part``), then the merged results."""
+def units(models: list[ModelSpec], backends: list[str], numpyro_models) -> list[tuple]:
+    """(model, backend) pairs of a run, costliest first: each is one process of ``--jobs``
+    (a NumPyro process recomputes the model's shared Pyro run: the same seeds, the same
+    parameters)."""
+    pairs = [
+        (spec, backend)
+        for spec in models
+        for backend in backends
+        if backend != "numpyro" or spec.name in numpyro_models
+    ]
+
+    def cost(pair):
+        spec, backend = pair
+        table = UNIT_COST[backend]
+        return table.get(spec.name, 2.0) if isinstance(table, dict) else table
+
+    return sorted(pairs, key=lambda pair: -cost(pair))
+
+
+def run_in_parallel(argv: list[str], pairs: list[tuple], jobs: int, parts_dir=None) -> None:
+    """This script once per (model, backend), at most ``jobs`` at a time, each writing its
+    part file (after every run) into ``parts_dir``; then the merged results."""
     import subprocess
     import tempfile
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        parts, children = [], []
-        for index, group in enumerate(model_groups(models, jobs)):
-            part = Path(folder) / f"part{index}.json"
-            names = ",".join(m.name for m in group)
-            command = [sys.executable, __file__, *argv, "--jobs", "1", "--models", names]
-            children.append(subprocess.Popen([*command, "--part", str(part)], cwd=ROOT))
-            parts.append(part)
-        codes = [child.wait() for child in children]
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(parts_dir or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        waiting, running, codes = list(pairs), [], []
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                spec, backend = waiting.pop(0)
+                part = folder / f"{spec.name}_{backend}.json"
+                command = [sys.executable, __file__, *argv, "--jobs", "1"]
+                command += ["--models", spec.name, "--backends", backend, "--part", str(part)]
+                running.append(subprocess.Popen(command, cwd=ROOT))
+            time.sleep(1.0)
+            codes += [child.returncode for child in running if child.poll() is not None]
+            running = [child for child in running if child.returncode is None]
         if any(codes):
             raise SystemExit(f"a protocol process failed (exit codes {codes})")
-        payloads = [json.loads(part.read_text()) for part in parts]
+        merge_parts(sorted(folder.glob("*.json")), time.perf_counter() - start, jobs)
+
+
+def merge_parts(parts: list[Path], elapsed: float, jobs: int) -> None:
+    """``protocol.md``/``.json``/plots from the part files of a parallel run."""
+    payloads = [json.loads(part.read_text()) for part in parts]
     order = {name: i for i, name in enumerate(MODELS)}
-    runs = sorted((r for p in payloads for r in load_runs(p)), key=lambda r: order[r.model])
-    timing = sorted(
-        (row for p in payloads for row in p["step_times"]), key=lambda r: order[r["model"]]
+    backend_order = {name: i for i, name in enumerate(BACKENDS)}
+
+    def key(model, backend):
+        return order[model], backend_order[backend]
+
+    runs = sorted(
+        (r for p in payloads for r in load_runs(p)), key=lambda r: key(r.model, r.backend)
     )
+    timing = sorted(
+        (row for p in payloads for row in p["step_times"]),
+        key=lambda r: key(r["model"], r["backend"]),
+    )
+    if not np.isfinite(elapsed):  # merged by hand: the parts ran side by side
+        elapsed = max(p["info"].get("wall_s", float("nan")) for p in payloads)
     info = {
-        "jobs": len(payloads),
+        "jobs": jobs,
         "cpu_s": sum(p["info"]["cpu_s"] for p in payloads),
         "revision": payloads[0]["info"]["revision"],
     }
     settings = Settings(**payloads[0]["settings"])
-    path = write_outputs(
-        runs, timing, settings, payloads[0]["quick"], time.perf_counter() - start, info
-    )
+    path = write_outputs(runs, timing, settings, payloads[0]["quick"], elapsed, info)
     print("wrote", path)
 
 
@@ -1325,33 +1391,51 @@ def run_protocol(settings, models, budgets, backends, names, quick, numpyro_mode
     start = time.perf_counter()
     data = load_data()
     runs, timing = [], []
+    revision = source_revision()
+
+    def save():
+        if part is not None:  # one process of a parallel run: its curves so far, merged later
+            info = {"jobs": 1, "cpu_s": time.process_time(), "revision": revision}
+            info["wall_s"] = time.perf_counter() - start
+            write_part(Path(part), runs, timing, settings, quick, info)
+
+    def record(run):
+        runs.append(run)
+        save()
+
     for spec in models:
         snapshots: dict[int, dict] = {}  # filled by the shared run (Pyro, first)
         for backend in backends:
             if backend == "numpyro" and spec.name not in numpyro_models:
                 continue
+            if not snapshots and SHARED_RUN[0] not in backends:
+                snapshots = shared_snapshots(spec, data, settings, budgets)
             with pyroapi.pyro_backend(BACKENDS[backend]):
-                runs += run_model(spec, data, settings, budgets, backend, names, snapshots)
+                run_model(spec, data, settings, budgets, backend, names, snapshots, record)
                 # the step-time table: D = 32 Bernoulli models (quick: the linear one only)
                 if spec.family == "bernoulli" and (spec.name == "linear" or not quick):
                     timing += step_times(spec, data, settings, [backend])
-    elapsed = time.perf_counter() - start
-    info = {"jobs": 1, "cpu_s": time.process_time(), "revision": source_revision()}
-    if part is not None:  # one process of a parallel run: the curves only, merged later
-        payload = {
-            "settings": vars(settings),
-            "quick": quick,
-            "step_times": timing,
-            "info": info,
-            "curves": [
-                vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
-                for r in runs
-            ],
-        }
-        Path(part).write_text(json.dumps(payload) + "\n")
+                    save()
+    if part is not None:
         return
-    path = write_outputs(runs, timing, settings, quick, elapsed, info)
+    info = {"jobs": 1, "cpu_s": time.process_time(), "revision": revision}
+    path = write_outputs(runs, timing, settings, quick, time.perf_counter() - start, info)
     print("wrote", path)
+
+
+def write_part(path: Path, runs, timing, settings, quick: bool, info: dict) -> None:
+    payload = {
+        "settings": vars(settings),
+        "quick": quick,
+        "step_times": timing,
+        "info": info,
+        "curves": [
+            vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
+            for r in runs
+        ],
+    }
+    path.with_suffix(".tmp").write_text(json.dumps(payload) + "\n")
+    path.with_suffix(".tmp").replace(path)  # a reader never sees half a file
 
 
 if __name__ == "__main__":
