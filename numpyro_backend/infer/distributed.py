@@ -212,7 +212,7 @@ def data_parallel_update(svi, mesh: Mesh) -> Callable:
     machine): 120 steps queued at once stopped in an all-gather whose second participant
     never arrived, in 3 of 3 runs (XLA aborts the process after its 40 s rendezvous timeout;
     with ``--xla_cpu_collective_call_terminate_timeout_seconds=600`` it stayed stuck for
-    minutes), while waiting after every 1, 4, 30 or 40 steps never stalled (15 blocks of 120
+    minutes), while waiting after every 1, 4, 30 or 40 steps never stalled (14 blocks of 120
     steps). ``jax_cpu_enable_async_dispatch=False`` does not prevent it. The cause inside XLA
     is not pinned down (a participant's execution is never scheduled).
     """

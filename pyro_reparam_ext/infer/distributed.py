@@ -8,7 +8,9 @@ handled here:
 - **running statistics** (the optimal baseline's moments, decaying averages) are written
   outside autograd. The estimators call :func:`average_running_state` after every update, so
   when ``torch.distributed`` is initialized every rank keeps the cross-rank mean — the same
-  baseline everywhere (Pyro's own decaying-average baseline drifts apart under Horovod/DDP);
+  baseline everywhere (Pyro's own decaying-average baseline drifts apart under Horovod/DDP).
+  The mean rides in a collective the step makes anyway: the optimizer's gradient all-reduce
+  (classic path), or one all-reduce per forward of :class:`EstimatorELBOModule`;
 - **noise**: every rank must draw its own noise while the parameters stay shared.
   :func:`seed_per_rank` seeds torch, numpy and ``random`` from (seed, rank);
 - **REBAR/RELAX** train their control variate with a second, ``create_graph`` gradient,
@@ -296,7 +298,9 @@ class DistributedOptimizer(PyroOptim):
     The ``torch.distributed`` counterpart of :class:`pyro.optim.HorovodOptimizer`: at each
     step, parameters seen for the first time are broadcast from rank 0 (so lazily and
     randomly initialized parameters agree), then all gradients are averaged across ranks
-    (:func:`all_reduce_gradients`), then the wrapped optimizer steps on each rank. Parameters
+    in one all-reduce per dtype that also carries the running statistics the loss updated
+    (:func:`average_running_state`), then the wrapped optimizer steps on each rank. Before
+    that, one small all-gather checks that every rank steps the same parameters. Parameters
     are processed in name order, the same on every rank. Without ``torch.distributed`` it is
     the wrapped optimizer.
 
