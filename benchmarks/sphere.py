@@ -1,10 +1,10 @@
 """Speed of VonMisesFisher and PowerSpherical rsample + backward, relative to a Gaussian and to
 the public alternatives, both backends.
 
-For each concentration κ ∈ {10, 50} and ambient dimension d ∈ {3, 16, 128, 1024}, one step draws
-``--num-samples`` samples, evaluates f = Σ aᵀz and back-propagates to the parameters (loc and
-concentration; for the Gaussian, loc and scale of a diagonal Normal with the same event size d).
-Measured in the same run, float32, one torch thread:
+For each dtype (float32, float64), concentration κ ∈ {1, 10, 50, 1000} and ambient dimension
+d ∈ {3, 16, 128, 1024}, one step draws ``--num-samples`` samples, evaluates f = Σ aᵀz and
+back-propagates to the parameters (loc and concentration; for the Gaussian, loc and scale of a
+diagonal Normal with the same event size d). Measured in the same run, one torch thread:
 
 * ``Gaussian``: the reference every ratio is taken against (same backend, same process);
 * ``VonMisesFisher``, ``PowerSpherical``: this library;
@@ -27,6 +27,7 @@ Run: ``python benchmarks/sphere.py`` (``--quick`` for a smoke test). Writes
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,8 @@ import pyro_reparam_ext as prx  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
 DIMS = [3, 16, 128, 1024]
-CONCENTRATIONS = [10.0, 50.0]
+CONCENTRATIONS = [1.0, 10.0, 50.0, 1000.0]
+DTYPES = ["float32", "float64"]
 #: the last commit before the sphere speed work (issue 15)
 BEFORE_REVISION = "9211e53"
 
@@ -67,9 +69,9 @@ def _power_spherical_package():
     return power_spherical.PowerSpherical
 
 
-def torch_steps(dim, kappa_value, num_samples, before):
-    """Closures doing one rsample + backward for each family (float32, the training dtype)."""
-    dtype = torch.float32
+def torch_steps(dim, kappa_value, num_samples, before, dtype_name):
+    """Closures doing one rsample + backward for each family."""
+    dtype = getattr(torch, dtype_name)
     a = torch.tensor(_unit(dim, 1), dtype=dtype)
     raw_loc = torch.tensor(_unit(dim, 0), dtype=dtype, requires_grad=True)
     kappa = torch.tensor(kappa_value, dtype=dtype, requires_grad=True)
@@ -102,12 +104,13 @@ def torch_steps(dim, kappa_value, num_samples, before):
     return steps
 
 
-def jax_steps(dim, kappa_value, num_samples, before):
-    dtype = jnp.float32
+def jax_steps(dim, kappa_value, num_samples, before, dtype_name):
+    dtype = getattr(jnp, dtype_name)
     a = jnp.asarray(_unit(dim, 1), dtype=dtype)
     raw_loc = jnp.asarray(_unit(dim, 0), dtype=dtype)
     kappa = jnp.asarray(kappa_value, dtype=dtype)
     key = jax.random.PRNGKey(0)
+    assert raw_loc.dtype == dtype, "float64 needs jax_enable_x64 (set in main)"
 
     def gaussian_loss(params, key):
         loc, scale = params
@@ -140,41 +143,76 @@ def jax_steps(dim, kappa_value, num_samples, before):
     return steps
 
 
-def round_robin_medians(steps: dict, repeats: int, warmup: int) -> dict:
-    """Median seconds of each step, timed one call of each per round."""
+#: the timer: CPU time of this process (time.process_time; all threads, XLA's included), so
+#: that other jobs on a shared machine, which take the cores away but do not add to this
+#: process's CPU time, disturb the ratios less than they disturb wall time
+CLOCK = time.process_time
+
+
+def round_robin_times(steps: dict, repeats: int, warmup: int) -> dict:
+    """(median, best) seconds of each step, timed one call of each per round."""
     for fn in steps.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(CLOCK() - start)
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
-def measure(dims, kappas, num_samples, repeats, warmup, before):
-    """Rows for every backend, κ, d and family."""
+def measure(dims, kappas, dtypes, num_samples, repeats, warmup, before):
+    """Rows for every backend, dtype, κ, d and family."""
     rows = []
     for backend, make_steps in [("pyro", torch_steps), ("numpyro", jax_steps)]:
-        for kappa in kappas:
-            for dim in dims:
-                steps = make_steps(dim, kappa, num_samples, before)
-                seconds = round_robin_medians(steps, repeats, warmup)
-                for name, value in seconds.items():
-                    rows.append(
-                        {
-                            "backend": backend,
-                            "kappa": kappa,
-                            "d": dim,
-                            "distribution": name,
-                            "ms per step": 1e3 * value,
-                            "time / Gaussian": value / seconds["Gaussian"],
-                        }
-                    )
-                print(rows[-len(seconds) :], flush=True)
+        for dtype in dtypes:
+            for kappa in kappas:
+                for dim in dims:
+                    steps = make_steps(dim, kappa, num_samples, before, dtype)
+                    seconds = round_robin_times(steps, repeats, warmup)
+                    gaussian, gaussian_best = seconds["Gaussian"]
+                    for name, (median, best) in seconds.items():
+                        rows.append(
+                            {
+                                "backend": backend,
+                                "dtype": dtype,
+                                "kappa": kappa,
+                                "d": dim,
+                                "distribution": name,
+                                "CPU ms per step": 1e3 * median,
+                                "time / Gaussian": median / gaussian,
+                                "best / best Gaussian": best / gaussian_best,
+                            }
+                        )
+                    print(rows[-len(seconds) :], flush=True)
     return rows
+
+
+#: short column names of the markdown table (one row per backend, dtype, κ, d)
+SHORT_NAMES = {
+    "VonMisesFisher": "vMF",
+    "VonMisesFisher (before)": "vMF (before)",
+    "PowerSpherical": "PS",
+    "PowerSpherical (before)": "PS (before)",
+    "power_spherical package": "PS package",
+}
+
+
+def pivot(rows: list[dict]) -> list[dict]:
+    """One row per (backend, dtype, κ, d): the Gaussian's ms and each family's median ratio."""
+    table = {}
+    for r in rows:
+        key = (r["backend"], r["dtype"], r["kappa"], r["d"])
+        row = table.setdefault(
+            key, {"backend": key[0], "dtype": key[1], "kappa": key[2], "d": key[3]}
+        )
+        if r["distribution"] == "Gaussian":
+            row["Gaussian CPU ms"] = r["CPU ms per step"]
+        else:
+            row[SHORT_NAMES[r["distribution"]]] = r["time / Gaussian"]
+    return list(table.values())
 
 
 def load_revision(revision: str, tree: str) -> SimpleNamespace:
@@ -212,47 +250,48 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: few repeats")
     parser.add_argument("--num-samples", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=15, help="round-robin rounds per cell")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
     )
     parser.add_argument(
         "--before", default=BEFORE_REVISION, help="git revision to compare with ('' to skip)"
     )
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    repeats, warmup = (3, 1) if args.quick else (15, 3)
+    jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
     num_samples = 64 if args.quick else args.num_samples
     dims = DIMS[:2] if args.quick else DIMS
-    kappas = CONCENTRATIONS[:1] if args.quick else CONCENTRATIONS
+    kappas = CONCENTRATIONS[1:2] if args.quick else CONCENTRATIONS
+    dtypes = args.dtypes.split(",")[:1] if args.quick else args.dtypes.split(",")
     with tempfile.TemporaryDirectory() as tree:
         before = load_revision(args.before, tree) if args.before else None
-        rows = measure(dims, kappas, num_samples, repeats, warmup, before)
-    order = [
-        "VonMisesFisher",
-        "VonMisesFisher (before)",
-        "PowerSpherical",
-        "PowerSpherical (before)",
-        "power_spherical package",
-        "Gaussian",
-    ]
-    rows.sort(
-        key=lambda r: (r["backend"] != "pyro", r["kappa"], r["d"], order.index(r["distribution"]))
-    )
+        rows = measure(dims, kappas, dtypes, num_samples, repeats, warmup, before)
+    table = pivot(rows)
+    columns = ["backend", "dtype", "kappa", "d", "Gaussian CPU ms"]
+    columns += [name for name in SHORT_NAMES.values() if any(name in r for r in table)]
     notes = (
-        f"One step = rsample of {num_samples} samples + backward of Σ aᵀz to all parameters "
-        f"(float32, CPU, torch threads = {torch.get_num_threads()}); medians of {repeats}. "
-        f"'(before)': this library at git revision {args.before}, same process. All steps of "
-        "a row group are timed round-robin. 'power_spherical package': PyPI power-spherical "
-        "(De Cao & Aziz; torch only). Targets (issue 15): VonMisesFisher ≤ 5× and "
-        "PowerSpherical ≤ 3× the Gaussian, PowerSpherical no slower than the package."
+        f"Ratio of the median time of one step to the Gaussian's median in the same cell. One "
+        f"step = rsample of {num_samples} samples + backward of Σ aᵀz to all parameters (CPU, "
+        f"torch threads = {torch.get_num_threads()}); medians of {repeats} round-robin rounds "
+        "(one call of each step per round; process CPU time, not wall time: the shared "
+        "machine was loaded; "
+        "best-of-rounds ratios and ms per step of every family are in sphere_rows.json). "
+        f"'(before)': this library at git revision {args.before}, same process. "
+        "'PS package': PyPI power-spherical (De Cao & Aziz; torch only). vMF and PS: this "
+        "library. Targets (issue 15): vMF ≤ 5× and PS ≤ 3× the Gaussian, PS no slower than "
+        "the package."
     )
     path = write_results(
         "sphere" + ("_quick" if args.quick else ""),
-        "Sphere distributions: rsample + backward speed relative to a Gaussian",
-        rows,
-        ["backend", "kappa", "d", "distribution", "ms per step", "time / Gaussian"],
+        "Sphere distributions: rsample + backward time relative to a Gaussian",
+        table,
+        columns,
         notes,
     )
+    (path.parent / (path.stem + "_rows.json")).write_text(json.dumps(rows, indent=1) + "\n")
     print(path.read_text())
 
 

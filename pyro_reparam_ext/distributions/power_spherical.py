@@ -7,7 +7,7 @@ import math
 import torch
 
 from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
-from pyro_reparam_ext.ops.sphere import householder_rotate
+from pyro_reparam_ext.ops.sphere import householder_rotate, renormalize
 
 __all__ = ["PowerSpherical"]
 
@@ -51,7 +51,7 @@ class PowerSpherical(SphereLocConcentration):
         # the Gamma(β = (d−1)/2) draw and v/|v| the uniform tangent, independent of each
         # other, so one Gaussian vector gives both; only G_α depends on κ (reparameterized).
         v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
-        norm_sq = (v * v).sum(-1)
+        norm_sq = torch.linalg.vecdot(v, v)
         gamma_beta = norm_sq / 2
         gamma_alpha = torch._standard_gamma(alpha.expand(shape[:-1]))
         total = gamma_beta + gamma_alpha
@@ -59,7 +59,7 @@ class PowerSpherical(SphereLocConcentration):
         first = ((gamma_alpha - gamma_beta) / total).unsqueeze(-1)
         rest = (torch.sqrt(2 * gamma_alpha) / total).unsqueeze(-1) * v
         z = householder_rotate(self.loc, torch.cat([first, rest], dim=-1))
-        return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+        return renormalize(z)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C(κ, d) = −[(α+β) log 2 + β log π + log Γ(α) − log Γ(α+β)]  ([1, eq. 6])."""

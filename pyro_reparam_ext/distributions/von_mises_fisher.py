@@ -9,7 +9,12 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 
 from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv
-from pyro_reparam_ext.ops.sphere import householder_rotate, uniform_tangent, vmf_marginal_sample_t
+from pyro_reparam_ext.ops.sphere import (
+    householder_rotate,
+    renormalize,
+    uniform_tangent,
+    vmf_marginal_sample_t,
+)
 
 __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
 
@@ -130,7 +135,7 @@ class VonMisesFisher(SphereLocConcentration):
         tangent = uniform_tangent(shape[:-1], self.dim - 1, like=self.loc)
         z = householder_rotate(self.loc, _embed(t, tangent))
         # one rounding-level renormalization keeps samples inside constraints.sphere's tolerance
-        return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+        return renormalize(z)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C_d(κ) = (d/2−1) log κ − (d/2) log 2π − log I_{d/2−1}(κ); −log|S^{d−1}| at κ = 0."""

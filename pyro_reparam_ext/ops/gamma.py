@@ -54,18 +54,22 @@ _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(32)
 
 
 def _series_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """dx/dα in the series regime: -(x/α)·(S·(log x - ψ(α+1)) + ∂S/∂α)."""
-    term = torch.ones_like(x)  # t_n = x^n / (α+1)_n
-    dterm = torch.zeros_like(x)  # ∂t_n/∂α
-    total, dtotal = term, dterm
+    """dx/dα in the series regime: -(x/α)·(S·(log x - ψ(α+1)) + ∂S/∂α).
+
+    With t_n = x^n/(α+1)_n, ∂t_n/∂α = t_n·r_n where r_n = -Σ_{k≤n} 1/(α+k), so
+    ∂S/∂α = Σ t_n r_n: seven in-place passes per term (all terms and sums positive or all
+    negative: no cancellation).
+    """
+    term = torch.ones_like(x)  # t_n
+    relative = torch.zeros_like(x)  # r_n = (∂t_n/∂α)/t_n
+    total = torch.ones_like(x)  # S
+    dtotal = torch.zeros_like(x)  # ∂S/∂α
     for n in range(1, NUM_SERIES_TERMS + 1):
-        inverse = torch.reciprocal(a + n)
-        ratio = x * inverse
-        # ∂/∂α [t_{n-1} x/(α+n)] = (∂t_{n-1}/∂α - t_{n-1}/(α+n)) · x/(α+n)
-        dterm = (dterm - term * inverse) * ratio
-        term = term * ratio
-        total = total + term
-        dtotal = dtotal + dterm
+        inverse = torch.add(a, n).reciprocal_()
+        term.mul_(x * inverse)
+        relative.sub_(inverse)
+        total.add_(term)
+        dtotal.addcmul_(term, relative)
     log_x_minus_digamma = torch.log(x) - torch.digamma(a + 1)
     return -(x / a) * (total * log_x_minus_digamma + dtotal)
 
@@ -126,11 +130,29 @@ def _quadrature_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     width = torch.where(left, torch.maximum(width, newton), width)
     half = torch.where(left, -0.5 * width, 0.5 * width)  # u runs over [0, ±width]
     total = torch.zeros_like(x)
+    a_half = a * half
+    # fused: g = αu − x·expm1(u) with u = half·(1 + node), one addcmul per node for the sum
     for node, weight in zip(_GAUSS_NODES.tolist(), _GAUSS_WEIGHTS.tolist(), strict=True):
         u = half * (1 + node)
-        g = a * u - x * torch.expm1(u)
-        total = total + weight * torch.exp(g) * (u + shift)
+        g = torch.addcmul(a_half * (1 + node), x, torch.expm1(u), value=-1)
+        total.addcmul_(g.exp_(), u.add_(shift), value=weight)
     return x * half * total
+
+
+#: elements per chunk on the CPU (64k float64 = 512 KiB per array: the regimes' working set
+#: stays in the cache; measured 4.5x faster for the series at 1e6 draws than one pass)
+_CHUNK = 1 << 16
+
+
+def _in_chunks(regime, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``regime(a, x)`` on 1-d inputs, evaluated chunk by chunk (the same values)."""
+    if a.numel() <= _CHUNK:
+        return regime(a, x)
+    parts = [
+        regime(a_part, x_part)
+        for a_part, x_part in zip(a.split(_CHUNK), x.split(_CHUNK), strict=True)
+    ]
+    return torch.cat(parts)
 
 
 def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -147,23 +169,37 @@ def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> tor
     :returns: -(∂P(α, x)/∂α) / p(x; α) (module docstring), 0 where x = 0.
     """
     a, x = torch.broadcast_tensors(concentration, value)
+    regimes = _regimes(a, x)
+    if x.device.type == "cpu":
+        return _gather_regimes(a, x, regimes)
+    return _select_regimes(a, x, regimes)
+
+
+def _regimes(a: torch.Tensor, x: torch.Tensor):
+    """(mask, function) of each regime; x = 0 is in none of them (its gradient is 0)."""
     positive = x > 0
     large = a >= LARGE_CONCENTRATION
     use_series = ~large & (x < a + 2)
-    regimes = (
+    return (
         (positive & use_series, _series_ratio),
         (positive & ~use_series & ~large, _continued_fraction_ratio),
         (positive & large, _quadrature_ratio),
     )
-    if x.device.type == "cpu":
-        # On the CPU, evaluating each regime on its own elements only is 2-3x faster, and
-        # boolean indexing costs no device-to-host synchronization.
-        result = torch.zeros_like(x)
-        for mask, regime in regimes:
-            result[mask] = regime(a[mask], x[mask])
-        return result
-    # On accelerators: every regime on every element, each fed safe dummy inputs where it is
-    # not used, and torch.where picks; no data-dependent shapes, no host round-trip.
+
+
+def _gather_regimes(a: torch.Tensor, x: torch.Tensor, regimes) -> torch.Tensor:
+    """CPU: each regime on its own elements only (2-3x faster than all regimes on all
+    elements; boolean indexing costs no device-to-host synchronization on the CPU), in
+    chunks that stay in the cache (another 1.5-4.5x for the ~200 elementwise passes)."""
+    result = torch.zeros_like(x)
+    for mask, regime in regimes:
+        result[mask] = _in_chunks(regime, a[mask], x[mask])
+    return result
+
+
+def _select_regimes(a: torch.Tensor, x: torch.Tensor, regimes) -> torch.Tensor:
+    """Accelerators: every regime on every element, each fed safe dummy inputs where it is
+    not used, and torch.where picks; no data-dependent shapes, no host round-trip."""
     result = torch.zeros_like(x)
     dummy_a = torch.full_like(a, LARGE_CONCENTRATION / 2)
     dummy_x = torch.full_like(x, LARGE_CONCENTRATION / 2)
