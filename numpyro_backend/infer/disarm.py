@@ -62,14 +62,9 @@ from numpyro_backend.distributions.concrete import (
     bernoulli_relaxed_logits,
     uniform_noise,
 )
-from numpyro_backend.infer.particles import (
-    Particle,
-    ParticleELBO,
-    guide_sites,
-    relaxation_kind,
-    site_logits,
-    split_param_map,
-)
+from numpyro_backend.infer.particles import Particle, ParticleELBO, split_param_map
+from numpyro_backend.infer.relaxation import FAMILIES
+from numpyro_backend.infer.sites import family_of, guide_sites
 
 __all__ = ["DisARM_ELBO"]
 
@@ -89,43 +84,23 @@ def unsupported_site_error(name: str, fn) -> ValueError:
 def check_supported(sites: dict) -> None:
     """ValueError naming the first non-reparameterized guide site that is not discrete."""
     for name, site in sites.items():
-        if relaxation_kind(site["fn"]) is None:
+        if family_of(site["fn"])[0] is None:
             raise unsupported_site_error(name, site["fn"])
 
 
-def category_order(kind: str, logits):
-    """The stick-breaking order: categories by increasing probability (None for Bernoulli)."""
-    return None if kind == "bernoulli" else jnp.argsort(lax.stop_gradient(logits), -1)
+# Compatibility for tests/infer/test_disarm.py (remove once it calls the family methods):
+# DisARM's per-family pieces are methods of the family objects (``relaxation.py``).
+_FAMILY_BY_NAME = {family.name: family for family in FAMILIES}
 
 
-def binary_logits(kind: str, logits, order):
-    """α of a site's binary decisions: the logits themselves (Bernoulli), or, with ℓ the logits
-    in ``order``, the stick-breaking α_k = ℓ_k − logsumexp(ℓ_{k+1:}) = logit of
-    π_k / Σ_{j≥k} π_j, k < K − 1 (categorical; last dim K − 1)."""
-    if kind == "bernoulli":
-        return logits
-    ordered = jnp.take_along_axis(logits, order, -1)
-    tail = lax.cumlogsumexp(ordered, axis=ordered.ndim - 1, reverse=True)  # logsumexp(ℓ_{k:})
-    return ordered[..., :-1] - tail[..., 1:]
+def category_order(name: str, logits):
+    """``FAMILIES[name].category_order(logits)``, by family name."""
+    return _FAMILY_BY_NAME[name].category_order(logits)
 
 
-def value_from_binaries(kind: str, binaries, order):
-    """The site's value: the binaries (Bernoulli), or the category ``order[k]`` of the first k
-    with b_k = 1 (the last one if none)."""
-    if kind == "bernoulli":
-        return binaries
-    first = jnp.argmax(jnp.concatenate([binaries, jnp.ones_like(binaries[..., :1])], -1), -1)
-    index = jnp.take_along_axis(order, first[..., None], -1)[..., 0]
-    if kind == "categorical":
-        return index
-    return jax.nn.one_hot(index, binaries.shape[-1] + 1, dtype=binaries.dtype)
-
-
-def reached(kind: str, binaries):
-    """Whether each binary decision is reached (no earlier b_j = 1; always, for Bernoulli)."""
-    if kind == "bernoulli":
-        return jnp.ones(binaries.shape, bool)
-    return (jnp.cumsum(binaries, -1) - binaries) == 0
+def binary_logits(name: str, logits, order):
+    """``FAMILIES[name].binary_logits(logits, order)``, by family name."""
+    return _FAMILY_BY_NAME[name].binary_logits(logits, order)
 
 
 def copula_debias(logits, num: int):
@@ -142,14 +117,14 @@ def copula_debias(logits, num: int):
     return jax.nn.sigmoid(jnp.abs(logits)) / d_over_p_min
 
 
-def coupled_score_weights(logits, value, reward, coupled):
+def coupled_score_weights(logits, value, cost, coupled):
     """Per copy (axis 0) and decision: (f(bᵢ) − f̄₋ᵢ)(bᵢ − p)·(p(1 − p)/D if coupled else 1).
 
     Their mean over the copies is the ARMS / DisARM estimate of ∂E[f]/∂α (coupled) or the
     leave-one-out score-function estimate (independent).
     """
     num = logits.shape[0]
-    leave_one_out = reward - (jnp.sum(reward, 0, keepdims=True) - reward) / (num - 1)
+    leave_one_out = cost - (jnp.sum(cost, 0, keepdims=True) - cost) / (num - 1)
     debias = jnp.where(coupled, copula_debias(logits, num), 1.0)
     return leave_one_out * (value - jax.nn.sigmoid(logits)) * debias
 
@@ -182,16 +157,16 @@ class _CoupledDraw(Messenger):
         fn = msg["fn"]
         if fn.has_rsample:
             return
-        kind = relaxation_kind(fn)
-        if kind is None:
+        family, base = family_of(fn)
+        if family is None:
             raise unsupported_site_error(msg["name"], fn)
-        logits = lax.stop_gradient(site_logits(fn, kind))
-        order = category_order(kind, logits)
-        alpha = binary_logits(kind, logits, order)
+        logits = lax.stop_gradient(family.logits(fn, base))
+        order = family.category_order(logits)
+        alpha = family.binary_logits(logits, order)
         binaries, coupled = self._coupled_bernoulli(alpha)
-        msg["value"] = lax.stop_gradient(value_from_binaries(kind, binaries, order))
+        msg["value"] = lax.stop_gradient(family.value_from_binaries(binaries, order))
         self.records[msg["name"]] = {
-            "kind": kind,
+            "family": family,
             "binaries": binaries,
             "coupled": coupled,
             "order": order,
@@ -292,13 +267,13 @@ class DisARM_ELBO(ParticleELBO):
         sites = {}
         for name in particle.nonreparam:
             record = particle.draws[name]
-            kind = record["kind"]
-            logits = site_logits(particle.guide_trace[name]["fn"], kind)
+            family, base = family_of(particle.guide_trace[name]["fn"])
+            logits = family.logits(particle.guide_trace[name]["fn"], base)
             sites[name] = {
-                "alpha": binary_logits(kind, logits, record["order"]),
+                "alpha": family.binary_logits(logits, record["order"]),
                 "binaries": record["binaries"],
-                "reached": reached(kind, record["binaries"]),
-                "reward": particle.downstream_cost(name),
+                "reached": family.reached(record["binaries"]),
+                "cost": particle.downstream_cost(name),
                 "coupled": record["coupled"],
             }
         return {"elbo": particle.elbo(), "sites": sites}
@@ -313,10 +288,10 @@ class DisARM_ELBO(ParticleELBO):
         )(random.split(particle_key, self.num_particles))
         surrogate = 0.0  # weak-typed: keeps the inputs' dtype
         for site in out["sites"].values():
-            alpha, reward = site["alpha"], site["reward"]
-            reward = reward.reshape(reward.shape + (1,) * (alpha.ndim - reward.ndim))
+            alpha, cost = site["alpha"], site["cost"]
+            cost = cost.reshape(cost.shape + (1,) * (alpha.ndim - cost.ndim))
             weights = coupled_score_weights(
-                lax.stop_gradient(alpha), site["binaries"], reward, site["coupled"]
+                lax.stop_gradient(alpha), site["binaries"], cost, site["coupled"]
             )
             # a decision that no copy reaches has terms of zero mean given the earlier ones
             weights = weights * jnp.any(site["reached"], 0)

@@ -29,9 +29,14 @@ substituted:
 - Categorical: model code indexes with the value (``locs[z]``), which a relaxed one-hot cannot
   do, so f is extended multilinearly, f̃(σ) = Σ_k σ_k f(k), from K replays with the site set
   to k; σ = softmax(z/λ). As λ → 0 this tends to f(H(z)), like the substituted relaxation.
+  (The Pyro backend gives integer Categorical sites the own-terms f̃ of the next item.)
 - A Categorical guide site that depends on the relaxed site can be neither relaxed nor held
-  fixed without bias; then f̃ is the site's own relaxed log p − log q only (as on the Pyro
-  backend): unbiased, less variance reduction.
+  fixed without bias; then f̃ is the site's own relaxed log p − log q only (the Pyro backend
+  does the same): unbiased, less variance reduction.
+
+Which family a site belongs to, and everything that depends on it (noise, threshold H,
+relaxation σ_λ, conditional sampler, continuous-extension density), is asked of the family
+objects of ``relaxation.py``; finding the sites is ``sites.py``'s.
 
 References:
     [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein (2017). REBAR.
@@ -41,14 +46,13 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 from jax import lax, random
 from numpyro.distributions import (
     BernoulliLogits,
-    BernoulliProbs,
-    CategoricalLogits,
-    CategoricalProbs,
     ExpandedDistribution,
     Independent,
     MaskedDistribution,
@@ -58,37 +62,20 @@ from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
-from numpyro_backend.distributions.concrete import (
-    bernoulli_conditional_relaxed_logits,
-    bernoulli_hard,
-    bernoulli_relaxed_logits,
-    bernoulli_soft,
-    categorical_conditional_relaxed_logits,
-    categorical_hard,
-    categorical_relaxed_logits,
-    uniform_noise,
+from numpyro_backend.distributions.discrete import bernoulli_logits_log_prob
+from numpyro_backend.infer.sites import (  # noqa: F401  (BASELINES, site_options: re-exports)
+    BASELINES,
+    PREFIX,
+    SITE_OPTIONS,
+    base_distribution,
+    check_relaxable,
+    family_of,
+    guide_sites,
+    has_mask,
+    is_latent,
+    score_function_sites,
+    site_options,
 )
-from numpyro_backend.distributions.discrete import OneHotCategorical, bernoulli_logits_log_prob
-
-#: Prefix of every name the estimators keep in SVI's parameters or mutable state.
-PREFIX = "reparam_ext."
-
-BASELINES = ("optimal", "loo", "decaying_avg", "none")
-
-#: Keys accepted under a guide site's ``infer={"reparam_ext": {...}}``.
-SITE_OPTIONS = frozenset({"baseline", "baseline_decay", "temperature", "eta"})
-
-
-def site_options(site: dict) -> dict:
-    """The site's ``infer["reparam_ext"]`` options, validated against :data:`SITE_OPTIONS`."""
-    options = (site.get("infer") or {}).get("reparam_ext", {})
-    unknown = set(options) - SITE_OPTIONS
-    if unknown:
-        raise ValueError(
-            f"site '{site['name']}': unknown infer['reparam_ext'] option(s) {sorted(unknown)}; "
-            f"valid options are {sorted(SITE_OPTIONS)}"
-        )
-    return options
 
 
 def state_name(site: str, what: str) -> str:
@@ -109,43 +96,27 @@ def split_param_map(param_map: dict) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sites and their relaxations
+# Compatibility for score_function.py (to be replaced there by family_of / family methods):
+# the "kind" is now the family object itself.
 
 
-def _base_distribution(fn):
-    while isinstance(fn, (Independent, ExpandedDistribution, MaskedDistribution)):
-        fn = fn.base_dist
-    return fn
+def relaxation_kind(fn):
+    """The site's family (:func:`~numpyro_backend.infer.sites.family_of`), or None."""
+    return family_of(fn)[0]
 
 
-def relaxation_kind(fn) -> str | None:
-    """``"bernoulli"``, ``"categorical"``, ``"one_hot"`` or None: how a site is relaxed."""
-    base = _base_distribution(fn)
-    if isinstance(base, (BernoulliLogits, BernoulliProbs)):
-        return "bernoulli"
-    if isinstance(base, OneHotCategorical):
-        return "one_hot"
-    if isinstance(base, (CategoricalLogits, CategoricalProbs)):
-        return "categorical"
-    return None
+def site_logits(fn, family) -> jnp.ndarray:
+    """``family.logits`` of a (possibly wrapped) site distribution."""
+    return family.logits(fn, base_distribution(fn))
 
 
-def site_logits(fn, kind: str) -> jnp.ndarray:
-    """Logits of a (possibly wrapped) Bernoulli / Categorical, broadcast to every element."""
-    logits = _base_distribution(fn).logits
-    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-    if kind == "categorical":
-        shape = shape + logits.shape[-1:]
-    return jnp.broadcast_to(logits, shape)
+def score_wrt_logits(family, logits, value) -> jnp.ndarray:
+    """``family.score``: ∇_logits log q(value | logits), per logit coordinate."""
+    return family.score(logits, value)
 
 
-def score_wrt_logits(kind: str, logits, value) -> jnp.ndarray:
-    """s = ∇_logits log q(value | logits), per logit coordinate (same shape as ``logits``)."""
-    if kind == "bernoulli":
-        return value - jax.nn.sigmoid(logits)
-    if kind == "one_hot":
-        return value - jax.nn.softmax(logits, -1)
-    return jax.nn.one_hot(value, logits.shape[-1], dtype=logits.dtype) - jax.nn.softmax(logits, -1)
+# ----------------------------------------------------------------------------------------------
+# Site log-densities through the wrappers
 
 
 def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
@@ -165,21 +136,36 @@ def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
     return leaf(fn, value)
 
 
-def _relaxed_leaf(fn, value):
-    logits = fn.logits
-    if isinstance(fn, OneHotCategorical):
-        return jnp.sum(value * jax.nn.log_softmax(logits, -1), -1)
-    return value * jax.nn.log_sigmoid(logits) + (1 - value) * jax.nn.log_sigmoid(-logits)
+def _relaxed_leaf(base, value):
+    family, _ = family_of(base)
+    return family.log_prob(base.logits, value)
 
 
 def relaxed_log_prob(fn, value) -> jnp.ndarray:
-    """Continuous extension b log p + (1 − b) log(1 − p) of a Bernoulli log-density ([2] §3.3);
-    the dot product of a relaxed one-hot value with log π for a OneHotCategorical.
-
-    Follows the wrappers (``Independent``, ``expand``, ``mask``) of ``fn`` so that the result
-    has ``fn.batch_shape`` like ``fn.log_prob``.
+    """The site's continuous-extension log-density at a relaxed value ([2] section 3.3):
+    b log p + (1 − b) log(1 − p) per Bernoulli decision, one-hot · log π per one-hot one
+    (``family.log_prob``), summed, broadcast and masked through the wrappers (``Independent``,
+    ``expand``, ``mask``) of ``fn`` so that the result has ``fn.batch_shape`` like
+    ``fn.log_prob``.
     """
     return _follow_wrappers(fn, value, _relaxed_leaf)
+
+
+def decision_log_prob(fn, hard, mask) -> jnp.ndarray:
+    """log q of the decisions selected by ``mask`` (shape ``family.decision_shape(fn)`` plus
+    ``family.category_dims`` trailing 1s), per site element; differentiable in the logits.
+
+    Follows the wrappers of ``fn`` like :func:`relaxed_log_prob`, so a masked site
+    (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does.
+    """
+    family, _ = family_of(fn)
+    selected = mask.reshape(mask.shape[: mask.ndim - family.category_dims])
+
+    def leaf(base, value):
+        per_decision = family.decision_log_prob(base.logits, family.as_relaxed(value, base.logits))
+        return jnp.where(selected, per_decision, 0.0)
+
+    return _follow_wrappers(fn, hard, leaf)
 
 
 def bernoulli_log_prob(fn, value) -> jnp.ndarray:
@@ -189,73 +175,19 @@ def bernoulli_log_prob(fn, value) -> jnp.ndarray:
     return _follow_wrappers(fn, value, lambda base, v: bernoulli_logits_log_prob(base.logits, v))
 
 
-def decision_shape(fn, kind: str) -> tuple:
-    """Shape of the decisions in one site element: its event dims without the categories."""
-    if kind == "bernoulli":
-        return tuple(fn.event_shape)
-    if kind == "one_hot":
-        return tuple(fn.event_shape[:-1])
-    return ()
-
-
-def has_mask(fn) -> bool:
-    """Whether a (wrapped) distribution masks its log-density (``.mask(...)``)."""
-    while isinstance(fn, (Independent, ExpandedDistribution, MaskedDistribution)):
-        if isinstance(fn, MaskedDistribution):
-            return True
-        fn = fn.base_dist
-    return False
-
-
-def coordinate_log_prob(kind: str, logits, hard, mask) -> jnp.ndarray:
-    """log q of the decisions selected by ``mask`` (from :func:`decision_shape`, plus a
-    trailing 1 for one-hot values), per site element; differentiable in the logits."""
-    if kind == "bernoulli":
-        elementwise = hard * jax.nn.log_sigmoid(logits) + (1 - hard) * jax.nn.log_sigmoid(-logits)
-        selected = jnp.where(mask, elementwise, 0.0)
-        return jnp.sum(selected, axis=tuple(range(-mask.ndim, 0)))
-    elementwise = jnp.sum(hard * jax.nn.log_softmax(logits, -1), -1)
-    selected = jnp.where(mask[..., 0], elementwise, 0.0)
-    return jnp.sum(selected, axis=tuple(range(-(mask.ndim - 1), 0)))
-
-
-def _is_latent(site: dict) -> bool:
-    return site["type"] == "sample" and not site.get("is_observed", False)
-
-
-def nonreparam_sites(guide_trace: dict) -> list[str]:
-    """Names of the guide's latent sites without a reparameterized sampler, in trace order."""
-    return [n for n, s in guide_trace.items() if _is_latent(s) and not s["fn"].has_rsample]
-
-
-def check_relaxable(guide_trace: dict, estimator: str) -> None:
-    """ValueError naming the first non-reparameterized guide site REBAR/RELAX cannot relax."""
-    for name in nonreparam_sites(guide_trace):
-        fn = guide_trace[name]["fn"]
-        kind = relaxation_kind(fn)
-        if kind is None:
-            raise ValueError(
-                f"{estimator} cannot relax guide site '{name}' ({type(fn).__name__}): it handles "
-                "Bernoulli and Categorical sites (also wrapped in Independent, expand, mask). "
-                "Use ScoreFunction_ELBO for this model, or make the site reparameterized."
-            )
-        if kind == "categorical" and fn.event_shape != ():
-            raise ValueError(
-                f"{estimator} cannot relax guide site '{name}': a Categorical with event dims "
-                f"{fn.event_shape} (to_event) has no per-element multilinear relaxation; declare "
-                "those dims with plates instead."
-            )
-
-
 # ----------------------------------------------------------------------------------------------
 # Controlled sampling: the guide's discrete sites drawn from explicit noise
 
 
-def _noise(rng_key, logits):
-    key_u, key_v = random.split(rng_key)
-    return uniform_noise(key_u, logits.shape, logits.dtype), uniform_noise(
-        key_v, logits.shape, logits.dtype
-    )
+@dataclass(frozen=True)
+class SiteDraw:
+    """What :class:`_DrawWithNoise` records for one discrete guide site: its family, full
+    logits (``family.logits``), relaxed logits z and a conditional draw z̃ ~ p(z | b)."""
+
+    family: object
+    logits: jnp.ndarray
+    z: jnp.ndarray
+    z_tilde: jnp.ndarray
 
 
 class _DrawWithNoise(Messenger):
@@ -266,43 +198,31 @@ class _DrawWithNoise(Messenger):
     """
 
     def __init__(self, fn=None):
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, SiteDraw] = {}
         super().__init__(fn)
 
     def process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
             return
-        kind = relaxation_kind(msg["fn"])
-        if kind is None or msg["fn"].has_rsample:
+        family, base = family_of(msg["fn"])
+        if family is None or msg["fn"].has_rsample:
             return
-        logits = site_logits(msg["fn"], kind)
-        u, v = _noise(msg["kwargs"]["rng_key"], logits)
-        if kind == "bernoulli":
-            z = bernoulli_relaxed_logits(logits, u)
-            hard = bernoulli_hard(z)
-            z_tilde = bernoulli_conditional_relaxed_logits(logits, hard, v)
-            value = hard
-        elif kind == "one_hot":
-            z = categorical_relaxed_logits(logits, u)
-            value = categorical_hard(z)
-            z_tilde = categorical_conditional_relaxed_logits(logits, value, v)
-        else:
-            z = categorical_relaxed_logits(logits, u)
-            index = jnp.argmax(z, -1)
-            one_hot = jax.nn.one_hot(index, z.shape[-1], dtype=z.dtype)
-            z_tilde = categorical_conditional_relaxed_logits(logits, one_hot, v)
-            value = index
+        logits = family.logits(msg["fn"], base)
+        u, v = family.noise(msg["kwargs"]["rng_key"], logits)
+        z = family.relaxed_logits(logits, u)
+        value = family.hard(z)
+        z_tilde = family.conditional_relaxed_logits(logits, family.as_relaxed(value, logits), v)
         msg["value"] = lax.stop_gradient(value)
-        self.records[msg["name"]] = {"kind": kind, "logits": logits, "z": z, "z_tilde": z_tilde}
+        self.records[msg["name"]] = SiteDraw(family, logits, z, z_tilde)
 
 
 class _RelaxedReplay(Messenger):
     """Replay a guide with given values at some sites and relaxed noise draws at others.
 
     ``values``: site -> value to substitute (hard samples, a relaxed value, a category k).
-    ``relax``: Bernoulli / OneHotCategorical site -> (kind, temperature); the site is redrawn
-    from its own noise as σ(z/λ) (softmax) with logits from this run (it lies downstream of
-    the relaxed site).
+    ``relax``: replayable site -> (family, temperature); the site is redrawn from its own noise
+    as σ_λ(z) (``family.soft``) with logits from this run (it lies downstream of the relaxed
+    site).
     """
 
     def __init__(self, fn=None, values=None, relax=None):
@@ -315,14 +235,10 @@ class _RelaxedReplay(Messenger):
             return
         name = msg["name"]
         if name in self.relax:
-            kind, temperature = self.relax[name]
-            logits = site_logits(msg["fn"], kind)
-            u, _ = _noise(msg["kwargs"]["rng_key"], logits)
-            if kind == "bernoulli":
-                z = bernoulli_relaxed_logits(logits, u)
-            else:
-                z = categorical_relaxed_logits(logits, u)
-            msg["value"] = relaxed_value(kind, z, temperature)
+            family, temperature = self.relax[name]
+            logits = family.logits(msg["fn"], base_distribution(msg["fn"]))
+            u, _ = family.noise(msg["kwargs"]["rng_key"], logits)
+            msg["value"] = family.soft(family.relaxed_logits(logits, u), temperature)
         elif name in self.values:
             msg["value"] = self.values[name]
 
@@ -331,7 +247,7 @@ class _StopNonreparamGradient(Messenger):
     """Samples of non-reparameterized sites carry no gradient (as in NumPyro's ELBOs)."""
 
     def postprocess_message(self, msg):
-        if _is_latent(msg) and not msg["fn"].has_rsample:
+        if is_latent(msg) and not msg["fn"].has_rsample:
             msg["value"] = lax.stop_gradient(msg["value"])
             msg["intermediates"] = None
 
@@ -347,7 +263,7 @@ def _log_probs(tr: dict, relaxed: frozenset = frozenset()) -> None:
             continue
         if name in relaxed:
             log_prob = relaxed_log_prob(site["fn"], site["value"])
-        elif isinstance(_base_distribution(site["fn"]), BernoulliLogits):
+        elif isinstance(base_distribution(site["fn"]), BernoulliLogits):
             log_prob = bernoulli_log_prob(site["fn"], site["value"])
         elif site["intermediates"]:
             log_prob = site["fn"].log_prob(site["value"], site["intermediates"])
@@ -404,11 +320,11 @@ class Particle:
         _log_probs(self.model_trace)
         self.records = drawer.records if drawer is not None else {}
 
-        latents = {n: s["value"] for n, s in self.guide_trace.items() if _is_latent(s)}
+        latents = {n: s["value"] for n, s in self.guide_trace.items() if is_latent(s)}
         self.model_deps, self.guide_deps = get_nonreparam_deps(
             model, guide, args, kwargs, params, latents=latents
         )
-        self.nonreparam = nonreparam_sites(self.guide_trace)
+        self.nonreparam = score_function_sites(self.guide_trace)
 
     def _seeded_guide(self, guide, draw_with_noise: bool):
         """(the seeded guide to trace, the messenger recording its relaxation noise or None).
@@ -430,7 +346,7 @@ class Particle:
         for site in self.guide_trace.values():
             if site["type"] == "sample":
                 log_prob = jnp.sum(site["log_prob"])
-                if _is_latent(site) and not site["fn"].has_rsample:
+                if is_latent(site) and not site["fn"].has_rsample:
                     log_prob = lax.stop_gradient(log_prob)  # E[∇ log q] = 0
                 elbo = elbo - log_prob
         return jnp.asarray(elbo)
@@ -468,19 +384,20 @@ class Particle:
     def relaxed_cost(self, node, value, temperatures, relaxed_value: bool) -> jnp.ndarray:
         """Downstream cost of ``node`` with ``value`` substituted there, by a replay.
 
-        Other discrete guide sites keep their hard samples except the Bernoulli ones
-        downstream of ``node``, which are relaxed with their own noise (temperatures:
-        site -> λ). ``relaxed_value``: evaluate ``node``'s densities by the continuous
-        extension (a relaxed Bernoulli value) rather than by ``log_prob`` (a category k).
+        Other discrete guide sites keep their hard samples except the replayable ones
+        (Bernoulli, OneHotCategorical) downstream of ``node``, which are relaxed with their
+        own noise (temperatures: site -> λ). ``relaxed_value``: evaluate ``node``'s
+        densities by the continuous extension (a relaxed value) rather than by
+        ``log_prob`` (a category k).
         The parameters enter with their gradient stopped: the control variate depends on
         the guide parameters only through its argument z.
         """
         params = lax.stop_gradient(self.params)
         downstream = self._downstream_discrete(node)
         relax = {
-            n: (self.records[n]["kind"], temperatures[n])
+            n: (self.records[n].family, temperatures[n])
             for n in downstream
-            if self.records[n]["kind"] != "categorical"
+            if self.records[n].family.replayable
         }
         values = {n: self.guide_trace[n]["value"] for n in self.nonreparam if n not in relax}
         values[node] = value
@@ -503,12 +420,12 @@ class Particle:
         """
         record = self.records[node]
         downstream = self._downstream_discrete(node)
-        if any(self.records[n]["kind"] == "categorical" for n in downstream):
+        if not all(self.records[n].family.replayable for n in downstream):
             return self._own_cost_fn(node)
-        if record["kind"] != "categorical":
+        if record.family.replayable:
             return lambda s: self.relaxed_cost(node, s, temperatures, relaxed_value=True)
         shape = jnp.shape(self.guide_trace[node]["value"])
-        num_categories = record["z"].shape[-1]
+        num_categories = record.z.shape[-1]
 
         def cost_of_category(k):
             value = jnp.full(shape, k, dtype=self.guide_trace[node]["value"].dtype)
@@ -523,7 +440,7 @@ class Particle:
         Used when a Categorical guide site depends on ``node``: its integer value can be
         neither relaxed nor held fixed (it was drawn given the hard value of ``node``)
         without biasing the control variate. Still unbiased, with less variance reduction
-        (the Pyro backend does the same).
+        (the Pyro backend does the same, and also for integer Categorical sites themselves).
         """
         record = self.records[node]
         terms = []
@@ -532,10 +449,10 @@ class Particle:
             fn = jax.tree.map(lax.stop_gradient, site["fn"])
             scale = 1.0 if site["scale"] is None else site["scale"]
             terms.append((fn, sign * scale))
-        if record["kind"] != "categorical":
+        if record.family.replayable:
             return lambda s: sum(c * relaxed_log_prob(fn, s) for fn, c in terms)
         value = self.guide_trace[node]["value"]
-        ks = jnp.arange(record["z"].shape[-1])
+        ks = jnp.arange(record.z.shape[-1])
 
         def log_probs(fn):
             return jax.vmap(lambda k: fn.log_prob(jnp.full(value.shape, k, value.dtype)), 0, -1)(ks)
@@ -544,19 +461,12 @@ class Particle:
         return lambda s: jnp.sum(s * table, -1)
 
 
-def relaxed_value(kind: str, z, temperature):
-    """σ(z/λ) (Bernoulli) or softmax(z/λ) (one-hot value, Categorical weights)."""
-    if kind == "bernoulli":
-        return bernoulli_soft(z, temperature)
-    return jax.nn.softmax(z / temperature, axis=-1)
-
-
-def control_variate_input(kind: str, z, event_ndim: int) -> jnp.ndarray:
-    """The network input of RELAX's r_ρ per element: the relaxed logits z, event dims flat."""
-    x = z
-    flat_ndim = event_ndim + (1 if kind == "categorical" else 0)
-    batch_shape = x.shape[: x.ndim - flat_ndim]
-    return x.reshape(batch_shape + (-1,))
+def control_variate_input(z, element_ndim: int) -> jnp.ndarray:
+    """The network input of RELAX's r_ρ per element: z with its last ``element_ndim`` dims
+    (decisions and categories: ``len(family.decision_shape(fn)) + family.category_dims``)
+    flattened."""
+    batch_shape = z.shape[: z.ndim - element_ndim]
+    return z.reshape(batch_shape + (-1,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,9 +544,3 @@ class ParticleELBO(ELBO):
                 "cannot discover state that lives in the loss), or add the entries returned by "
                 "elbo.init_state(rng_key, param_map, model, guide, *args, **kwargs) to param_map."
             )
-
-
-def guide_sites(rng_key, params, guide, args, kwargs) -> dict:
-    """The guide's non-reparameterized sites (name -> site) from one trace, for initialization."""
-    guide_trace = trace(substitute(seed(guide, rng_key), data=params)).get_trace(*args, **kwargs)
-    return {name: guide_trace[name] for name in nonreparam_sites(guide_trace)}

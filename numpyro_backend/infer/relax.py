@@ -11,7 +11,8 @@ computed by a replay of model and guide (``particles.py``). The control-variate 
 φ = (η, log λ, ρ) are SVI parameters named ``reparam_ext.<site>.eta``,
 ``reparam_ext.<site>.log_temperature`` and ``reparam_ext.relax.<site>``; SVI's single
 gradient call gives the model/guide parameters θ the estimate ĝ and φ the gradient of the
-estimator's second moment Σ_j ĝ_j² ([2], eq. 9), because the loss is the surrogate
+estimator's second moment Σ_j ĝ_j² ([2] section 3.1: ∂Var(ĝ)/∂φ = E[∂ĝ²/∂φ] for an
+unbiased ĝ), because the loss is the surrogate
 
     L = −ELBO − (S(θ, sg(φ)) − sg(·)) + ⟨φ, sg(∇_φ Σ_j ĝ_j(φ)²)⟩ − sg(·),
 
@@ -21,13 +22,13 @@ parameter that reaches model or guide through their arguments or a closure (``ja
 ``elbo.loss``, NumPyro's gradient tests) gets the estimate ĝ too; φ minimizes the variance of
 the gradient with respect to the parameters in ``param_map`` (those SVI trains).
 
-Coordinate-wise control variates (``coordinatewise=True``, the default), as on the Pyro
-backend: a site element with D > 1 decisions (event dims of a Bernoulli, several one-hot
+Coordinate-wise control variates (``coordinatewise=True``, the default), as the Pyro
+backend's: a site element with D > 1 decisions (event dims of a Bernoulli, several one-hot
 decisions) gets one control variate per decision, c_j(z) = η f(b₋ⱼ, σ_λ(z_j)) (+ r_ρ), with
 the element's other decisions at their sampled values, used only in decision j's terms — the
 decisions are independent given the logits, so each term is the one-decision estimator at
 fixed b₋ⱼ (unbiased). The D relaxed replays run under ``jax.vmap``. Not applied to masked
-sites (``.mask(...)``), whose per-decision log-densities NumPyro does not expose.
+sites (``.mask(...)``), which get the joint form here (Pyro: coordinate-wise).
 
 Example::
 
@@ -62,20 +63,19 @@ from jax import lax, random
 from numpyro_backend.infer.particles import (
     Particle,
     ParticleELBO,
-    check_relaxable,
     control_variate_input,
-    coordinate_log_prob,
-    decision_shape,
-    guide_sites,
-    has_mask,
+    decision_log_prob,
     leave_one_out_mean,
     network_name,
-    relaxation_kind,
-    relaxed_value,
-    site_logits,
-    site_options,
     split_param_map,
     state_name,
+)
+from numpyro_backend.infer.sites import (
+    check_relaxable,
+    family_of,
+    guide_sites,
+    has_mask,
+    site_options,
 )
 
 __all__ = ["REBAR_ELBO", "RELAX_ELBO", "mlp_control_variate"]
@@ -86,8 +86,9 @@ def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
 
     Returns ``(init_fn(rng_key, event_size, dtype) -> params, apply_fn(params, x) -> value)``
     with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``. The output
-    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR); hidden
-    weights start at N(0, 0.1²), as on the Pyro backend.
+    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR), as on
+    the Pyro backend; hidden weights start at N(0, 0.1²) and biases at 0 (Pyro's
+    ``nn.Linear`` default draws both uniformly in ±1/√fan_in).
     """
 
     def init_fn(rng_key, event_size, dtype=jnp.float64):
@@ -203,7 +204,8 @@ class REBAR_ELBO(ParticleELBO):
         settings = self._settings(sites)
         learned = {}
         for index, (name, site) in enumerate(sites.items()):
-            dtype = site_logits(site["fn"], relaxation_kind(site["fn"])).dtype  # the model's
+            family, base = family_of(site["fn"])
+            dtype = family.logits(site["fn"], base).dtype  # the model's
             if self.learn_eta:
                 learned[state_name(name, "eta")] = jnp.array(settings[name]["eta"], dtype)
             if self.learn_temperature:
@@ -222,54 +224,53 @@ class REBAR_ELBO(ParticleELBO):
         )
         return {"eta": eta, "temperature": jnp.exp(log_temperature), "net": None}
 
-    def _network(self, net_params, kind, z, logits, hard, mask, event_ndim):
+    def _network(self, net_params, family, z, logits, hard, mask, element_ndim):
         return 0.0
 
     def _coordinate_masks(self, site: dict):
         """None (one joint control variate) or boolean masks (D,) + element shape, one per
         decision of a site element, when ``coordinatewise`` and D > 1 (see REBAR_ELBO)."""
         fn = site["fn"]
-        kind = relaxation_kind(fn)
-        shape = decision_shape(fn, kind)
+        family, _ = family_of(fn)
+        shape = family.decision_shape(fn)
         size = math.prod(shape)
         if not self.coordinatewise or size <= 1 or has_mask(fn):
             return None
-        masks = jnp.eye(size, dtype=bool).reshape((size,) + shape)
-        return masks if kind == "bernoulli" else masks[..., None]
+        masks = jnp.eye(size, dtype=bool)
+        return masks.reshape((size,) + shape + (1,) * family.category_dims)
 
     def _site_terms(self, particle, name, cv, temperatures, mask):
         """log q of the decisions in ``mask`` (all if None), the score weight f − c(z̃) (no
         θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃), for one control variate."""
         record = particle.records[name]
-        kind, z, z_tilde, logits = record["kind"], record["z"], record["z_tilde"], record["logits"]
+        family, z, z_tilde, logits = record.family, record.z, record.z_tilde, record.logits
         eta, temperature, net = cv["eta"], cv["temperature"], cv["net"]
-        hard = particle.guide_trace[name]["value"]
+        fn, hard = particle.guide_trace[name]["fn"], particle.guide_trace[name]["value"]
         cost = particle.downstream_cost(name)
         cost_fn = particle.relaxed_cost_fn(name, temperatures)
         if mask is None:
             log_prob = particle.log_prob(name)
             place = cost_fn
         else:  # decision j relaxed, the others at their sampled values
-            log_prob = coordinate_log_prob(kind, logits, hard, mask)
+            log_prob = decision_log_prob(fn, hard, mask)
 
             def place(s):
                 return cost_fn(jnp.where(mask, s, hard))
 
-        relaxed_z = relaxed_value(kind, z, temperature)
-        c_z = place(relaxed_z)
+        c_z = place(family.soft(z, temperature))
         # c(z̃) twice: once differentiable in θ (through z̃), once for the score weight,
         # where only φ may carry gradient: value sg(c(z̃)), tangent in λ via a JVP.
-        relaxed_tilde = relaxed_value(kind, z_tilde, temperature)
-        relaxed_tilde_phi = relaxed_value(kind, lax.stop_gradient(z_tilde), temperature)
+        relaxed_tilde = family.soft(z_tilde, temperature)
+        relaxed_tilde_phi = family.soft(lax.stop_gradient(z_tilde), temperature)
         c_tilde, c_tilde_phi = jax.jvp(
             place, (relaxed_tilde,), (relaxed_tilde_phi - lax.stop_gradient(relaxed_tilde_phi),)
         )
         weight_tilde = lax.stop_gradient(c_tilde) + c_tilde_phi
-        event_ndim = len(particle.guide_trace[name]["fn"].event_shape)
-        network_inputs = (logits, hard, mask, event_ndim)
-        r_z = self._network(net, kind, z, *network_inputs)
-        r_tilde = self._network(net, kind, z_tilde, *network_inputs)
-        r_tilde_phi = self._network(net, kind, lax.stop_gradient(z_tilde), *network_inputs)
+        element_ndim = len(family.decision_shape(fn)) + family.category_dims
+        network_inputs = (logits, family.as_relaxed(hard, logits), mask, element_ndim)
+        r_z = self._network(net, family, z, *network_inputs)
+        r_tilde = self._network(net, family, z_tilde, *network_inputs)
+        r_tilde_phi = self._network(net, family, lax.stop_gradient(z_tilde), *network_inputs)
         return {
             "log_prob": log_prob,
             "residual": cost - eta * weight_tilde - r_tilde_phi,
@@ -342,7 +343,7 @@ def particle_surrogate(out: dict, baselines: dict) -> jnp.ndarray:
 def variance_trained_loss(surrogate_fn: Callable, theta: dict, phi: dict) -> jnp.ndarray:
     """−ELBO whose gradient is −ĝ = −∇_θ S for θ (and for whatever the programs take as
     arguments or close over) and ∇_φ Σ_j ĝ_j(φ)² for the control-variate parameters φ
-    ([2], eq. 9); ``surrogate_fn(theta, phi) -> (S, ELBO estimate)``.
+    ([2] section 3.1); ``surrogate_fn(theta, phi) -> (S, ELBO estimate)``.
 
     ĝ(φ) and its φ-gradient are computed here, at θ and φ held fixed, and injected linearly;
     S itself stays differentiable only in what the programs take as arguments or close over,
@@ -444,40 +445,36 @@ class RELAX_ELBO(REBAR_ELBO):
 
     def _network_params(self, rng_key, site: dict, dtype):
         fn = site["fn"]
-        kind = relaxation_kind(fn)
-        size = math.prod(fn.event_shape)
-        if kind == "categorical":
-            size = size * site_logits(fn, kind).shape[-1]
+        family, base = family_of(fn)
+        size = math.prod(family.logits(fn, base).shape[len(fn.batch_shape) :])  # per element
         init_fn, _ = self.control_variate
         if self._coordinate_masks(site) is None:
             return init_fn(rng_key, 2 * size, dtype)  # input: z and the logits
         # input: decision j's z, the logits, the other decisions' values, a one-hot of j
-        decisions = math.prod(decision_shape(fn, kind))
-        own = 1 if kind == "bernoulli" else fn.event_shape[-1]
-        return init_fn(rng_key, own + 2 * size + decisions, dtype)
+        decisions = math.prod(family.decision_shape(fn))
+        return init_fn(rng_key, size // decisions + 2 * size + decisions, dtype)
 
     def _control_variate_params(self, phi: dict, site: str, setting: dict) -> dict:
         params = super()._control_variate_params(phi, site, setting)
         params["net"] = phi[network_name(site)]
         return params
 
-    def _network(self, net_params, kind, z, logits, hard, mask, event_ndim):
+    def _network(self, net_params, family, z, logits, hard, mask, element_ndim):
         # input: the relaxed logits z and, as context, the site's logits with the gradient
         # stopped (r_ρ must be a fixed function of z for the identity behind ĝ; the logits
         # carry what the guide conditions on, e.g. the data point in a VAE); coordinate-wise,
         # decision j's z only, with the other decisions' sampled values and a one-hot of j —
-        # as on Pyro
+        # the same input as Pyro's
         _, apply_fn = self.control_variate
-        flat_logits = control_variate_input(kind, lax.stop_gradient(logits), event_ndim)
+        flat_logits = control_variate_input(lax.stop_gradient(logits), element_ndim)
         batch_shape = flat_logits.shape[:-1]
         if mask is None:
-            parts = [control_variate_input(kind, z, event_ndim), flat_logits]
-        elif kind == "bernoulli":
-            own = jnp.sum(jnp.where(mask, z, 0.0), tuple(range(-mask.ndim, 0)))[..., None]
+            parts = [control_variate_input(z, element_ndim), flat_logits]
         else:
-            own = jnp.sum(jnp.where(mask, z, 0.0), tuple(range(-mask.ndim, -1)))
-        if mask is not None:
-            others = control_variate_input(kind, jnp.where(mask, 0.0, hard), event_ndim)
+            decision_axes = tuple(range(-mask.ndim, -family.category_dims))
+            own = jnp.sum(jnp.where(mask, z, 0.0), decision_axes)  # z_j: 1 or K logits
+            own = own.reshape(own.shape[: own.ndim - family.category_dims] + (-1,))
+            others = control_variate_input(jnp.where(mask, 0.0, hard), element_ndim)
             position = mask.reshape(-1).astype(z.dtype)
             parts = [own, flat_logits, others, position]
         parts = [jnp.broadcast_to(p, batch_shape + p.shape[-1:]) for p in parts]
