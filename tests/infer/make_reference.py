@@ -14,6 +14,11 @@ writes ``tests/data/estimator_reference.json``. Methods, one per model:
   within 5 standard errors.
 - ``relax_toy``: closed form (two terms).
 - ``event_sites``: explicit enumeration of the 3² one-hot values of z and the 2² values of c.
+- ``masked_bernoulli``, ``one_hot``: enumeration of every element's few values (a masked
+  element's terms are 0 whatever its value); ``one_hot`` cross-checked against
+  ``TraceEnum_ELBO``.
+- ``dependent_categorical``: ``TraceEnum_ELBO`` (both guide sites enumerated), cross-checked
+  against explicit enumeration of the 2 × 3 joint configurations.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def brute_force_reference(entry, site_values: dict):
     names = list(site_values)
     total = 0.0
     for values in itertools.product(*(site_values[n] for n in names)):
-        cond = {n: torch.tensor(v, dtype=torch.float64) for n, v in zip(names, values, strict=True)}
+        # float values stay float64, Categorical indices int64
+        cond = {n: torch.tensor(v) for n, v in zip(names, values, strict=True)}
         guide_tr = poutine.trace(poutine.condition(guide, cond)).get_trace(data, init)
         model_tr = poutine.trace(poutine.condition(model, cond)).get_trace(data, init)
         log_q = guide_tr.log_prob_sum()
@@ -170,7 +176,7 @@ def main():
     out = {}
     with pyroapi.pyro_backend("pyro_reparam_ext"):
         for name, entry in MODELS.items():
-            if name in ("bernoulli_nonlinear", "categorical_mixture"):
+            if name in ("bernoulli_nonlinear", "categorical_mixture", "dependent_categorical"):
                 loss, init = enum_reference(entry)
             elif name == "binary_vae":
                 configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
@@ -184,6 +190,11 @@ def main():
                 z_values = [[a, b] for a in one_hots for b in one_hots]
                 c_values = [[a, b] for a in (0.0, 1.0) for b in (0.0, 1.0)]
                 loss, init = brute_force_reference(entry, {"z": z_values, "c": c_values})
+            elif name == "masked_bernoulli":
+                configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)))
+                loss, init = local_enumeration_reference(entry, "z", configs)
+            elif name == "one_hot":
+                loss, init = local_enumeration_reference(entry, "z", torch.eye(3))
             out[name] = {"loss": loss.item(), "grads": _grads(loss, init)}
             print(name, out[name]["loss"])
 
@@ -198,6 +209,17 @@ def main():
         assert abs(local_loss.item() - out["categorical_mixture"]["loss"]) < 1e-10
         for k, g in _grads(local_loss, local_init).items():
             np.testing.assert_allclose(g, out["categorical_mixture"]["grads"][k], atol=1e-10)
+        for name, site_values in [
+            ("dependent_categorical", {"c": [0.0, 1.0], "z": [0, 1, 2]}),
+            ("one_hot", None),
+        ]:
+            if site_values is None:
+                check_loss, check_init = enum_reference(MODELS[name])
+            else:
+                check_loss, check_init = brute_force_reference(MODELS[name], site_values)
+            assert abs(check_loss.item() - out[name]["loss"]) < 1e-10, name
+            for k, g in _grads(check_loss, check_init).items():
+                np.testing.assert_allclose(g, out[name]["grads"][k], atol=1e-10)
         exact_bn = {k: np.asarray(v) for k, v in out["bernoulli_normal"]["grads"].items()}
         _check_bernoulli_normal_by_sampling(MODELS["bernoulli_normal"], exact_bn)
 

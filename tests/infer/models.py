@@ -328,11 +328,121 @@ RELAX_TOY = EstimatorModel(
 )
 
 
-#: The three models every estimator's unbiasedness is checked on.
-UNBIASEDNESS_MODELS = [BERNOULLI_NONLINEAR, CATEGORICAL_MIXTURE, BERNOULLI_NORMAL]
-#: Models whose discrete sites hold several decisions per element (coordinate-wise REBAR/RELAX).
-EVENT_MODELS = [EVENT_SITES, BINARY_VAE]
-#: Every entry, by name.
+# ---------------------------------------------------------------------------------------------
+# 7. A masked site: 4 data points with 2 Bernoulli decisions each (to_event); point 1 is
+#    masked out in model and guide (``.mask``), so its logits' exact gradient is 0.
+
+
+def _masked_model(data, init):
+    w = pyro.param("w", init["w"])
+    observed = data["observed"] > 0.5
+    with pyro.plate("data", data["x"].shape[0]):
+        prior = dist.Bernoulli(logits=data["prior_logits"]).to_event(1)
+        z = pyro.sample("z", prior.mask(observed))
+        mean = 2.0 * ops.tanh((z * w).sum(-1) - 0.3)
+        pyro.sample("x", dist.Normal(mean, 0.5).mask(observed), obs=data["x"])
+
+
+def _masked_guide(data, init):
+    logits = pyro.param("q_logits", init["q_logits"])
+    observed = data["observed"] > 0.5
+    with pyro.plate("data", data["x"].shape[0]):
+        pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1).mask(observed))
+
+
+MASKED_BERNOULLI = EstimatorModel(
+    name="masked_bernoulli",
+    model=_masked_model,
+    guide=_masked_guide,
+    make_data=lambda: {
+        "x": np.array([1.1, -0.4, 0.3, 1.6]),
+        "observed": np.array([1.0, 0.0, 1.0, 1.0]),
+        "prior_logits": np.array([0.2, -0.4]),
+    },
+    init_params={
+        "w": np.array([1.3, -0.7]),
+        "q_logits": np.array([[0.4, -0.2], [0.1, 0.3], [-0.5, 0.6], [0.2, 0.0]]),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("z",),
+    description="plate of 4, z: 2 Bernoulli decisions (to_event), point 1 masked in p and q",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. A Categorical site whose guide logits depend on an earlier Bernoulli site.
+
+
+def _dependent_categorical_model(data, init):
+    w = pyro.param("w", init["w"])
+    c = pyro.sample("c", dist.Bernoulli(probs=0.4))
+    z = pyro.sample("z", dist.Categorical(logits=data["prior_z_logits"]))
+    loc = data["locs"][z]
+    with pyro.plate("obs", data["x"].shape[-1]):
+        pyro.sample("x", dist.Normal(loc + w[0] * c + w[1] * c * loc, 0.6), obs=data["x"])
+
+
+def _dependent_categorical_guide(data, init):
+    q_c = pyro.param("q_c", init["q_c"])
+    q_z = pyro.param("q_z", init["q_z"])
+    c = pyro.sample("c", dist.Bernoulli(logits=q_c))
+    # q_z[c] written without integer indexing (c is a float 0/1 on both backends)
+    pyro.sample("z", dist.Categorical(logits=q_z[0] + c[..., None] * (q_z[1] - q_z[0])))
+
+
+DEPENDENT_CATEGORICAL = EstimatorModel(
+    name="dependent_categorical",
+    model=_dependent_categorical_model,
+    guide=_dependent_categorical_guide,
+    make_data=lambda: {
+        "x": np.array([0.4, 1.9, -0.6]),
+        "locs": np.array([-1.0, 0.0, 1.5]),
+        "prior_z_logits": np.array([0.1, 0.3, -0.2]),
+    },
+    init_params={
+        "w": np.array([0.8, -0.5]),
+        "q_c": np.array(0.2),
+        "q_z": np.array([[0.3, -0.1, 0.2], [-0.4, 0.5, 0.1]]),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("c", "z"),
+    description="c ~ Bernoulli, then z | c ~ Categorical (guide logits depend on c)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. OneHotCategorical sites (the pyroapi alias's on NumPyro) in a plate of 2, tanh likelihood.
+
+
+def _one_hot_model(data, init):
+    locs = pyro.param("locs", init["locs"])
+    with pyro.plate("data", data["x"].shape[0]):
+        z = pyro.sample("z", dist.OneHotCategorical(logits=data["prior_logits"]))
+        pyro.sample("x", dist.Normal(2.0 * ops.tanh(z @ locs), 0.5), obs=data["x"])
+
+
+def _one_hot_guide(data, init):
+    logits = pyro.param("q_logits", init["q_logits"])
+    with pyro.plate("data", data["x"].shape[0]):
+        pyro.sample("z", dist.OneHotCategorical(logits=logits))
+
+
+ONE_HOT = EstimatorModel(
+    name="one_hot",
+    model=_one_hot_model,
+    guide=_one_hot_guide,
+    make_data=lambda: {"x": np.array([1.2, -0.3]), "prior_logits": np.array([0.2, -0.1, 0.4])},
+    init_params={
+        "locs": np.array([-1.0, 0.5, 2.0]),
+        "q_logits": np.array([[0.1, 0.3, -0.2], [0.5, -0.4, 0.2]]),
+    },
+    max_plate_nesting=1,
+    discrete_sites=("z",),
+    description="plate of 2, z ~ OneHotCategorical(3), x ~ N(2 tanh(z · locs), 0.5)",
+)
+
+
+#: Every entry, by name (``tests/infer/estimator_cases.py`` runs every estimator on them).
 MODELS = {
     m.name: m
     for m in [
@@ -342,5 +452,8 @@ MODELS = {
         BINARY_VAE,
         RELAX_TOY,
         EVENT_SITES,
+        MASKED_BERNOULLI,
+        DEPENDENT_CATEGORICAL,
+        ONE_HOT,
     ]
 }

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pyroapi
 import pytest
 
+import numpyro_backend.infer as numpyro_infer
 from numpyro_backend.backend.pyro import clear_param_store
-from numpyro_backend.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO, gradient_variance
-from tests.infer.models import MODELS, EstimatorModel
+from numpyro_backend.infer import gradient_variance
+from tests.infer.estimator_cases import EstimatorCase
+from tests.infer.models import EstimatorModel
+from tests.stats import MeanEstimate
 
-#: Every estimator and baseline, by test id.
-ESTIMATORS = {
-    "optimal-K1": lambda: ScoreFunction_ELBO(num_particles=1),
-    "optimal-K2": lambda: ScoreFunction_ELBO(num_particles=2),
-    "loo-K2": lambda: ScoreFunction_ELBO(num_particles=2, baseline="loo"),
-    "decaying_avg-K1": lambda: ScoreFunction_ELBO(num_particles=1, baseline="decaying_avg"),
-    "none-K1": lambda: ScoreFunction_ELBO(num_particles=1, baseline="none"),
-    "rebar-K1": lambda: REBAR_ELBO(num_particles=1),
-    "relax-K2": lambda: RELAX_ELBO(num_particles=2, max_plate_nesting=1),
-    "rebar-joint-K1": lambda: REBAR_ELBO(num_particles=1, coordinatewise=False),
-}
+#: Independent gradient estimates per NumPyro statistic (one jit-compiled call).
 NUM_SAMPLES = 2000
 
 
@@ -84,17 +75,13 @@ def gradient_stats(
         )
 
 
-def z_scores(stats: dict, exact: dict[str, np.ndarray]) -> tuple[float, str]:
-    """Largest |mean − exact| / standard error over all coordinates, and where it occurs."""
-    worst, where = 0.0, ""
+def estimates_from_stats(stats: dict) -> dict[str, MeanEstimate]:
+    """Mean and standard error of each parameter's gradient from ``gradient_variance``."""
     n = stats["num_samples"]
-    for name, s in stats["params"].items():
-        se = np.sqrt(s["variance"] / n)
-        z = np.abs(s["mean"] - exact[name]) / se
-        if z.max() > worst:
-            idx = np.unravel_index(np.argmax(z), z.shape) if z.ndim else ()
-            worst, where = float(z.max()), f"{name}{list(idx)}"
-    return worst, where
+    return {
+        name: MeanEstimate.from_moments(s["mean"], s["variance"], n)
+        for name, s in stats["params"].items()
+    }
 
 
 def perturbed(state: dict, seed: int) -> dict:
@@ -108,11 +95,16 @@ def perturbed(state: dict, seed: int) -> dict:
     return jax.tree.unflatten(treedef, leaves)
 
 
-@functools.cache
-def estimator_gradient_stats(entry_name: str, estimator: str) -> dict:
-    """``NUM_SAMPLES`` NumPyro gradient estimates of a catalogue entry, cached per session
-    (the unbiasedness and cross-backend tests share them; compiling dominates their cost)."""
-    entry = MODELS[entry_name]
-    elbo = ESTIMATORS[estimator]()
-    state = perturbed(estimator_state(elbo, entry), seed=1)
-    return gradient_stats(elbo, entry, NUM_SAMPLES, seed=2, extra_params=state)
+def case_estimates(
+    case: EstimatorCase, entry: EstimatorModel, num_samples: int, seed: int = 0
+) -> dict[str, MeanEstimate]:
+    """Mean gradient of −ELBO (with SE) for one row of the estimator case table.
+
+    ``num_samples`` single-draw estimates in one jit-compiled call, at perturbed estimator
+    parameters (as on the Pyro side); running baselines update between estimates.
+    """
+    elbo = case.make(numpyro_infer, entry.max_plate_nesting)
+    state = perturbed(estimator_state(elbo, entry), seed=seed + 1)
+    return estimates_from_stats(
+        gradient_stats(elbo, entry, num_samples, seed=seed + 2, extra_params=state)
+    )

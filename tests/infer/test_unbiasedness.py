@@ -1,163 +1,121 @@
-"""Unbiasedness of every estimator and baseline against the exact gradient (5 standard errors).
+"""Every estimator on every catalogue model, both backends: the exact mean gradient.
 
-Each test averages ``NUM_CALLS`` independent calls, each the mean of ``NUM_DRAWS`` estimator
-draws run side by side in an outer plate (see ``pyro_helpers.with_draws``); the standard
-error of every coordinate comes from the spread of the calls. With t-distributed z-scores on
-29 degrees of freedom a true-unbiased estimator exceeds 5 SE in one of ~50 coordinates with
-probability < 1e-3, while a bias larger than 5 SE fails.
+One table (``tests/infer/estimator_cases.py``: every estimator and baseline × every catalogue
+model with an ELBO reference) drives three tests per row:
+
+- Pyro's mean gradient matches the exact one (``tests/data/estimator_reference.json``,
+  computed by enumeration in ``make_reference.py``);
+- NumPyro's mean gradient matches the exact one;
+- the two backends' mean gradients match each other.
+
+Estimates. Pyro: ``NUM_CALLS`` independent calls, each the mean of ``NUM_DRAWS`` draws run
+side by side in an outer plate (``pyro_helpers.with_draws``); the standard error comes from
+the spread of the calls (ν = NUM_CALLS − 1 degrees of freedom; each call averages 256 draws,
+so its estimate is close to Gaussian). NumPyro: ``NUM_SAMPLES`` single-draw estimates in one
+jit-compiled call (ν = NUM_SAMPLES − 1; the z of their mean is Gaussian by the CLT, an
+approximation in the far tail the thresholds reach). Both at perturbed estimator
+parameters (REBAR/RELAX η, temperature and network), since unbiasedness must hold for every
+value. Running-average baselines update between estimates, as in
+training; each estimate is unbiased given the past, so the deviations are martingale
+differences and the sample standard error stays valid.
+
+Threshold. ``tests/stats.py`` derives it: with T = 3 × (rows of the table) tests, test i over
+m_i gradient coordinates fails when some |z| exceeds c_i = t⁻¹_ν(1 − α / (2 T m_i)), α = 1e-3;
+by the union bound a table of unbiased estimators raises a false alarm with probability
+≤ 1e-3. For the backend comparison ν = the smaller of the two (conservative against
+Welch–Satterthwaite). Here T = 240 (80 rows), m_i = 5 … 45 coordinates, and ν = 29 (Pyro,
+and the backend comparison) gives c = 6.24 … 7.05; ν = 7999 (NumPyro) gives c = 4.93 … 5.35.
+
+Sample sizes. NumPyro's cost is compiling (samples are nearly free), so NUM_SAMPLES is
+large; Pyro's is per call, so NUM_DRAWS is large and NUM_CALLS small. Both give about 8000
+draws, so the two backends' standard errors are alike; a bias of c + 1 standard errors in
+one coordinate fails its test with probability ≈ 0.84.
 """
 
-import pyro
-import pyro.distributions as dist
+from __future__ import annotations
+
+import functools
+
+import numpy as np
 import pyroapi
 import pytest
-import torch
-from pyro.infer import TraceEnum_ELBO, config_enumerate
 
-from pyro_reparam_ext.infer import REBAR_ELBO, RELAX_ELBO, ScoreFunction_ELBO
-from pyro_reparam_ext.infer.relax import ControlVariateNet
-from tests.infer.models import EVENT_MODELS, UNBIASEDNESS_MODELS, EstimatorModel
-from tests.infer.pyro_helpers import gradient_batches, max_abs_z, param_leaf
+from tests.infer import numpyro_helpers, pyro_helpers
+from tests.infer.estimator_cases import ESTIMATOR_CASES, TABLE, TABLE_IDS
+from tests.infer.models import MODELS
+from tests.infer.numpyro_helpers import fast_compile  # noqa: F401  (fixture)
+from tests.stats import max_abs_z, num_coordinates, z_threshold
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 NUM_CALLS = 30
 NUM_DRAWS = 256
-Z_MAX = 5.0
+NUM_SAMPLES = 8000
+#: the pyro / numpyro / between-backends checks of every row form one family of tests
+NUM_TESTS = 3 * len(TABLE)
 
-ESTIMATORS = {
-    "optimal-K1": lambda n: ScoreFunction_ELBO(num_particles=1, max_plate_nesting=n),
-    "optimal-K4": lambda n: ScoreFunction_ELBO(num_particles=4, max_plate_nesting=n),
-    "loo-K4": lambda n: ScoreFunction_ELBO(num_particles=4, max_plate_nesting=n, baseline="loo"),
-    "decaying_avg-K1": lambda n: ScoreFunction_ELBO(
-        num_particles=1, max_plate_nesting=n, baseline="decaying_avg"
-    ),
-    "none-K1": lambda n: ScoreFunction_ELBO(num_particles=1, max_plate_nesting=n, baseline="none"),
-    "rebar-K2": lambda n: REBAR_ELBO(num_particles=2, max_plate_nesting=n),
-    "relax-K1": lambda n: RELAX_ELBO(num_particles=1, max_plate_nesting=n),
-    "relax-K2": lambda n: RELAX_ELBO(num_particles=2, max_plate_nesting=n),
-    # a network far from its zero-output start, so r_ρ's terms are really exercised
-    "relax-randnet-K2": lambda n: RELAX_ELBO(
-        num_particles=2, max_plate_nesting=n, control_variate=_random_network
-    ),
-    # one joint control variate per site element instead of one per decision
-    "rebar-joint-K2": lambda n: REBAR_ELBO(
-        num_particles=2, max_plate_nesting=n, coordinatewise=False
-    ),
-    "relax-joint-randnet-K1": lambda n: RELAX_ELBO(
-        max_plate_nesting=n, control_variate=_random_network, coordinatewise=False
-    ),
+_CASES = {case.name: case for case in ESTIMATOR_CASES}
+
+_MASKED_RELAX = (
+    "NumPyro RELAX_ELBO on a masked site: the masked element's logit gradient has mean "
+    "(−0.428, 0.380) ± 0.003 instead of 0 (|z| = 164; NumPyro's REBAR gives exactly 0, "
+    "Pyro's RELAX 0 within 1 SE): the control variate network's terms are not masked"
+)
+#: Failures of the code under test found by this table: (check, model, estimator case) ->
+#: reason. Strict: the test fails as soon as the estimator is fixed, so the entry goes.
+KNOWN_FAILURES = {
+    (check, "masked_bernoulli", case): _MASKED_RELAX
+    for check in ("numpyro", "between")
+    for case in ("relax-K2", "relax-joint-K2")
 }
 
 
-def _random_network(site_name, event_size):
-    generator = torch.Generator().manual_seed(3)
-    net = ControlVariateNet(event_size, hidden_dim=8)
-    with torch.no_grad():
-        for param in net.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator))
-    return net
+def _rows(check: str) -> list:
+    rows = []
+    for (entry, case), row_id in zip(TABLE, TABLE_IDS, strict=True):
+        reason = KNOWN_FAILURES.get((check, entry.name, case.name))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        rows.append(pytest.param(entry, case, id=row_id, marks=marks))
+    return rows
 
 
-# every estimator on the three models of the issue; REBAR/RELAX also on the models whose
-# sites hold several decisions per element (``to_event``): the VAE's Bernoulli site, and two
-# one-hot decisions followed by two dependent Bernoulli decisions — coordinate-wise control
-# variates (the default) and joint ones
-CASES = [(entry, name) for entry in UNBIASEDNESS_MODELS for name in ESTIMATORS] + [
-    (entry, name)
-    for entry in EVENT_MODELS
-    for name in ESTIMATORS
-    if name.startswith(("rebar", "relax"))
-]
-
-
-@pytest.mark.parametrize(
-    "entry, estimator", CASES, ids=[f"{entry.name}-{name}" for entry, name in CASES]
-)
-def test_mean_gradient_matches_exact(entry, estimator):
+@functools.cache
+def _pyro_estimates(entry_name: str, case_name: str) -> dict:
     with pyroapi.pyro_backend("pyro_reparam_ext"):
-        batches = gradient_batches(ESTIMATORS[estimator], entry, NUM_CALLS, NUM_DRAWS)
-    z, where = max_abs_z(batches, entry.exact_grads)
-    assert z < Z_MAX, f"{entry.name} / {estimator}: |z| = {z:.2f} at {where}"
-
-
-def _one_hot_model(x):
-    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
-    z = pyro.sample("z", dist.OneHotCategorical(logits=torch.tensor([0.2, -0.3, 0.1])))
-    with pyro.plate("obs", x.shape[-1]):
-        pyro.sample("x", dist.Normal(torch.tanh(z @ locs), 0.5), obs=x)
-
-
-def _one_hot_guide(x):
-    logits = pyro.param("q_logits", torch.tensor([0.3, -0.4, 0.2]))
-    pyro.sample("z", dist.OneHotCategorical(logits=logits))
-
-
-@pytest.mark.parametrize("estimator", ["optimal-K1", "optimal-K4", "rebar-K2", "relax-randnet-K2"])
-def test_one_hot_categorical_site(estimator):
-    # OneHotCategorical values are relaxable (a soft one-hot feeds ``z @ locs``), so REBAR and
-    # RELAX take the full relaxed-replay path here; exact gradient by Pyro's TraceEnum_ELBO.
-    x = torch.tensor([0.9, 1.4, 0.7])
-    exact_elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    loss = exact_elbo.differentiable_loss(
-        _one_hot_model, config_enumerate(_one_hot_guide, "parallel"), x
-    )
-    names = ["locs", "q_logits"]
-    exact = {
-        n: g.detach().numpy()
-        for n, g in zip(
-            names, torch.autograd.grad(loss, [param_leaf(n) for n in names]), strict=True
+        return pyro_helpers.case_estimates(
+            _CASES[case_name], MODELS[entry_name], NUM_CALLS, NUM_DRAWS
         )
-    }
-    entry = EstimatorModel(
-        name="one_hot",
-        model=lambda data, init: _one_hot_model(data["x"]),
-        guide=lambda data, init: _one_hot_guide(data["x"]),
-        make_data=lambda: {"x": x.numpy()},
-        init_params={},
-        max_plate_nesting=1,
-        discrete_sites=("z",),
-    )
-    batches = gradient_batches(ESTIMATORS[estimator], entry, NUM_CALLS, NUM_DRAWS, names=names)
-    z, where = max_abs_z(batches, exact)
-    assert z < Z_MAX, f"one-hot / {estimator}: |z| = {z:.2f} at {where}"
 
 
-def _mixed_discrete_model(x):
-    w = pyro.param("w", torch.tensor([0.8, -0.5]))
-    c = pyro.sample("c", dist.Bernoulli(0.4))
-    z = pyro.sample("z", dist.Categorical(logits=torch.tensor([0.1, 0.3, -0.2])))
-    locs = torch.tensor([-1.0, 0.0, 1.5])
-    with pyro.plate("obs", x.shape[-1]):
-        pyro.sample("x", dist.Normal(locs[z] + w[0] * c + w[1] * c * locs[z], 0.6), obs=x)
+@functools.cache
+def _numpyro_estimates(entry_name: str, case_name: str) -> dict:
+    return numpyro_helpers.case_estimates(_CASES[case_name], MODELS[entry_name], NUM_SAMPLES)
 
 
-def _mixed_discrete_guide(x):
-    q_c = pyro.param("q_c", torch.tensor(0.2))
-    q_z = pyro.param("q_z", torch.tensor([[0.3, -0.1, 0.2], [-0.4, 0.5, 0.1]]))
-    c = pyro.sample("c", dist.Bernoulli(logits=q_c))
-    pyro.sample("z", dist.Categorical(logits=q_z[c.long()]))
+def _assert_matches(estimates: dict, reference: dict, what: str) -> None:
+    assert set(estimates) == set(reference)
+    dof = min(e.dof for e in estimates.values())
+    threshold = z_threshold(num_coordinates(estimates), dof, NUM_TESTS)
+    z, where = max_abs_z(estimates, reference)
+    assert z < threshold, f"{what}: |z| = {z:.2f} at {where} (threshold {threshold:.2f})"
 
 
-@pytest.mark.parametrize("estimator", ["rebar-K2", "relax-randnet-K2", "optimal-K4"])
-def test_bernoulli_followed_by_dependent_categorical(estimator):
-    # The Categorical z (an index) cannot take a relaxed value, so the Bernoulli c before it
-    # gets the own-term control variate (documented); the estimate must stay unbiased.
-    x = torch.tensor([0.4, 1.9, -0.6])
-    exact_elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    loss = exact_elbo.differentiable_loss(
-        _mixed_discrete_model, config_enumerate(_mixed_discrete_guide, "parallel"), x
-    )
-    names = ["w", "q_c", "q_z"]
-    grads = torch.autograd.grad(loss, [param_leaf(n) for n in names])
-    exact = {n: g.detach().numpy() for n, g in zip(names, grads, strict=True)}
-    entry = EstimatorModel(
-        name="bernoulli_then_categorical",
-        model=lambda data, init: _mixed_discrete_model(data["x"]),
-        guide=lambda data, init: _mixed_discrete_guide(data["x"]),
-        make_data=lambda: {"x": x.numpy()},
-        init_params={},
-        max_plate_nesting=1,
-        discrete_sites=("c", "z"),
-    )
-    batches = gradient_batches(ESTIMATORS[estimator], entry, NUM_CALLS, NUM_DRAWS, names=names)
-    z, where = max_abs_z(batches, exact)
-    assert z < Z_MAX, f"bernoulli→categorical / {estimator}: |z| = {z:.2f} at {where}"
+@pytest.mark.parametrize("entry, case", _rows("pyro"))
+def test_pyro_mean_gradient_matches_exact(entry, case):
+    estimates = _pyro_estimates(entry.name, case.name)
+    _assert_matches(estimates, entry.exact_grads, f"Pyro {entry.name} / {case.name}")
+
+
+@pytest.mark.parametrize("entry, case", _rows("numpyro"))
+def test_numpyro_mean_gradient_matches_exact(entry, case):
+    estimates = _numpyro_estimates(entry.name, case.name)
+    _assert_matches(estimates, entry.exact_grads, f"NumPyro {entry.name} / {case.name}")
+
+
+@pytest.mark.parametrize("entry, case", _rows("between"))
+def test_backends_agree(entry, case):
+    pyro_estimates = _pyro_estimates(entry.name, case.name)
+    numpyro_estimates = _numpyro_estimates(entry.name, case.name)
+    differences = {n: pyro_estimates[n].minus(numpyro_estimates[n]) for n in pyro_estimates}
+    zeros = {n: np.zeros(np.shape(d.mean)) for n, d in differences.items()}
+    _assert_matches(differences, zeros, f"Pyro − NumPyro {entry.name} / {case.name}")
