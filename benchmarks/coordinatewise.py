@@ -4,10 +4,13 @@ A binary VAE on 128 points × 24 binary pixels with D ∈ {16, 32} Bernoulli lat
 (one ``to_event(1)`` site, linear encoder and decoder), K = 2 vectorized particles. With
 ``coordinatewise=True`` (the default) each point's D decisions get their own control variate:
 2·D relaxed replays of the model, done in one vectorized replay with an extra batch dimension
-for the D decisions. Reported: the median ``SVI.step`` time (Adam) of each estimator and its
+for the D decisions; φ = (η, λ, ρ) is trained from the variance of one randomly chosen
+decision's estimate per element (``relax.VARIANCE_DECISIONS``), differentiated in the same
+backward pass. Reported: the median ``SVI.step`` time (Adam) of each estimator and its
 ratio to TraceGraph_ELBO's (with Pyro's decaying-average baseline) in the same run, one
-intra-op thread. Times are CPU time of this process (``time.process_time``): on a shared
-machine wall time mostly measures the other processes, while one-thread CPU time does not.
+intra-op thread, timed round-robin. Times are CPU time of this process
+(``time.process_time``): on a shared machine wall time mostly measures the other processes,
+while one-thread CPU time does not.
 
     python benchmarks/coordinatewise.py [--quick]
 
@@ -86,28 +89,37 @@ ESTIMATORS = {
 }
 
 
-def median_cpu_time(fn, repeats: int, warmup: int = 2) -> float:
-    """Median CPU time in seconds of ``fn()`` (one thread) over ``repeats`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+def cpu_time(fn) -> float:
+    """CPU time in seconds of one call of ``fn()`` (this process, one thread)."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
 
 
-def run(num_latents: int, repeats: int) -> list[dict]:
+def run(num_latents: int, repeats: int, warmup: int = 2) -> list[dict]:
+    """Median step time of every estimator, timed round-robin (one step of each in turn, so
+    a change of machine load hits all of them alike)."""
     model, guide, x = make_vae(num_latents)
-    rows = []
+    steps = {}
     for name, make in ESTIMATORS.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         run_guide = _decaying_avg(guide) if name.startswith("TraceGraph") else guide
-        svi = SVI(model, run_guide, Adam({"lr": 0.01}), loss=make())
-        step_s = median_cpu_time(lambda svi=svi: svi.step(x), repeats=repeats)
-        rows.append({"latents": num_latents, "estimator": name, "step_ms": 1e3 * step_s})
+        with pyro.get_param_store().scope() as state:
+            svi = SVI(model, run_guide, Adam({"lr": 0.01}), loss=make())
+            for _ in range(warmup):
+                svi.step(x)
+        steps[name] = (svi, state)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, (svi, state) in steps.items():
+            with pyro.get_param_store().scope(state) as state:
+                times[name].append(cpu_time(lambda svi=svi: svi.step(x)))
+            steps[name] = (svi, state)
+    rows = [
+        {"latents": num_latents, "estimator": name, "step_ms": 1e3 * statistics.median(t)}
+        for name, t in times.items()
+    ]
     reference = rows[0]["step_ms"]
     for row in rows:
         row["step_time_vs_tracegraph"] = row["step_ms"] / reference

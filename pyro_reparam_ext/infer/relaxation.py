@@ -11,12 +11,13 @@ Shapes: ``logits`` are a site's full logits, one entry per scalar decision (Bern
 OneHotCategorical: ``batch + event`` with the event ending in K). A *relaxed value* has the
 logits' shape; its last :attr:`category_dims` dims index categories.
 
-Noise, threshold, relaxation ([1] section 3, [2] section 3.3 and appendix): with u, v uniform,
+Noise, threshold, relaxation ([1]; [2] section 3.2 and appendix B): with u, v uniform,
 
     Bernoulli:    z = ℓ + log u − log(1 − u),  H(z) = 1[z > 0],      σ_λ(z) = sigmoid(z / λ)
     Categorical:  z = log π + Gumbel(u),       H(z) = argmax z,      σ_λ(z) = softmax(z / λ)
 
-and z̃ ~ p(z | H(z) = b) is drawn from v (:mod:`pyro_reparam_ext.distributions.concrete`).
+and z̃ ~ p(z | H(z) = b) is drawn from v ([2] appendix B;
+:mod:`pyro_reparam_ext.distributions.concrete`).
 The continuous extension of a discrete log-density evaluates it at a relaxed value:
 b·log p + (1 − b)·log(1 − p), or one-hot · log π.
 
@@ -84,7 +85,7 @@ class BernoulliRelaxation:
 
     @staticmethod
     def conditional_relaxed_logits(logits, hard, v) -> torch.Tensor:
-        """z̃ ~ p(z | H(z) = b) from v ([2], appendix)."""
+        """z̃ ~ p(z | H(z) = b) from v ([2] appendix B)."""
         return bernoulli_conditional_relaxed_logits(logits, hard, v)
 
     @staticmethod
@@ -162,7 +163,7 @@ class OneHotCategoricalRelaxation:
 
     @staticmethod
     def conditional_relaxed_logits(logits, hard, v) -> torch.Tensor:
-        """z̃ ~ p(z | argmax z = b) from v, b one-hot ([2], appendix)."""
+        """z̃ ~ p(z | argmax z = b) from v, b one-hot ([2] appendix B)."""
         return categorical_conditional_relaxed_logits(logits, hard, v)
 
     @staticmethod
