@@ -142,7 +142,8 @@ def main(argv=None) -> None:
         ["latents", "estimator", "step_ms", "step_time_vs_tracegraph"],
         notes=(
             f"{NUM_POINTS} points x {NUM_PIXELS} pixels, K = {NUM_PARTICLES} vectorized "
-            "particles, float64, one thread; step_ms: median SVI.step CPU time."
+            "particles, float64, one thread; step_ms: median SVI.step CPU time, estimators "
+            "timed round-robin (one step of each in turn)."
         ),
     )
     print(path.read_text())
