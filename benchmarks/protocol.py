@@ -51,10 +51,10 @@ and merges their results.
     python benchmarks/protocol.py --quick     # make bench (short; minutes)
     python benchmarks/protocol.py             # make bench-full (the whole protocol)
 
-Quick settings: 100 steps, checkpoints 0/50/100, 30 gradient samples per variance (a
-variance's relative SE ≈ √(2/29) ≈ 26% for Gaussian gradients, more with heavy tails; the
-tables give each ratio's SE), 20 warm-up steps. Full: 2000 steps, 6 checkpoints, 100 samples
-(≈ 14%), 200 warm-up steps.
+Quick settings: 100 steps, checkpoints 0/50/100, 30 gradient samples per variance, 20
+warm-up steps; full: 2000 steps, 6 checkpoints, 100 samples, 200 warm-up steps. The tables
+give each variance ratio's standard error (``ratio_se``, from the spread of the samples'
+squared deviations, so heavy tails show) and the median relative SE of the run.
 
 writes ``benchmarks/results/protocol.md``, ``protocol.json`` and ``protocol_<model>_E<E>.png``.
 Torch on one intra-op thread; float32 on both backends.
@@ -1062,7 +1062,10 @@ def precision_text(shared: list[dict]) -> str:
 
 
 def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float, info=None) -> Path:
+    """``<stem>.md``, ``<stem>.json`` and ``<stem>_<model>_E<E>.png`` in ``RESULTS_DIR``
+    (``stem``: ``info["name"]``, default ``protocol``)."""
     info = info or {}
+    stem = info.get("name", "protocol")
     models, backends = list(MODELS), list(BACKENDS)
     runs = sorted(runs, key=lambda r: (models.index(r.model), r.budget, backends.index(r.backend)))
     shared, own = shared_rows(runs), own_rows(runs)
@@ -1072,18 +1075,36 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float,
         {k for s in shared for k in s if k.startswith("ratio@")}, key=lambda k: int(k.split("@")[1])
     )
     mode = "QUICK run (`--quick`)" if quick else "full run"
+    reduced = {k: v for k, v in FULL.items() if not quick and getattr(settings, k) != v}
+    if reduced:
+        mode = (
+            "REDUCED full run (the `make bench-full` settings are "
+            + ", ".join(f"{k} {v}" for k, v in FULL.items())
+            + "; changed here: "
+            + ", ".join(f"{k} {getattr(settings, k)}" for k in reduced)
+            + ")"
+        )
     md = [
-        "## Estimator protocol (DisARM protocol scaled: digits, D = 32, batch 50)",
+        "## Estimator protocol (DisARM protocol scaled: digits, D = 32, batch 50)"
+        + (f": {info['title']}" if info.get("title") else ""),
         "",
         f"{mode}: {settings.steps} steps per run (Adam, lr {settings.lr}), "
         f"{settings.variance_samples} gradient samples per variance, state warm-up "
         f"{settings.warmup} steps at shared checkpoints; {elapsed / 60:.1f} min wall-clock "
-        f"in all ({info.get('cpu_s', float('nan')) / 60:.1f} CPU-min over "
-        f"{info.get('jobs', 1)} process(es)); library at commit "
-        f"{info.get('revision', 'unknown')}. "
-        "**Time axis = training CPU seconds** (`time.process_time`, set-up/compiling step "
-        "left out): the machine was shared with other jobs, so wall-clock (also listed, "
-        "`train_wall_s`) measures the load, not the estimator. "
+        + (
+            f"in all ({info['cpu_s'] / 60:.1f} CPU-min over {info.get('jobs', 1)} process(es))"
+            if "cpu_s" in info
+            else "in all (CPU time not recorded)"
+        )
+        + f"; library at commit {info.get('revision', 'unknown')}. "
+        + (
+            "**Time axis = training CPU seconds** (`time.process_time`, set-up/compiling step "
+            "left out): the machine was shared with other jobs, so wall-clock (also listed, "
+            "`train_wall_s`) measures the load, not the estimator. "
+            if all(r.cpu_seconds for r in runs)
+            else "Time axis = training wall-clock seconds (this run predates CPU-time "
+            "recording; the machine was shared, load ~11). "
+        )
         + precision_text(shared)
         + "E = model evaluations per data point (see `benchmarks/protocol.py` for the count). "
         "ratio@s = variance of Pyro's TraceGraph_ELBO (decaying-average baseline) / variance "
@@ -1167,10 +1188,10 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float,
         "",
         "Machine: {processor}, {cpu_count} cores; Python {python}, torch {torch}, "
         "pyro {pyro}, jax {jax}, numpyro {numpyro}.".format(**meta),
-        "Plots: " + ", ".join(f"`{p}`" for p in sorted({plot_name(r) for r in runs})) + ".",
+        "Plots: " + ", ".join(f"`{p}`" for p in sorted({plot_name(r, stem) for r in runs})) + ".",
     ]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "protocol.md"
+    path = RESULTS_DIR / f"{stem}.md"
     path.write_text("\n".join(md) + "\n")
     payload = {
         "title": "Estimator protocol",
@@ -1188,15 +1209,15 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float,
             for r in runs
         ],
     }
-    (RESULTS_DIR / "protocol.json").write_text(json.dumps(payload, indent=1) + "\n")
-    for name in sorted({plot_name(r) for r in runs}):
-        model, budget = name[len("protocol_") : -len(".png")].rsplit("_E", 1)
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    for name in sorted({plot_name(r, stem) for r in runs}):
+        model, budget = name[len(stem) + 1 : -len(".png")].rsplit("_E", 1)
         plot(runs, model, int(budget), RESULTS_DIR / name)
     return path
 
 
-def plot_name(run: Run) -> str:
-    return f"protocol_{run.model}_E{run.budget}.png"
+def plot_name(run: Run, stem: str = "protocol") -> str:
+    return f"{stem}_{run.model}_E{run.budget}.png"
 
 
 QUICK = dict(steps=100, checkpoints=2, variance_samples=30, warmup=20, timing_steps=5)
@@ -1229,6 +1250,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one job's output
     parser.add_argument("--parts-dir", default=None, help="keep the processes' part files here")
+    parser.add_argument("--name", default="protocol", help="stem of the files --merge-parts writes")
+    parser.add_argument("--title", default=None, help="a note under the heading (--merge-parts)")
     parser.add_argument(
         "--merge-parts",
         default=None,
@@ -1244,7 +1267,8 @@ def main(argv=None) -> None:
         rerender(RESULTS_DIR / "protocol.json")
         return
     if args.merge_parts:
-        merge_parts(sorted(Path(args.merge_parts).glob("*.json")), float("nan"), args.jobs)
+        parts = sorted(Path(args.merge_parts).glob("*.json"))
+        merge_parts(parts, float("nan"), args.jobs, args.name, args.title)
         return
     chosen = dict(QUICK if args.quick else FULL)
     for key in ("steps", "variance_samples", "warmup", "checkpoints"):
@@ -1352,7 +1376,7 @@ def run_in_parallel(argv: list[str], pairs: list[tuple], jobs: int, parts_dir=No
         merge_parts(sorted(folder.glob("*.json")), time.perf_counter() - start, jobs)
 
 
-def merge_parts(parts: list[Path], elapsed: float, jobs: int) -> None:
+def merge_parts(parts, elapsed: float, jobs: int, name="protocol", title=None) -> None:
     """``protocol.md``/``.json``/plots from the part files of a parallel run."""
     payloads = [json.loads(part.read_text()) for part in parts]
     order = {name: i for i, name in enumerate(MODELS)}
@@ -1361,9 +1385,10 @@ def merge_parts(parts: list[Path], elapsed: float, jobs: int) -> None:
     def key(model, backend):
         return order[model], backend_order[backend]
 
-    runs = sorted(
-        (r for p in payloads for r in load_runs(p)), key=lambda r: key(r.model, r.backend)
-    )
+    unique = {}  # a run repeated in a later part (a recomputed shared run): the first kept
+    for run in (r for p in payloads for r in load_runs(p)):
+        unique.setdefault((run.model, run.backend, run.budget, run.estimator), run)
+    runs = sorted(unique.values(), key=lambda r: key(r.model, r.backend))
     timing = sorted(
         (row for p in payloads for row in p["step_times"]),
         key=lambda r: key(r["model"], r["backend"]),
@@ -1374,7 +1399,10 @@ def merge_parts(parts: list[Path], elapsed: float, jobs: int) -> None:
         "jobs": jobs,
         "cpu_s": sum(p["info"]["cpu_s"] for p in payloads),
         "revision": payloads[0]["info"]["revision"],
+        "name": name,
     }
+    if title:
+        info["title"] = title
     settings = Settings(**payloads[0]["settings"])
     path = write_outputs(runs, timing, settings, payloads[0]["quick"], elapsed, info)
     print("wrote", path)
