@@ -5,17 +5,19 @@ latents, tanh MLPs with 64 hidden units, Adam), one global minibatch per step sp
 workers, gradients averaged:
 
 - Pyro: 1 vs 2 gloo ranks started with ``torch.multiprocessing`` (one torch thread per rank),
-  ``SVI`` + ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (running baselines
-  all-reduced by the estimators);
+  ``SVI`` + ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (one all-gather that
+  checks the ranks' parameters and one all-reduce of the gradients and running baselines per
+  step);
 - NumPyro: 1 vs 2 host CPU devices in one process (a subprocess started with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=2``), one ``SVI.update`` jitted over a
   ``numpyro_backend.infer.distributed.data_mesh`` of the first device or of both.
 
 Samples/s = global batch × steps / seconds (median of timing blocks, after warm-up steps:
 compilation excluded). Minibatch indices are drawn with replacement from the 1437 training
-images stacked twice (2874 rows), so the plate size exceeds the largest global batch.
+images stacked twice (2874 rows), so the plate size exceeds the largest global batch. The
+machine is shared: every row records the 1-minute load average before and after it.
 
-    python benchmarks/data_parallel.py [--quick]
+    python benchmarks/data_parallel.py [--quick] [--backend pyro|numpyro]
 
 writes ``benchmarks/results/data_parallel.md`` and ``.json`` (``--quick``:
 ``data_parallel_quick.*``, left out of the README tables).
@@ -187,7 +189,7 @@ def numpyro_seconds(settings: dict) -> dict:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def row(backend: str, estimator: str, batch: int, steps: int, seconds: dict) -> dict:
+def row(backend: str, estimator: str, batch: int, steps: int, seconds: dict, load) -> dict:
     rate = {n: batch * steps / s for n, s in seconds.items()}
     return {
         "backend": backend,
@@ -196,12 +198,14 @@ def row(backend: str, estimator: str, batch: int, steps: int, seconds: dict) -> 
         "1 worker samples/s": rate[1],
         "2 workers samples/s": rate[2],
         "scaling (2 / 1)": rate[2] / rate[1],
+        "load before / after": f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}",
     }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one batch size, few steps")
+    parser.add_argument("--backend", choices=("pyro", "numpyro"), default=None, help="only one")
     parser.add_argument("--numpyro-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.numpyro_worker is not None:
@@ -215,26 +219,35 @@ def main(argv=None) -> None:
     for batch in sizes:
         for estimator, num_steps in steps.items():
             settings = dict(estimator=estimator, batch=batch, steps=num_steps, repeats=repeats)
-            pyro = {n: pyro_seconds(dict(settings, workers=n)) for n in (1, 2)}
-            rows.append(row("pyro", estimator, batch, num_steps, pyro))
-            print(rows[-1], flush=True)
-            numpyro = numpyro_seconds(settings)
-            rows.append(row("numpyro", estimator, batch, num_steps, numpyro))
-            print(rows[-1], flush=True)
+            if args.backend in (None, "pyro"):
+                load = os.getloadavg()
+                pyro = {n: pyro_seconds(dict(settings, workers=n)) for n in (1, 2)}
+                rows.append(row("pyro", estimator, batch, num_steps, pyro, load))
+                print(rows[-1], flush=True)
+            if args.backend in (None, "numpyro"):
+                load = os.getloadavg()
+                numpyro = numpyro_seconds(settings)
+                rows.append(row("numpyro", estimator, batch, num_steps, numpyro, load))
+                print(rows[-1], flush=True)
     notes = (
         "Binary VAE of examples/data_parallel_svi.py on the digits (64 pixels, 8 latents, "
         "64 hidden units, Adam lr 1e-2), one particle. Pyro: 1 vs 2 gloo ranks "
-        "(torch.multiprocessing, torch.set_num_threads(1) per rank), DistributedOptimizer. "
+        "(torch.multiprocessing, torch.set_num_threads(1) per rank), DistributedOptimizer "
+        "(2 collectives per step: a parameter check and one all-reduce of gradients and "
+        "running baselines). "
         "NumPyro: 1 vs 2 forced host CPU devices in one process, SVI.update jitted over the "
         "mesh (XLA's default CPU threading), each step waited for (like the example's "
         "float(loss); without it 120 queued steps stalled an all-gather of the 2-device "
         "program). Samples/s = global batch × steps / seconds, "
         f"steps per timing block {steps}, median of {repeats} blocks after one warm-up block "
         "(compilation excluded); minibatches drawn with replacement from the 1437 training "
-        "images stacked twice (plate size 2874). 2-core machine."
+        "images stacked twice (plate size 2874). 2-core machine shared with other jobs: "
+        "load = 1-minute load average before / after each row (2 = both cores busy)."
         + (" QUICK RUN: RELAX only, one batch size, few steps." if args.quick else "")
     )
     name = "data_parallel_quick" if args.quick else "data_parallel"
+    if args.backend is not None:
+        name += f"_{args.backend}"
     path = write_results(
         name, "Data-parallel SVI: samples/s at 1 and 2 workers", rows, list(rows[0]), notes
     )
