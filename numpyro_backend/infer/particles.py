@@ -71,7 +71,6 @@ from numpyro_backend.infer.sites import (  # noqa: F401  (BASELINES, site_option
     check_relaxable,
     family_of,
     guide_sites,
-    has_mask,
     is_latent,
     score_function_sites,
     site_options,
@@ -166,6 +165,23 @@ def decision_log_prob(fn, hard, mask) -> jnp.ndarray:
         return jnp.where(selected, per_decision, 0.0)
 
     return _follow_wrappers(fn, hard, leaf)
+
+
+def unmasked(fn, value, mask=None) -> jnp.ndarray:
+    """Whether each site element has an unmasked decision among those ``mask`` selects (all
+    if None), per element: where False, ``.mask(...)`` sets their log q to 0, so they have no
+    score term, and REBAR/RELAX must drop their control-variate terms too (unbiasedness)."""
+    family, _ = family_of(fn)
+    selected = (
+        True if mask is None else mask.reshape(mask.shape[: mask.ndim - family.category_dims])
+    )
+
+    def leaf(base, value):
+        relaxed = family.as_relaxed(value, base.logits)
+        shape = jnp.shape(family.decision_log_prob(base.logits, relaxed))
+        return jnp.where(selected, jnp.ones(shape), 0.0)
+
+    return _follow_wrappers(fn, value, leaf) > 0
 
 
 def bernoulli_log_prob(fn, value) -> jnp.ndarray:
