@@ -62,22 +62,26 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
     - ``"none"``: plain REINFORCE with downstream credit.
 
     *Mixing weight* (K ≥ 2). Any b that depends only on the other particles of the step and on
-    earlier steps keeps the estimate unbiased (E[s_k | b] = 0 for a score s_k). Coordinate j's
-    second moment is then E[s_j² (e − λ d_j)²] for particle k, with e = f_k − m₋ₖ and
-    d_j = b_run,j − m₋ₖ; summed over the site's coordinates (the total variance of the site's
-    estimate) it is a quadratic in λ, minimised at λ* = Σ_j E[s_j² e d_j] / Σ_j E[s_j² d_j²].
-    Why this is the precision weight: write m₋ₖ = b*_j + δ_m and b_run,j = b*_j + δ_r. Since
-    (s_k, f_k) is independent of δ_m, δ_r and E[s_j² (f − b*_j)] = 0 (the definition of
-    b*_j), E[s_j² e d_j] = E[s_j²] E[δ_m² − δ_m δ_r] and E[s_j² d_j²] = E[s_j²] E[(δ_r − δ_m)²];
-    for independent errors and one coordinate λ* = MSE(m₋ₖ) / (MSE(m₋ₖ) + MSE(b_run)), the
-    inverse-MSE (precision) weighting of the two estimates of b*. So λ → 1 when the running
-    moments are good (parameters that move slowly, the same data) and λ → 0 when they are
-    stale or describe other data points (minibatches): ``"loo"``. The two sums are running
-    averages of their per-step values over the particles (state ``.baseline_mixing_num`` /
-    ``.baseline_mixing_den``), read before the step updates them, so λ depends on earlier
-    steps only; λ is clipped to [0, 1] (a convex combination of two baselines). One λ per
-    site rather than per coordinate: per-coordinate ratios of running averages are noisy
-    enough to lose what they adapt (measured: 5% higher variance on the benchmark models).
+    earlier steps keeps the estimate unbiased (E[s_k | b] = 0 for a score s_k). With
+    b = m₋ₖ + λ (b_run − m₋ₖ) the site's estimate for coordinate j (the mean over particles)
+    is A_j − λ B_j, with A_j = mean_k (f_k − m₋ₖ) s_kj the ``"loo"`` estimate and
+    B_j = mean_k (b_run,j − m₋ₖ) s_kj, which has mean zero for the same reason: a control
+    variate. The total variance Σ_j Var(A_j − λ B_j) is a quadratic in λ, minimised at
+    λ* = Σ_j E[A_j B_j] / Σ_j E[B_j²]. It includes the covariance between particles (the
+    leave-one-out baseline correlates their estimates). Its per-particle part is the
+    precision weighting of the two estimates of b*_j: with m₋ₖ = b*_j + δ_m,
+    b_run,j = b*_j + δ_r, (s_k, f_k) independent of δ_m, δ_r and E[s_j² (f − b*_j)] = 0 (the
+    definition of b*_j), E[s_j² (f − m₋ₖ)(b_run,j − m₋ₖ)] / E[s_j² (b_run,j − m₋ₖ)²]
+    = E[δ_m² − δ_m δ_r] / E[(δ_r − δ_m)²], that is MSE(m₋ₖ) / (MSE(m₋ₖ) + MSE(b_run)) for
+    independent errors. So λ → 1 when the running moments are good (parameters that move
+    slowly, the same data) and λ → 0 when they are stale or describe other data points
+    (minibatches): ``"loo"``. The two sums are running averages of their per-step values
+    (state ``.baseline_mixing_num`` / ``.baseline_mixing_den``), read before the step updates
+    them, so λ depends on earlier steps only; λ is clipped to [0, 1] (a convex combination of
+    two baselines). One λ per site rather than per coordinate: per-coordinate ratios of running
+    averages are noisy enough to lose what they adapt (measured with the per-particle part
+    alone: about 5% higher variance on the binary VAE and the Categorical mixture of
+    ``benchmarks/estimators.py``).
 
     Per-site overrides: ``infer={"reparam_ext": {"baseline": ..., "baseline_decay": ...}}``.
     Running averages live in the param store as non-trainable entries (``requires_grad=False``,
@@ -169,9 +173,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
                 raise ValueError(
                     f"site '{site['name']}': baseline 'loo' needs vectorized num_particles >= 2"
                 )
-            dim = self.particle_dim
-            k = cost.shape[dim]
-            cost = cost - (cost.sum(dim, keepdim=True) - cost) / (k - 1)
+            cost = cost - leave_one_out_mean(cost, self.particle_dim)
         elif baseline == "decaying_avg":
             mean_cost = cost.mean(self.particle_dim) if many else cost
             state = running_state(
@@ -198,7 +200,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
             for name, shape in optimal_state_shapes(coordinates, dim is not None).items()
         ]
         baseline = optimal_baseline(cost, s2, state, dim)  # from earlier steps' state only
-        for buffer, value in zip(state, optimal_statistics(cost, s2, state, dim), strict=True):
+        for buffer, value in zip(state, optimal_statistics(cost, s, state, dim), strict=True):
             update_running_state(buffer, value, decay)
         # gradient w.r.t. the logits is (f − b_j) s_j; backprop chains it upstream
         return (logits * ((cost - baseline) * s).detach()).sum()
@@ -222,7 +224,8 @@ def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
 
 
-def _leave_one_out_mean(cost: torch.Tensor, dim: int) -> torch.Tensor:
+def leave_one_out_mean(cost: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean over the other particles (along ``dim``) for every particle."""
     return (cost.sum(dim, keepdim=True) - cost) / (cost.shape[dim] - 1)
 
 
@@ -233,27 +236,27 @@ def optimal_baseline(cost, s2, state, dim: int | None) -> torch.Tensor:
     if dim is None:
         return running.expand_as(s2)
     weight = _safe_ratio(state[2], state[3]).clamp(0.0, 1.0)  # λ, from earlier steps
-    return (1.0 - weight) * _leave_one_out_mean(cost, dim) + weight * running.unsqueeze(dim)
+    return (1.0 - weight) * leave_one_out_mean(cost, dim) + weight * running.unsqueeze(dim)
 
 
-def optimal_statistics(cost, s2, state, dim: int | None) -> list[torch.Tensor]:
-    """This step's values of the running state (means over the particles).
+def optimal_statistics(cost, s, state, dim: int | None) -> list[torch.Tensor]:
+    """This step's values of the running state: the moments' means over the particles, and
+    λ's Σ_j A_j B_j and Σ_j B_j² (see the class docstring) with this step's b_run.
 
-    λ's moments use e = f − m₋ₖ and d = b_run − m₋ₖ with the b_run the step's baselines used;
-    coordinates without a running baseline yet (R[s²] = 0) add nothing, so the first step's
-    meaningless d = −m₋ₖ does not hold λ down for the next ~1/(1 − decay) steps.
+    Coordinates without a running baseline yet (R[s²] = 0) add nothing, so the first step's
+    meaningless b_run = 0 does not hold λ down for the next ~1/(1 − decay) steps.
     """
+    s2 = s * s
     if dim is None:
         return [cost * s2, s2]
     running = _safe_ratio(state[0], state[1]).unsqueeze(dim)
-    other = _leave_one_out_mean(cost, dim)
-    gap = running - other  # d
+    other = leave_one_out_mean(cost, dim)
+    loo_estimate = ((cost - other) * s).mean(dim)  # A
+    correction = ((running - other) * s).mean(dim)  # B
     ready = state[1] > 0  # coordinates with a running baseline
-    num = torch.where(ready, (s2 * (cost - other) * gap).mean(dim), 0.0)  # s² e d
-    den = torch.where(ready, (s2 * gap * gap).mean(dim), 0.0)  # s² d²
-    # summed over the site's coordinates: the one λ minimising the total variance of the
-    # site's estimate, estimated from all its coordinates at once (one λ each is noisier)
-    return [(cost * s2).mean(dim), s2.mean(dim), num.sum(), den.sum()]
+    num = torch.where(ready, loo_estimate * correction, 0.0).sum()
+    den = torch.where(ready, correction * correction, 0.0).sum()
+    return [(cost * s2).mean(dim), s2.mean(dim), num, den]
 
 
 __all__ = ["BASELINES", "ScoreFunction_ELBO"]
