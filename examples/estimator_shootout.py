@@ -35,7 +35,10 @@ printed table gives, per backend and estimator, the final ELBO on the training a
 ``--eval-samples`` draws from the guide), the total variance of the encoder's gradient estimate
 at the end of training (the trace of its covariance over ``--variance-samples`` independent
 estimates on one fixed minibatch, as ``gradient_variance`` computes it) and the training speed
-in steps per second (NumPyro: after the first, compiling step). The PNG in ``--output-dir``
+in steps per second (NumPyro: after the first, compiling step). Under the table, one line per
+backend recommends an estimator from this run's own numbers: among those whose test ELBO is
+within 0.5 nats/image of the best (the spread of one short run between seeds), the one with
+the most steps per second. The PNG in ``--output-dir``
 shows the training-set ELBO against training wall time and the gradient variance against the
 step.
 
@@ -400,6 +403,39 @@ def format_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+#: test ELBOs this close to the best count as a tie (nats/image); the test ELBO of one short
+#: run differs between seeds by a few tenths of a nat
+TIE_NATS = 0.5
+
+
+def recommendations(results: list[RunResult]) -> list[str]:
+    """One line per backend, derived from this run's table: among the estimators whose test
+    ELBO is within TIE_NATS of the best, the one with the most steps per second."""
+    lines = []
+    for backend in dict.fromkeys(r.backend for r in results):
+        runs = [r for r in results if r.backend == backend and np.isfinite(r.test_elbo)]
+        if not runs:
+            continue
+        best = max(runs, key=lambda r: r.test_elbo)
+        close = [r for r in runs if r.test_elbo >= best.test_elbo - TIE_NATS]
+        pick = max(close, key=lambda r: r.steps_per_second)
+        line = (
+            f"Recommendation ({backend}, from this run): {pick.label} — test ELBO "
+            f"{pick.test_elbo:.2f} nats/image at {pick.steps_per_second:.0f} steps/s"
+        )
+        if pick is best:
+            line += ", the best test ELBO"
+        else:
+            line += (
+                f", within {TIE_NATS} nats of the best ({best.label}, {best.test_elbo:.2f}) "
+                f"at {pick.steps_per_second / best.steps_per_second:.1f}x its speed"
+            )
+        if pick.estimator == "concrete-st":
+            line += " (biased: straight-through)"
+        lines.append(line)
+    return lines
+
+
 def plot(results: list[RunResult], path: Path) -> None:
     plt = pyplot()
     backends = list(dict.fromkeys(r.backend for r in results))
@@ -536,6 +572,8 @@ def main(argv=None) -> list[RunResult]:
             results.append(runner(estimator, args, train, test, progress))
     print()
     print(format_table(results))
+    for line in recommendations(results):
+        print(line)
     path = Path(args.output_dir) / "estimator_shootout.png"
     plot(results, path)
     print(f"\nplot: {path}   total time {time.perf_counter() - started:.0f} s")

@@ -1,25 +1,43 @@
-"""Poisson factorization with Gamma latents: ImplicitGamma against the built-in Gamma.
+"""Sparse Poisson factorization with Gamma latents: ImplicitGamma against the built-in Gamma.
 
-Counts x (users × items) are generated from the model itself (Gopalan et al. 2015)::
+A Gamma sample has no closed-form inverse CDF, so its pathwise gradient needs implicit
+reparameterization (Figurnov et al. 2018, eq. 7): dz/dα = −(∂F(z; α)/∂α) / p(z; α). PyTorch's
+``Gamma.rsample`` backs it with an approximation of that derivative; JAX's ``random.gamma``
+with its own implicit derivative; :class:`ImplicitGamma` computes it to ~1e-14 on both. The
+regime where an approximate derivative would matter is small shape parameters (α < 0.1: most
+of the mass near 0, derivatives of size 1/α²), as in sparse Gamma priors (Ranganath et al.
+2015: shape 0.1; here 0.05). The script measures, on ``--backend``:
 
-    θ_uk ~ Gamma(0.3, 0.3),  β_ik ~ Gamma(0.3, 0.3),  x_ui ~ Poisson(Σ_k θ_uk β_ik + 1e-6)
+1. **the derivative itself**: the largest relative error of dz/dα over the stored 40-digit
+   mpmath reference points (``tests/data/implicit_reference.json``, quantiles 0.01–0.99) at
+   α = 0.01 … 10, float64, for the built-in's derivative and ImplicitGamma's;
+2. **what it does to an ELBO gradient**: at the trained parameters, ``--variance-samples``
+   single-draw Trace_ELBO gradients with the built-in and with ImplicitGamma *on the same
+   draws* (same seed: both call the backend's Gamma sampler); the relative size of the mean
+   difference ‖E[g_builtin − g_implicit]‖ / ‖E[g]‖ against the Monte Carlo error of the mean,
+   ‖SE‖ / ‖E[g]‖;
+3. **training** the sparse model (float64: in float32 a Gamma(0.05) draw underflows to 0 with
+   probability ~1%, and NumPyro's ELBO turns nan): counts x (users × items) generated from the
+   model itself::
 
-and fitted by SVI with a mean-field Gamma guide q(θ) q(β) whose concentrations and rates are
-learned. A Gamma sample has no closed-form inverse CDF, so its pathwise gradient needs implicit
-reparameterization (Figurnov et al. 2018): dz/dα = −(∂F/∂α)/p(z). Three guides, same model,
-same SVI loop (``--guides``):
+       θ_uk ~ Gamma(0.05, 0.3),  β_ik ~ Gamma(0.05, 0.3),  x_ui ~ Poisson(Σ_k θ_uk β_ik + 1e-6)
 
-- ``implicit``: :class:`ImplicitGamma` (exact implicit gradient) with ``Trace_ELBO``;
-- ``builtin``: the backend's own Gamma with ``Trace_ELBO`` (PyTorch: an approximate
-  implicit gradient; NumPyro: JAX's gamma sampler gradient);
-- ``score``: the built-in Gamma marked non-reparameterized, trained by
-  ``ScoreFunction_ELBO(baseline="loo")`` — what a Gamma latent costs without a pathwise
-  gradient.
+   fitted by SVI with a mean-field Gamma guide whose concentrations (started near 0.1) and
+   rates are learned, with three guides (``--guides``): ``implicit`` (:class:`ImplicitGamma`,
+   ``Trace_ELBO``), ``builtin`` (the backend's Gamma, ``Trace_ELBO``) and ``score`` (the
+   built-in Gamma marked non-reparameterized, ``ScoreFunction_ELBO(baseline="loo")``: what a
+   Gamma latent costs without a pathwise gradient). Table: final ELBO per count (Trace_ELBO
+   with ``--eval-particles`` particles), total gradient variance at the end of training,
+   steps per second; the PNG in ``--output-dir`` shows the ELBO during training.
 
-The table gives the final ELBO per count (Trace_ELBO with ``--eval-particles`` particles), the
-total variance of the gradient estimate for the guide's parameters (``gradient_variance`` with
-``--variance-samples`` estimates at the end of training) and steps per second; the PNG in
-``--output-dir`` shows the ELBO during training.
+Outcome (measured, README "Examples"): PyTorch's derivative is off by at most ~6e-4
+(relative, worst near α = 0.03–0.06), JAX's by ~1e-15; on the ELBO gradient that error is
+orders of magnitude below the Monte Carlo error of any affordable number of draws, and the
+trained ELBOs agree. So for Gamma latents **prefer the built-in Gamma**: it is as accurate as
+the gradient noise lets anyone see, and faster. Use ImplicitGamma where the derivative itself
+must be exact (tests, deterministic gradient checks, quasi-Monte Carlo or very many draws) or
+for the families that have no built-in pathwise gradient (``ImplicitVonMises``,
+``ImplicitStudentT``'s df). The score-function guide is the thing to avoid.
 
 Usage::
 
@@ -55,7 +73,10 @@ GUIDES = {
     "builtin": "built-in Gamma (pathwise)",
     "score": "built-in Gamma, score function",
 }
-PRIOR_SHAPE, PRIOR_RATE = 0.3, 0.3
+PRIOR_SHAPE, PRIOR_RATE = 0.05, 0.3
+#: shapes at which the derivative is checked against the stored mpmath reference
+ACCURACY_SHAPES = (0.01, 0.03162277660168379, 0.1, 0.31622776601683794, 1.0, 10.0)
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "implicit_reference.json"
 
 
 def generate_counts(args) -> np.ndarray:
@@ -67,14 +88,49 @@ def generate_counts(args) -> np.ndarray:
 
 
 def initial_guide_params(args, shape, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Guide concentrations near the prior's and rates near 1 (jittered), as numpy arrays."""
+    """Guide concentrations near 0.1 and rates near 1 (jittered), as numpy arrays."""
     rng = np.random.default_rng(args.seed + offset)
-    return 0.5 + 0.1 * rng.random(shape), 1.0 + 0.1 * rng.random(shape)
+    return 0.1 * (1.0 + 0.1 * rng.random(shape)), 1.0 + 0.1 * rng.random(shape)
+
+
+def reference_points() -> list[dict]:
+    """The 40-digit mpmath values of dz/dα at ACCURACY_SHAPES (tests/make_implicit_reference.py)."""
+    import json
+
+    points = json.loads(REFERENCE.read_text())["gamma"]
+    return [p for p in points if any(np.isclose(p["concentration"], a) for a in ACCURACY_SHAPES)]
+
+
+def relative_errors(points: list[dict], derivative) -> dict[float, float]:
+    """max |derivative(α, z) / reference − 1| per α, with ``derivative`` on float64 arrays."""
+    alpha = np.array([p["concentration"] for p in points])
+    value = np.array([p["value"] for p in points])
+    reference = np.array([p["dz_dconcentration"] for p in points])
+    errors = np.abs(np.asarray(derivative(alpha, value), dtype=np.float64) / reference - 1)
+    return {a: float(errors[np.isclose(alpha, a)].max()) for a in ACCURACY_SHAPES}
+
+
+def gradient_error(builtin: np.ndarray, implicit: np.ndarray) -> dict:
+    """Relative mean difference of paired gradients (rows: draws) and the relative MC error."""
+    norm = np.linalg.norm(implicit.mean(0))
+    standard_error = implicit.std(0, ddof=1) / np.sqrt(len(implicit))
+    return {
+        "difference": float(np.linalg.norm((builtin - implicit).mean(0)) / norm),
+        "standard_error": float(np.linalg.norm(standard_error) / norm),
+        "draws": len(implicit),
+    }
 
 
 def run_pyro(guide_name: str, args, counts: np.ndarray) -> dict:
-    with torch_single_thread():
-        return _run_pyro(guide_name, args, counts)
+    import torch
+
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # float32 draws underflow at these shapes
+    try:
+        with torch_single_thread():
+            return _run_pyro(guide_name, args, counts)
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 def _run_pyro(guide_name: str, args, counts: np.ndarray) -> dict:
@@ -142,10 +198,39 @@ def _run_pyro(guide_name: str, args, counts: np.ndarray) -> dict:
         )
     history["variance"] = stats["total_variance"]
     history["steps_per_second"] = args.steps / seconds
+    history["gradient_error"] = pyro_paired_gradients(model, make_guide, x, names, args)
     return history
 
 
+def pyro_paired_gradients(model, make_guide, x, names: list[str], args) -> dict:
+    """Single-draw Trace_ELBO gradients with the built-in Gamma and ImplicitGamma, same draws."""
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer import Trace_ELBO
+
+    import pyro_reparam_ext as pre
+
+    elbo = Trace_ELBO(max_plate_nesting=0)
+    rows = {dist.Gamma: [], pre.ImplicitGamma: []}
+    for draw in range(args.variance_samples):
+        for gamma, gradients in rows.items():
+            pyro.set_rng_seed(args.seed + 1000 + draw)  # the same Gamma draws for both
+            loss = elbo.differentiable_loss(model, make_guide(gamma), x)
+            params = [pyro.param(name).unconstrained() for name in names]
+            grads = torch.autograd.grad(loss, params)
+            gradients.append(torch.cat([g.reshape(-1) for g in grads]).double().numpy())
+    return gradient_error(np.array(rows[dist.Gamma]), np.array(rows[pre.ImplicitGamma]))
+
+
 def run_numpyro(guide_name: str, args, counts: np.ndarray) -> dict:
+    import jax
+
+    with jax.enable_x64(True):  # float32 draws underflow to 0 at these shapes (ELBO nan)
+        return _run_numpyro(guide_name, args, counts)
+
+
+def _run_numpyro(guide_name: str, args, counts: np.ndarray) -> dict:
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -165,7 +250,7 @@ def run_numpyro(guide_name: str, args, counts: np.ndarray) -> dict:
             return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
 
     family = {"implicit": npb.ImplicitGamma, "builtin": dist.Gamma, "score": ScoreGamma}
-    x = jnp.asarray(counts, jnp.float32)
+    x = jnp.asarray(counts, jnp.float64)
     users, items, factors = x.shape[0], x.shape[1], args.factors
     initial = {
         name: initial_guide_params(args, (rows, factors), offset)
@@ -231,7 +316,78 @@ def run_numpyro(guide_name: str, args, counts: np.ndarray) -> dict:
     )
     timed_steps = args.steps - args.every
     history["steps_per_second"] = timed_steps / seconds if seconds > 0 else float("nan")
+    params = {k: v for k, v in svi.get_params(state).items() if k.startswith(("theta_", "beta_"))}
+    history["gradient_error"] = numpyro_paired_gradients(
+        model, make_guide, x, params, jax.random.fold_in(key, args.steps + 2), args
+    )
     return history
+
+
+def numpyro_paired_gradients(model, make_guide, x, params: dict, key, args) -> dict:
+    """Single-draw Trace_ELBO gradients with the built-in Gamma and ImplicitGamma, same keys."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+    from numpyro.infer import Trace_ELBO
+
+    import numpyro_backend as npb
+
+    keys = jax.random.split(key, args.variance_samples)
+    rows = []
+    for gamma in (dist.Gamma, npb.ImplicitGamma):
+        guide = make_guide(gamma)
+
+        def gradient(key, guide=guide):
+            grads = jax.grad(lambda p: Trace_ELBO().loss(key, p, model, guide, x))(params)
+            return jnp.concatenate([jnp.ravel(grads[name]) for name in sorted(grads)])
+
+        rows.append(np.asarray(jax.vmap(gradient)(keys), dtype=np.float64))
+    return gradient_error(*rows)
+
+
+def derivative_accuracy(backend: str) -> dict[str, dict[float, float]]:
+    """Relative error of dz/dα, built-in and ImplicitGamma, at the mpmath reference (float64)."""
+    points = reference_points()
+    if backend == "pyro":
+        import torch
+
+        from pyro_reparam_ext.ops.gamma import standard_gamma_grad
+
+        def tensors(alpha, value):
+            return torch.tensor(alpha, dtype=torch.float64), torch.tensor(
+                value, dtype=torch.float64
+            )
+
+        # the backward of torch._standard_gamma, i.e. of torch's Gamma.rsample
+        builtin = lambda a, z: torch._standard_gamma_grad(*tensors(a, z)).numpy()  # noqa: E731
+        implicit = lambda a, z: standard_gamma_grad(*tensors(a, z)).numpy()  # noqa: E731
+    else:
+        import jax
+
+        from numpyro_backend.ops.gamma import standard_gamma_grad
+
+        # the derivative behind jax.random.gamma's JVP
+        builtin = jax.lax.random_gamma_grad
+        implicit = standard_gamma_grad
+        with jax.enable_x64(True):  # float64 for this check only
+            return {
+                "built-in": relative_errors(points, builtin),
+                "ImplicitGamma": relative_errors(points, implicit),
+            }
+    return {
+        "built-in": relative_errors(points, builtin),
+        "ImplicitGamma": relative_errors(points, implicit),
+    }
+
+
+def print_accuracy(backend: str) -> None:
+    """Table 1: max relative error of dz/dα per shape α, built-in vs ImplicitGamma."""
+    errors = derivative_accuracy(backend)
+    print(f"dz/dα of a Gamma(α, 1) draw on {backend}, float64: max relative error vs mpmath")
+    header = f"{'α':>8}" + "".join(f"{name:>16}" for name in errors)
+    print(header + "\n" + "-" * len(header))
+    for alpha in ACCURACY_SHAPES:
+        print(f"{alpha:>8.3g}" + "".join(f"{e[alpha]:>16.1e}" for e in errors.values()))
 
 
 def plot(histories: dict, backend: str, path: Path) -> None:
@@ -289,13 +445,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    print_accuracy(args.backend)
     counts = generate_counts(args)
     print(
-        f"Poisson factorization on {args.backend}: {args.users} users x {args.items} items, "
-        f"{int(counts.sum())} counts, {args.factors} factors, {args.steps} steps"
+        f"\nSparse Poisson factorization on {args.backend}: {args.users} users x {args.items} "
+        f"items, {int(counts.sum())} counts ({np.mean(counts == 0):.0%} zeros), "
+        f"{args.factors} factors, prior Gamma({PRIOR_SHAPE}, {PRIOR_RATE}), {args.steps} steps"
     )
     runner = run_pyro if args.backend == "pyro" else run_numpyro
-    header = f"{'guide':<32}{'ELBO/count':>12}{'grad variance':>15}{'steps/s':>9}"
+    header = (
+        f"{'guide':<32}{'ELBO/count (nats)':>19}{'grad variance':>15}{'steps/s':>9}"
+        f"{'|builtin−implicit|':>20}{'MC SE':>10}"
+    )
     print(header + "\n" + "-" * len(header))
     histories = {}
     for name in args.guides:
@@ -303,14 +464,21 @@ def main(argv=None) -> dict:
         histories[name] = history
         variance = history["variance"]
         variance_text = f"{variance:.4g}" if np.isfinite(variance) else "non-finite"
+        error = history["gradient_error"]
         print(
-            f"{GUIDES[name]:<32}{history['elbo'][-1]:>12.4f}{variance_text:>15}"
-            f"{history['steps_per_second']:>9.0f}"
+            f"{GUIDES[name]:<32}{history['elbo'][-1]:>19.4f}{variance_text:>15}"
+            f"{history['steps_per_second']:>9.0f}{error['difference']:>20.2e}"
+            f"{error['standard_error']:>10.2e}"
         )
+    print(
+        "|builtin−implicit|: ‖mean of paired single-draw ELBO gradients, built-in minus "
+        "ImplicitGamma (same draws)‖ / ‖mean gradient‖ at that run's final parameters; MC SE: "
+        f"‖standard error of the mean gradient‖ / ‖mean gradient‖, {args.variance_samples} draws"
+    )
     if not all(np.isfinite(h["variance"]) for h in histories.values()):
         print(
             "non-finite: some gradient estimates overflowed (score-function gradients at Gamma "
-            "draws that underflow float32); training skips such steps"
+            "draws at or near 0, where a shape far below 1 puts them); training skips such steps"
         )
     path = Path(args.output_dir) / f"gamma_latent_{args.backend}.png"
     plot(histories, args.backend, path)
