@@ -56,28 +56,6 @@ NUM_TESTS = 3 * len(TABLE)
 
 _CASES = {case.name: case for case in ESTIMATOR_CASES}
 
-_MASKED_RELAX = (
-    "NumPyro RELAX_ELBO on a masked site: the masked element's logit gradient has mean "
-    "(−0.428, 0.380) ± 0.003 instead of 0 (|z| = 164; NumPyro's REBAR gives exactly 0, "
-    "Pyro's RELAX 0 within 1 SE): the control variate network's terms are not masked"
-)
-#: Failures of the code under test found by this table: (check, model, estimator case) ->
-#: reason. Strict: the test fails as soon as the estimator is fixed, so the entry goes.
-KNOWN_FAILURES = {
-    (check, "masked_bernoulli", case): _MASKED_RELAX
-    for check in ("numpyro", "between")
-    for case in ("relax-K2", "relax-joint-K2")
-}
-
-
-def _rows(check: str) -> list:
-    rows = []
-    for (entry, case), row_id in zip(TABLE, TABLE_IDS, strict=True):
-        reason = KNOWN_FAILURES.get((check, entry.name, case.name))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        rows.append(pytest.param(entry, case, id=row_id, marks=marks))
-    return rows
-
 
 @functools.cache
 def _pyro_estimates(entry_name: str, case_name: str) -> dict:
@@ -100,19 +78,19 @@ def _assert_matches(estimates: dict, reference: dict, what: str) -> None:
     assert z < threshold, f"{what}: |z| = {z:.2f} at {where} (threshold {threshold:.2f})"
 
 
-@pytest.mark.parametrize("entry, case", _rows("pyro"))
+@pytest.mark.parametrize("entry, case", TABLE, ids=TABLE_IDS)
 def test_pyro_mean_gradient_matches_exact(entry, case):
     estimates = _pyro_estimates(entry.name, case.name)
     _assert_matches(estimates, entry.exact_grads, f"Pyro {entry.name} / {case.name}")
 
 
-@pytest.mark.parametrize("entry, case", _rows("numpyro"))
+@pytest.mark.parametrize("entry, case", TABLE, ids=TABLE_IDS)
 def test_numpyro_mean_gradient_matches_exact(entry, case):
     estimates = _numpyro_estimates(entry.name, case.name)
     _assert_matches(estimates, entry.exact_grads, f"NumPyro {entry.name} / {case.name}")
 
 
-@pytest.mark.parametrize("entry, case", _rows("between"))
+@pytest.mark.parametrize("entry, case", TABLE, ids=TABLE_IDS)
 def test_backends_agree(entry, case):
     pyro_estimates = _pyro_estimates(entry.name, case.name)
     numpyro_estimates = _numpyro_estimates(entry.name, case.name)
