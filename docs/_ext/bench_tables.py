@@ -34,6 +34,10 @@ def markdown_to_rst(text: str) -> list[str]:
         if not rows:
             return
         header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+        if not body:  # a table without rows (e.g. a run stopped early): list-table needs one
+            lines.extend(["(no rows: " + ", ".join(_escape(c) for c in header) + ")", ""])
+            rows.clear()
+            return
         lines.extend([".. list-table::", "   :header-rows: 1", "   :class: bench-table", ""])
         for row in [header, *body]:
             lines.append(f"   * - {_escape(row[0])}")
