@@ -30,8 +30,8 @@ the sum). With one joint control variate (two relaxed copies) one replay serves 
 estimate is built once with φ live and its φ-gradient replaced. Measured with
 ``benchmarks/coordinatewise.py`` (128-point binary VAE, K = 2, one thread; ratio to
 TraceGraph_ELBO in the same run, alternating runs of the previous and this code on the
-loaded shared machine): REBAR 2.2–3.1× → 2.5–2.7× at 16 latents, 3.4–4.4× → 2.7–2.9× at 32;
-RELAX 3.6–5.1× → 2.8–4.0× at 16, 6.3–7.6× → 4.1–4.6× at 32.
+loaded shared machine, four pairs): REBAR 2.2–3.4× → 1.8–2.7× at 16 latents, 3.4–4.9× →
+2.7–3.5× at 32; RELAX 3.6–5.5× → 2.8–4.0× at 16, 6.3–7.6× → 4.1–4.7× at 32.
 
 How f(σ_λ(z)) is evaluated ("the relaxed replay"): the guide is re-run from the random-number
 state of the original run, so every continuous (reparameterized) site draws the same noise
