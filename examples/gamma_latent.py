@@ -341,7 +341,7 @@ def numpyro_paired_gradients(model, make_guide, x, params: dict, key, args) -> d
             grads = jax.grad(lambda p: Trace_ELBO().loss(key, p, model, guide, x))(params)
             return jnp.concatenate([jnp.ravel(grads[name]) for name in sorted(grads)])
 
-        rows.append(np.asarray(jax.vmap(gradient)(keys), dtype=np.float64))
+        rows.append(np.asarray(jax.jit(jax.vmap(gradient))(keys), dtype=np.float64))
     return gradient_error(*rows)
 
 
