@@ -27,12 +27,15 @@ substituted:
   (the condition for unbiasedness); independent discrete sites keep their samples. Only cost
   terms inside every plate of the site enter (a term outside would couple plate elements).
 - Categorical: model code indexes with the value (``locs[z]``), which a relaxed one-hot cannot
-  do, so f is extended multilinearly, f̃(σ) = Σ_k σ_k f(k), from K replays with the site set
-  to k; σ = softmax(z/λ). As λ → 0 this tends to f(H(z)), like the substituted relaxation.
-  (The Pyro backend gives integer Categorical sites the own-terms f̃ of the next item.)
+  do, so f̃ is the site's own terms only: Σ_k σ_k (log p(k) − log q(k)), σ = softmax(z/λ)
+  (as on the Pyro backend). Measured against the alternative — the multilinear extension
+  Σ_k σ_k f(k) from K replays with the site set to k — on the Categorical mixture (REBAR,
+  η = 1, λ = ½, 2000 estimates; variance of the assignment-logit gradient at 1/2/4 particles):
+  own terms 1080 / 644 / 304 at one evaluation per particle, multilinear 507 / 303 / 135 at
+  K = 4 evaluations per particle: own terms is 1.7–1.9× better per evaluation.
 - A Categorical guide site that depends on the relaxed site can be neither relaxed nor held
-  fixed without bias; then f̃ is the site's own relaxed log p − log q only (the Pyro backend
-  does the same): unbiased, less variance reduction.
+  fixed without bias; then f̃ is the site's own relaxed log p − log q only, as for integer
+  Categorical sites: unbiased, less variance reduction.
 
 Which family a site belongs to, and everything that depends on it (noise, threshold H,
 relaxation σ_λ, conditional sampler, continuous-extension density), is asked of the family
@@ -397,14 +400,13 @@ class Particle:
             if n != node and node in self.guide_deps[n] and n in self.records
         ]
 
-    def relaxed_cost(self, node, value, temperatures, relaxed_value: bool) -> jnp.ndarray:
+    def relaxed_cost(self, node, value, temperatures) -> jnp.ndarray:
         """Downstream cost of ``node`` with ``value`` substituted there, by a replay.
 
         Other discrete guide sites keep their hard samples except the replayable ones
         (Bernoulli, OneHotCategorical) downstream of ``node``, which are relaxed with their
-        own noise (temperatures: site -> λ). ``relaxed_value``: evaluate ``node``'s
-        densities by the continuous extension (a relaxed value) rather than by
-        ``log_prob`` (a category k).
+        own noise (temperatures: site -> λ). ``node``'s densities are evaluated by the
+        continuous extension at the relaxed ``value``.
         The parameters enter with their gradient stopped: the control variate depends on
         the guide parameters only through its argument z.
         """
@@ -417,7 +419,7 @@ class Particle:
         }
         values = {n: self.guide_trace[n]["value"] for n in self.nonreparam if n not in relax}
         values[node] = value
-        relaxed = frozenset(relax) | (frozenset([node]) if relaxed_value else frozenset())
+        relaxed = frozenset(relax) | frozenset([node])
         guide_fn = _RelaxedReplay(seed(self.guide, self.guide_key), values=values, relax=relax)
         guide_trace = trace(substitute(guide_fn, data=params)).get_trace(*self.args, **self.kwargs)
         model_fn = substitute(replay(seed(self.model, self.model_key), guide_trace), data=params)
@@ -431,32 +433,23 @@ class Particle:
     def relaxed_cost_fn(self, node: str, temperatures: dict):
         """f̃(s): the relaxed downstream cost of ``node`` as a function of the relaxed value s.
 
-        Bernoulli: one replay with s substituted. Categorical: s are the Concrete weights
-        (last axis K) and f̃(s) = Σ_k s_k f(k) from K replays that do not depend on s.
+        Bernoulli / OneHotCategorical: one replay with s substituted. Integer Categorical, or
+        a site with a Categorical downstream: the site's own terms (``_own_cost_fn``).
         """
         record = self.records[node]
         downstream = self._downstream_discrete(node)
-        if not all(self.records[n].family.replayable for n in downstream):
+        replayable = [record] + [self.records[n] for n in downstream]
+        if not all(r.family.replayable for r in replayable):
             return self._own_cost_fn(node)
-        if record.family.replayable:
-            return lambda s: self.relaxed_cost(node, s, temperatures, relaxed_value=True)
-        shape = jnp.shape(self.guide_trace[node]["value"])
-        num_categories = record.z.shape[-1]
-
-        def cost_of_category(k):
-            value = jnp.full(shape, k, dtype=self.guide_trace[node]["value"].dtype)
-            return self.relaxed_cost(node, value, temperatures, relaxed_value=False)
-
-        costs = jax.vmap(cost_of_category, out_axes=-1)(jnp.arange(num_categories))
-        return lambda s: jnp.sum(s * costs, -1)
+        return lambda s: self.relaxed_cost(node, s, temperatures)
 
     def _own_cost_fn(self, node: str):
         """f̃(s) from the site's own log p − log q terms only.
 
-        Used when a Categorical guide site depends on ``node``: its integer value can be
-        neither relaxed nor held fixed (it was drawn given the hard value of ``node``)
-        without biasing the control variate. Still unbiased, with less variance reduction
-        (the Pyro backend does the same, and also for integer Categorical sites themselves).
+        Used for integer Categorical sites (user code may index with the value, so a relaxed
+        value cannot be replayed) and when a Categorical guide site depends on ``node`` (its
+        integer value can be neither relaxed nor held fixed without biasing the control
+        variate). Still unbiased, with less variance reduction. The same on the Pyro backend.
         """
         record = self.records[node]
         terms = []

@@ -49,9 +49,10 @@ Example::
 Sites handled: Bernoulli, Categorical and the pyroapi alias's OneHotCategorical (also wrapped
 in ``Independent`` / ``expand`` / ``mask``; a Categorical with event dims raises). Guide sites
 of other non-reparameterized types raise ``ValueError`` naming the site (use
-:class:`~numpyro_backend.infer.ScoreFunction_ELBO` for those). How f is relaxed per site type,
-and the weaker own-terms control variate used when a Categorical guide site depends on the
-relaxed one, are described in ``particles.py``. The estimator is unbiased for every φ.
+:class:`~numpyro_backend.infer.ScoreFunction_ELBO` for those). How f is relaxed per site type
+(the replayed relaxation for Bernoulli / OneHotCategorical, the weaker own-terms control
+variate for integer Categorical sites and for sites a Categorical depends on, as on Pyro) is
+described in ``particles.py``. The estimator is unbiased for every φ.
 
 References:
     [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein (2017). REBAR:

@@ -124,7 +124,7 @@ def check_relaxable(guide_trace: dict, estimator: str) -> None:
 
     They handle Bernoulli, Categorical and OneHotCategorical sites (also wrapped); any other
     non-reparameterized site (``Poisson``) needs the score-function estimator, and an integer
-    Categorical with event dims has no per-element multilinear relaxation.
+    Categorical with event dims is refused (its own-terms table is per element; Pyro accepts it).
     """
     for name in score_function_sites(guide_trace):
         fn = guide_trace[name]["fn"]
@@ -138,7 +138,7 @@ def check_relaxable(guide_trace: dict, estimator: str) -> None:
         if not family.replayable and fn.event_shape != ():
             raise ValueError(
                 f"{estimator} cannot relax guide site '{name}': a Categorical with event dims "
-                f"{fn.event_shape} (to_event) has no per-element multilinear relaxation; declare "
+                f"{fn.event_shape} (to_event) is not relaxed per element; declare "
                 "those dims with plates instead."
             )
 

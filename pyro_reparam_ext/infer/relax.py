@@ -68,13 +68,13 @@ Behaviour at sites the relaxation cannot reach:
 - a ``Categorical`` site (integer-valued: user code indexes with it), or a site followed in the
   guide by a ``Categorical`` site, cannot be replayed with a relaxed value; its control
   variate then relaxes the site's own log p − log q term only (plus r_ρ for RELAX) — still
-  unbiased, with less variance reduction. Why not NumPyro's multilinear extension
+  unbiased, with less variance reduction. Why not the multilinear extension
   f̃(σ) = Σ_k σ_k f(k) from one replay per category: measured on the Categorical mixture of
   tests/infer/models.py (3 categories, η = 1, λ = ½ fixed, 2000 estimates each), the total
   variance of the assignment logits' gradient is 1080 / 644 / 304 here at K = 1 / 2 / 4
   particles (K model evaluations) against 507 / 303 / 135 with the multilinear extension
   (4K evaluations): per evaluation this treatment is 1.7–1.9× better (variance × evaluations
-  1080–1290 against 2030–2420; at 4 evaluations each, 304 against 507);
+  1080–1290 against 2030–2420; at 4 evaluations each, 304 against 507); NumPyro does the same;
 - any other non-reparameterized guide site (e.g. ``Poisson``, a non-reparameterized
   ``Gamma``) raises ``ValueError`` naming the site: use :class:`ScoreFunction_ELBO` for it.
 
