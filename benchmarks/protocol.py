@@ -1205,10 +1205,7 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float,
         "step_times": timing,
         "elapsed_s": elapsed,
         "info": info,
-        "curves": [
-            vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
-            for r in runs
-        ],
+        "curves": curves_json(runs),
     }
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     for name in sorted({plot_name(r, stem) for r in runs}):
@@ -1454,16 +1451,21 @@ def run_protocol(settings, models, budgets, backends, names, quick, numpyro_mode
     print("wrote", path)
 
 
+def curves_json(runs) -> list[dict]:
+    """Every run's record as JSON-ready dicts (checkpoint keys as strings)."""
+    return [
+        vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
+        for r in runs
+    ]
+
+
 def write_part(path: Path, runs, timing, settings, quick: bool, info: dict) -> None:
     payload = {
         "settings": vars(settings),
         "quick": quick,
         "step_times": timing,
         "info": info,
-        "curves": [
-            vars(r) | {"shared_variance": {str(k): v for k, v in r.shared_variance.items()}}
-            for r in runs
-        ],
+        "curves": curves_json(runs),
     }
     path.with_suffix(".tmp").write_text(json.dumps(payload) + "\n")
     path.with_suffix(".tmp").replace(path)  # a reader never sees half a file
