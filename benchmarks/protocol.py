@@ -57,7 +57,9 @@ warm-up steps; full: 2000 steps, checkpoints 0/500/…/2000, 100 samples, 100 wa
 give each variance ratio's standard error (``ratio_se``, from the spread of the samples'
 squared deviations, so heavy tails show) and the median relative SE of the run.
 
-writes ``benchmarks/results/protocol.md``, ``protocol.json`` and ``protocol_<model>_E<E>.png``.
+writes ``benchmarks/results/protocol.md``, ``protocol.json`` and ``protocol_<model>_E<E>.png``
+(``--quick``: ``protocol_quick.*``, left out of the README tables, so ``make bench`` keeps the
+results of ``make bench-full``).
 Torch on one intra-op thread; float32 on both backends.
 """
 
@@ -1067,6 +1069,8 @@ def write_outputs(runs, timing, settings: Settings, quick: bool, elapsed: float,
     (``stem``: ``info["name"]``, default ``protocol``)."""
     info = info or {}
     stem = info.get("name", "protocol")
+    if quick and stem == "protocol":  # make bench's short run must not replace bench-full's
+        stem = "protocol_quick"  # results; run_all.py leaves *_quick files out of the README
     models, backends = list(MODELS), list(BACKENDS)
     runs = sorted(runs, key=lambda r: (models.index(r.model), r.budget, backends.index(r.backend)))
     shared, own = shared_rows(runs), own_rows(runs)
