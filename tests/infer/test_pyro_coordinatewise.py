@@ -120,3 +120,17 @@ def test_factored_network_equals_network_of_input(family, decisions):
             param.normal_()
     factored = relax.factored_network(net, family, points, logits, hard, masks, batch)
     torch.testing.assert_close(factored, net(inputs), rtol=1e-12, atol=1e-12)
+    # parameters held constant (the θ-part of a step): same value and gradient in the points,
+    # the derivative computed in the forward pass, tanh(a) as 2σ(2a) − 1
+    points.requires_grad_()
+    weights = torch.randn(factored.shape)
+    for subset in (masks, masks[torch.tensor([1, 0])]):
+        inputs = relax.network_input(family, points, logits, hard, subset, batch)
+        linearized = relax.factored_network(
+            net, family, points, logits, hard, subset, batch, detach=True
+        )
+        expected = net(inputs)
+        torch.testing.assert_close(linearized, expected, rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad((weights[:, : len(subset)] * linearized).sum(), points)
+        (expected_grad,) = torch.autograd.grad((weights[:, : len(subset)] * expected).sum(), points)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
