@@ -99,6 +99,47 @@ def test_beta_gradient_matches_mpmath(backend):
     np.testing.assert_allclose(np.asarray(db), _column(points, "dz_dconcentration0"), rtol=1e-8)
 
 
+def _mpmath_gamma_dz_dalpha(a: float, x: float) -> float:
+    """As tests/make_implicit_reference.py (30 digits)."""
+    import mpmath as mp
+
+    with mp.workdps(30):
+        a, x = mp.mpf(a), mp.mpf(x)
+        if x < a:
+            dp_da = mp.diff(lambda s: mp.gammainc(s, 0, x, regularized=True), a)
+        else:
+            dp_da = -mp.diff(lambda s: mp.gammainc(s, x, mp.inf, regularized=True), a)
+        return float(-dp_da / mp.exp((a - 1) * mp.log(x) - x - mp.loggamma(a)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
+    """The large-α expansion where its truncation is largest (α = 20, |η| = 0.6 on both
+    sides) and at α = 1e3, and just outside its edges (the quadrature): ≤ 1e-10
+    against mpmath on both sides of every edge; the coefficient tables of both backends are
+    the same."""
+    from numpyro_backend.ops import gamma as jax_gamma
+    from pyro_reparam_ext.ops import gamma as torch_gamma
+
+    assert jax_gamma._ASYMPTOTIC_COEFFICIENTS == torch_gamma._ASYMPTOTIC_COEFFICIENTS
+    low, high = torch_gamma._ASYMPTOTIC_LAMBDA_LOW, torch_gamma._ASYMPTOTIC_LAMBDA_HIGH
+    edge = torch_gamma.ASYMPTOTIC_CONCENTRATION
+    a, x = [], []
+    for alpha in (edge, 1e3):
+        for lam in (low, high, 1.0):
+            for side in (1 - 1e-9, 1 + 1e-9):
+                a.append(alpha)
+                x.append(alpha * lam * side)
+    a.append(edge * (1 - 1e-9))  # just below the concentration edge: quadrature
+    x.append(edge)
+    a, x = np.array(a), np.array(x)
+    regimes = torch_gamma._regimes(torch.as_tensor(a), torch.as_tensor(x))
+    assert regimes[-1][1] is torch_gamma._asymptotic_ratio
+    assert regimes[-1][0].sum() == 8 and regimes[-2][0].sum() == 5  # both sides of the edges
+    expected = np.array([_mpmath_gamma_dz_dalpha(ai, xi) for ai, xi in zip(a, x, strict=True)])
+    np.testing.assert_allclose(_standard_gamma_grad(backend, a, x), expected, rtol=GAMMA_RTOL)
+
+
 def test_torch_builtin_gamma_gradient_is_less_accurate():
     """Documents the motivation: torch's own Gamma gradient misses the reference by >1e-5."""
     points = REFERENCE["gamma"]
