@@ -201,16 +201,24 @@ def relaxed_points(draw: SiteDraw, logits: torch.Tensor):
     return torch.stack([z, z_tilde]), hard
 
 
-def relaxed_copies(soft, hard, masks) -> torch.Tensor:
-    """The relaxed values c is evaluated at: (2, D or 1, *value_shape).
+def relaxed_copies(soft, hard, masks, batch_shape) -> torch.Tensor:
+    """The relaxed values c is evaluated at: (2, m or 1, *value_shape).
 
-    ``soft`` (2, *value_shape) holds σ_λ(z), σ_λ(z̃). Copy (p, j) relaxes decision j at point
-    p and holds the element's other decisions at their sampled values (coordinate-wise), or
-    relaxes the whole value (joint).
+    ``soft`` (2, *value_shape) holds σ_λ(z), σ_λ(z̃). Copy (p, i) relaxes the decision mask i
+    selects at point p and holds the element's other decisions at their sampled values
+    (coordinate-wise), or relaxes the whole value (joint). The relaxed entries are written
+    into copies of b, so the backward pass gathers m entries per element instead of
+    reducing over the (2, m, *value_shape) copies.
     """
     if masks is None:
         return soft.unsqueeze(1)
-    return torch.where(masks, soft.unsqueeze(1), hard)
+    index = decision_index(masks)
+    num = masks[0].numel()
+    flat_hard = hard.reshape(batch_shape + (num, -1))
+    copies = flat_hard.expand((2, len(index)) + flat_hard.shape).clone()
+    relaxed = soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
+    copies[:, torch.arange(len(index), device=index.device), ..., index, :] = relaxed.movedim(-2, 0)
+    return copies.reshape((2, len(index)) + hard.shape)
 
 
 def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide_site):
@@ -763,7 +771,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         points, hard = relaxed_points(draw, logits)
         soft = family.soft(points, temperature)
         own_cost = partial(separable_own_cost, family, soft, hard, masks, batch_shape)
-        copies = relaxed_copies(soft, hard, masks)
+        copies = relaxed_copies(soft, hard, masks, batch_shape)
         c_points = eta * relaxed_costs(run, name, copies, temps, nodes, own_cost)
         c_points = c_points + self._network_term(
             name, family, points, logits, hard, masks, batch_shape, detach
