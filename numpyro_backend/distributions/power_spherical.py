@@ -14,7 +14,7 @@ from numpyro.distributions.util import is_prng_key, validate_sample
 
 from numpyro_backend.distributions.implicit import _implicit_standard_gamma
 from numpyro_backend.distributions.von_mises_fisher import SphereLocConcentration
-from numpyro_backend.ops.sphere import householder_rotate
+from numpyro_backend.ops.sphere import embed_rotate
 
 __all__ = ["PowerSpherical"]
 
@@ -35,10 +35,8 @@ def _sample_power_spherical(key, loc, concentration, sample_shape):
     gamma_alpha = _implicit_standard_gamma(key_gamma, jnp.broadcast_to(alpha, shape))
     total = gamma_beta + gamma_alpha
     # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
-    first = ((gamma_alpha - gamma_beta) / total)[..., None]
-    rest = (jnp.sqrt(2 * gamma_alpha) / total)[..., None] * v
-    z = householder_rotate(loc, jnp.concatenate([first, rest], axis=-1))
-    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    first = (gamma_alpha - gamma_beta) / total
+    return embed_rotate(loc, first, jnp.sqrt(2 * gamma_alpha) / total, v)
 
 
 class PowerSpherical(SphereLocConcentration):

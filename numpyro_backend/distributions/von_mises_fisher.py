@@ -15,7 +15,7 @@ from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import is_prng_key, validate_sample
 
 from numpyro_backend.ops.bessel import bessel_iv_ratio, log_bessel_iv
-from numpyro_backend.ops.sphere import householder_rotate, uniform_tangent, vmf_marginal_sample_t
+from numpyro_backend.ops.sphere import embed_rotate, uniform_tangent, vmf_marginal_sample_t
 
 __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
 
@@ -23,12 +23,6 @@ __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
 def log_sphere_area(dim: int) -> float:
     """log |S^{dim−1}| = log(2π^{d/2}/Γ(d/2)), the log surface area of the unit sphere in R^dim."""
     return math.log(2) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
-
-
-def _embed(t, tangent):
-    """The point (1 − t, sqrt(t(2 − t))·tangent) of S^{d−1}, written relative to e₁."""
-    radius = jnp.sqrt(jnp.maximum(t * (2 - t), jnp.finfo(t.dtype).tiny))
-    return jnp.concatenate([(1 - t)[..., None], radius[..., None] * tangent], axis=-1)
 
 
 def _sphere_params(loc, concentration):
@@ -57,10 +51,12 @@ def _sample_vmf(key, loc, concentration, sample_shape):
     key_t, key_tangent = random.split(key)
     dim = loc.shape[-1]
     t = vmf_marginal_sample_t(key_t, concentration, dim, sample_shape)
-    tangent = uniform_tangent(key_tangent, t.shape, dim - 1, dtype=loc.dtype)
-    z = householder_rotate(loc, _embed(t, tangent))
-    # one rounding-level renormalization keeps samples inside constraints.sphere's tolerance
-    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    # z = (1 − t, sqrt(t(2 − t))·v/|v|) relative to e₁, v a standard normal vector (its
+    # direction is uniform); 1/|v| goes into the radius, so v is never normalized
+    v = random.normal(key_tangent, t.shape + (dim - 1,), dtype=loc.dtype)
+    tiny = jnp.finfo(t.dtype).tiny
+    radius = jnp.sqrt(jnp.maximum(t * (2 - t), tiny) / jnp.einsum("...d,...d->...", v, v))
+    return embed_rotate(loc, 1 - t, radius, v)
 
 
 class SphereLocConcentration(Distribution):
@@ -105,7 +101,8 @@ class VonMisesFisher(SphereLocConcentration):
     only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
     drawn by Wood's rejection sampler [3] (a fixed pool of proposals) and differentiated
     *implicitly* [4]: dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds
-    computed by a 41-node Gauss–Legendre rule placed per sample in the angle arccos w (see
+    computed by a Gauss–Legendre rule (40 nodes; 34 in float32) placed per sample in the
+    angle arccos w (see
     :func:`~numpyro_backend.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
     derivative of the sampler's transport map, so no correction term is needed and every
     ELBO gets the right gradient. Differentiating through the accepted proposal instead (as

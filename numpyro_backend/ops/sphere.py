@@ -46,6 +46,7 @@ from jax import lax
 from numpyro_backend.ops.bessel import bessel_iv_ratio
 
 __all__ = [
+    "embed_rotate",
     "householder_rotate",
     "uniform_tangent",
     "vmf_marginal_dt_dconcentration",
@@ -77,6 +78,33 @@ def householder_rotate(loc: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     uy = jnp.einsum("...d,...d->...", y, u)[..., None]
     scale = 2 * uy / (u * u).sum(-1, keepdims=True)
     return -sign * (y - scale * u)
+
+
+def embed_rotate(loc: jnp.ndarray, first, radius, direction) -> jnp.ndarray:
+    """The point y = (first, radius·direction), given relative to e₁, rotated into the frame
+    where e₁ ↦ ``loc``: ``householder_rotate(loc, concatenate([first, radius·direction]))``
+    without building y (what both sphere families sample: a scalar along the mean direction
+    and a scaled tangent direction). ``direction`` carries no gradient and need not be a
+    unit vector (radius·|direction| is what counts).
+
+    :param loc: mean directions, shape ``batch + (d,)``.
+    :param first: the e₁ coordinate, shape ``sample + batch``.
+    :param radius: the tangent scale, shape ``sample + batch``.
+    :param direction: tangent directions, shape ``sample + batch + (d − 1,)``.
+    """
+    loc = loc / jnp.linalg.norm(loc, axis=-1, keepdims=True)
+    one = jnp.ones((), dtype=loc.dtype)
+    sign = jnp.where(loc[..., :1] >= 0, one, -one)
+    u_first = 1 + sign[..., 0] * loc[..., 0]  # 1 + |loc₁|, and |u|² = 2·u_first
+    u_rest = sign * loc[..., 1:]
+    direction = lax.stop_gradient(direction)
+    # uᵀy as a contraction (see householder_rotate for why not a product and a sum)
+    w = jnp.einsum("...d,...d->...", direction, u_rest)
+    k = (u_first * first + radius * w) / u_first  # 2uᵀy/|u|²
+    flip = -sign[..., 0]
+    head = flip * (first - k * u_first)
+    rest = (flip * radius)[..., None] * direction - (flip * k)[..., None] * u_rest
+    return jnp.concatenate([head[..., None], rest], axis=-1)
 
 
 def uniform_tangent(key, shape, dim: int, dtype=None) -> jnp.ndarray:
@@ -170,22 +198,26 @@ def wood_sample_t(key, concentration, dim: int, sample_shape=()) -> jnp.ndarray:
 
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
-# L at the start of the decaying part: _TAIL_PANELS Gauss–Legendre panels of _PANEL_NODES nodes
-# on a geometric grid from the decay length ℓ to where the model has dropped by _LOG_DROP, plus
-# _PEAK_NODES nodes across the mode when the tail contains it (41 nodes in all instead of a
-# scale-agnostic 168; measured relative error ≤ 1e-7 against mpmath, tests/test_sphere.py).
-_TAIL_PANELS, _PANEL_NODES, _PEAK_NODES = 7, 5, 6
+# L at the start of the decaying part: P Gauss–Legendre panels of N nodes on a geometric grid
+# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus K nodes across the
+# mode when the tail contains it. (P, N, K) per dtype, measured against mpmath
+# (tests/test_sphere.py): float64 (7, 5, 5), 40 nodes, relative error ≤ 1e-7; float32
+# (5, 6, 4), 34 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
+# A scale-agnostic rule needed 168 nodes.
+_RULE_SIZES = {"float64": (7, 5, 5), "float32": (5, 6, 4)}
 _LOG_DROP = 45.0
 
 
+@cache
 def _unit_gauss_legendre(num_nodes: int) -> tuple[list[float], list[float]]:
     """Gauss–Legendre nodes and weights on [0, 1]."""
     x, w = np.polynomial.legendre.leggauss(num_nodes)
     return ((x + 1) / 2).tolist(), (w / 2).tolist()
 
 
-_PANEL_RULE = _unit_gauss_legendre(_PANEL_NODES)
-_PEAK_RULE = _unit_gauss_legendre(_PEAK_NODES)
+def _rule_sizes(dtype) -> tuple[int, int, int]:
+    """(panels, nodes per panel, peak nodes) for ``dtype`` (float64's for other dtypes)."""
+    return _RULE_SIZES.get(jnp.dtype(dtype).name, _RULE_SIZES["float64"])
 
 
 def _log_density_step(sin_t, cos_t, cot_t, kappa, dim, delta):
@@ -210,20 +242,19 @@ def _mode_t(kappa, dim: int):
     return (m + m * m / (r + 2 * kappa)) / (m + r)
 
 
-def _tail_grid(a, b, span, tiny):
+def _tail_grid(a, b, span, tiny, panels: int, panel_nodes: int):
     """Nodes u and weights of the geometric panel rule on [0, min(span, u_cut)] for an
     integrand ≈ exp(−a u − b u²/2): u_cut solves a u + b u²/2 = _LOG_DROP, the first panel
     ends at half the decay length ℓ = 1/(a + √b), the others grow geometrically to u_cut."""
     u_cut = 2 * _LOG_DROP / (a + jnp.sqrt(a * a + 2 * _LOG_DROP * b))
     u_cut = jnp.maximum(jnp.minimum(u_cut, span), tiny)
     first = jnp.minimum(0.5 / (a + jnp.sqrt(b)), u_cut)
-    ratio = (first / u_cut) ** (1 / (_TAIL_PANELS - 1))
-    powers = jnp.arange(_TAIL_PANELS - 1, -1, -1, dtype=a.dtype)
+    ratio = (first / u_cut) ** (1 / (panels - 1))
+    powers = jnp.arange(panels - 1, -1, -1, dtype=a.dtype)
     edges = u_cut[..., None] * ratio[..., None] ** powers
     edges = jnp.concatenate([jnp.zeros_like(u_cut)[..., None], edges], axis=-1)
     lo, width = edges[..., :-1, None], (edges[..., 1:] - edges[..., :-1])[..., None]
-    nodes = jnp.asarray(_PANEL_RULE[0], dtype=a.dtype)
-    weights = jnp.asarray(_PANEL_RULE[1], dtype=a.dtype)
+    nodes, weights = (jnp.asarray(x, dtype=a.dtype) for x in _unit_gauss_legendre(panel_nodes))
     shape = u_cut.shape + (-1,)
     return (lo + width * nodes).reshape(shape), (width * weights).reshape(shape)
 
@@ -251,9 +282,10 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     model L(θ₀ + σu) − L(θ₀) ≈ −au − bu²/2 (a, b from L′, L″ at θ₀) gives the decay length
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
     Gaussian decay alike (:func:`_tail_grid`). All steps are written as half-angle products
-    (:func:`_log_density_step`), so nothing cancels near θ. Measured relative error ≤ 1e-7
-    (float64) against mpmath for d ∈ [2, 4096], κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20
-    times the mean of t; in float32 the error is that of rounding t itself. The result is ≤ 0.
+    (:func:`_log_density_step`), so nothing cancels near θ. Measured relative error of the rule
+    against mpmath for d ∈ [2, 4096], κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the
+    mean of t: ≤ 1e-7 with float64's 40 nodes, ≤ 4e-7 with float32's 34 (float32 adds the
+    rounding of t itself). The result is ≤ 0.
 
     :param t: 1 − w, in [0, 2], any shape.
     :param concentration: κ ≥ 0, broadcastable to ``t``.
@@ -282,7 +314,10 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     span = jnp.where(upper, theta0, math.pi - theta0)
     slope = -sigma * (m * cos0 / sin0 - kappa * sin0)  # −σ L′(θ₀) ≥ 0
     curvature = kappa * cos0 + m / jnp.maximum(sin0 * sin0, tiny)  # −L″(θ₀)
-    u, weights = _tail_grid(jnp.maximum(slope, 0.0), jnp.maximum(curvature, 0.0), span, tiny)
+    panels, panel_nodes, peak_nodes = _rule_sizes(dtype)
+    u, weights = _tail_grid(
+        jnp.maximum(slope, 0.0), jnp.maximum(curvature, 0.0), span, tiny, panels, panel_nodes
+    )
 
     def integral(delta, weights):
         step, dcos = _log_density_step(
@@ -293,9 +328,8 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
 
     tail = integral((theta0 - theta)[..., None] + sigma[..., None] * u, weights)
     peak_span = (theta - theta0)[..., None]
-    peak_nodes = jnp.asarray(_PEAK_RULE[0], dtype=dtype)
-    peak_weights = jnp.asarray(_PEAK_RULE[1], dtype=dtype)
-    peak = integral(-peak_span * peak_nodes, peak_span * peak_weights)
+    nodes, peak_weights = (jnp.asarray(x, dtype=dtype) for x in _unit_gauss_legendre(peak_nodes))
+    peak = integral(-peak_span * nodes, peak_span * peak_weights)
     result = sin_t * sigma * (tail + peak)
     return jnp.where(sin_t > 0, result, 0.0)
 

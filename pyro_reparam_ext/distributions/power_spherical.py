@@ -7,7 +7,7 @@ import math
 import torch
 
 from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
-from pyro_reparam_ext.ops.sphere import householder_rotate, renormalize
+from pyro_reparam_ext.ops.sphere import embed_rotate
 
 __all__ = ["PowerSpherical"]
 
@@ -56,10 +56,8 @@ class PowerSpherical(SphereLocConcentration):
         gamma_alpha = torch._standard_gamma(alpha.expand(shape[:-1]))
         total = gamma_beta + gamma_alpha
         # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
-        first = ((gamma_alpha - gamma_beta) / total).unsqueeze(-1)
-        rest = (torch.sqrt(2 * gamma_alpha) / total).unsqueeze(-1) * v
-        z = householder_rotate(self.loc, torch.cat([first, rest], dim=-1))
-        return renormalize(z)
+        first = (gamma_alpha - gamma_beta) / total
+        return embed_rotate(self.loc, first, torch.sqrt(2 * gamma_alpha) / total, v)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C(κ, d) = −[(α+β) log 2 + β log π + log Γ(α) − log Γ(α+β)]  ([1, eq. 6])."""

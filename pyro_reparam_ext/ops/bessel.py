@@ -147,6 +147,37 @@ def _hankel_table(v: torch.Tensor, dtype, device):
     return (2 * j - 1) ** 2 - 4 * (v * v).unsqueeze(-1), 8 * j
 
 
+def _pair_tables(v: torch.Tensor, dtype, device):
+    """:func:`_series_table` and :func:`_hankel_table` of the orders v and v + 1 stacked in a
+    new second-to-last dimension, so that the ratio's two sums are one reduction each."""
+    two_k, offsets0 = _series_table(v, dtype, device)
+    _, offsets1 = _series_table(v + 1, dtype, device)
+    numerators0, eight_j = _hankel_table(v, dtype, device)
+    numerators1, _ = _hankel_table(v + 1, dtype, device)
+    return (
+        (two_k, torch.stack([offsets0, offsets1], dim=-2)),
+        (torch.stack([numerators0, numerators1], dim=-2), eight_j),
+    )
+
+
+def _series_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
+    """log I_{v+1}(x) − log I_v(x) from the power series, both sums in one logsumexp:
+    log(x/2) + log Σ_k (x/2)^{2k}/(k! Γ(k+v+2)) − log Σ_k (x/2)^{2k}/(k! Γ(k+v+1))."""
+    two_k, offsets = table
+    log_half_x = torch.log(x / 2)
+    sums = torch.logsumexp(torch.addcmul(offsets, log_half_x[..., None, None], two_k), dim=-1)
+    return log_half_x + (sums[..., 1] - sums[..., 0])
+
+
+def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
+    """log I_{v+1}(x) − log I_v(x) from the Hankel sums of both orders in one pass (the
+    e^x/sqrt(2πx) factors cancel)."""
+    numerators, eight_j = table
+    factors = numerators / (eight_j * x[..., None, None])
+    sums = torch.log1p(factors.cumprod(-1).sum(-1))
+    return sums[..., 1] - sums[..., 0]
+
+
 def _log_iv_series(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
     """log I_v(x) = v log(x/2) + log Σ_k (x/2)^{2k} / (k! Γ(k+v+1))  ([1, 10.25.2]).
     ``table``: :func:`_series_table` of v when it is cached (a Python-number order)."""
@@ -177,6 +208,7 @@ def _small_order_tables(order: float, dtype, device):
         v0 = torch.tensor(order, dtype=dtype, device=device)
         for vt in (v0, v0 + 1):  # v + 1 rounded as the tensor-order path rounds it
             tables.append((vt, _series_table(vt, dtype, device), _hankel_table(vt, dtype, device)))
+        tables.append(_pair_tables(v0, dtype, device))
         _SMALL_ORDER_TABLES[key] = tables
     return _SMALL_ORDER_TABLES[key]
 
@@ -226,11 +258,10 @@ def _small_order_log_iv(order: float, x: torch.Tensor) -> torch.Tensor:
 
 def _small_order_ratio(order: float, x: torch.Tensor) -> torch.Tensor:
     """log R_v(x) for a Python-number order v < 10, from the cached tables."""
-    (v0, series0, hankel0), (v1, series1, hankel1) = _small_order_tables(order, x.dtype, x.device)
+    series_table, hankel_table = _small_order_tables(order, x.dtype, x.device)[2]
     x_series, x_hankel, hankel = _small_order_args(x)
-    series = _log_iv_series(v1, x_series, series1) - _log_iv_series(v0, x_series, series0)
-    hankel_value = _log_hankel_sum(v1, x_hankel, hankel1) - _log_hankel_sum(v0, x_hankel, hankel0)
-    return torch.where(hankel, hankel_value, series)
+    series = _series_log_ratio(x_series, series_table)
+    return torch.where(hankel, _hankel_log_ratio(x_hankel, hankel_table), series)
 
 
 def _log_iv_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
@@ -262,12 +293,9 @@ def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor
     if order is not None:
         log_ratio = _log_ratio_debye(*debye_args)
     else:
-        log_ratio_series = _log_iv_series(series_args[0] + 1, series_args[1]) - _log_iv_series(
-            *series_args
-        )
-        log_ratio_hankel = _log_hankel_sum(hankel_args[0] + 1, hankel_args[1]) - _log_hankel_sum(
-            *hankel_args
-        )
+        series_table, hankel_table = _pair_tables(series_args[0], x.dtype, x.device)
+        log_ratio_series = _series_log_ratio(series_args[1], series_table)
+        log_ratio_hankel = _hankel_log_ratio(hankel_args[1], hankel_table)
         log_ratio = torch.where(hankel, log_ratio_hankel, log_ratio_series)
         log_ratio = torch.where(debye, _log_ratio_debye(*debye_args), log_ratio)
     return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))

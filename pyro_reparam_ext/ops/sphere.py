@@ -40,12 +40,13 @@ from functools import cache
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from pyro_reparam_ext.ops.bessel import _sum_to_shape, bessel_iv_ratio
 
 __all__ = [
+    "embed_rotate",
     "householder_rotate",
-    "renormalize",
     "uniform_tangent",
     "vmf_marginal_dt_dconcentration",
     "vmf_marginal_sample_t",
@@ -76,17 +77,82 @@ def householder_rotate(loc: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(y, scale, u, value=-1) * -sign
 
 
-def renormalize(z: torch.Tensor) -> torch.Tensor:
-    """z/|z| for points that lie on the sphere up to rounding (a rotated unit vector).
+class _EmbedRotate(torch.autograd.Function):
+    """z = ŝ·H·y for y = (first, radius·direction), H = I − c·uuᵀ, c = 2/|u|², with a
+    hand-written backward: four passes over the samples forward and four backward, against
+    about twice that for the same expression taken apart by autograd (:func:`embed_rotate`).
+    Inputs are flattened to (samples, parameters, ...) with the parameters' shape last."""
 
-    The factor 1/|z| is computed without gradient: |z(θ)| ≡ 1 as a function of the
-    parameters, so its derivative is exactly zero and dividing by it only removes rounding.
-    The backward pass is one multiplication instead of the quotient rule's and the norm's
-    passes over the samples.
+    @staticmethod
+    def forward(ctx, u, first, radius, direction, flip):
+        ctx.shapes = u.shape, first.shape
+        dim = u.shape[-1]
+        num_params = flip.numel()
+        u = u.reshape(num_params, dim)
+        u0, u_rest = u[:, 0], u[:, 1:]
+        flip = flip.reshape(num_params)
+        f, r = first.reshape(-1, num_params), radius.reshape(-1, num_params)
+        v = direction.reshape(-1, num_params, dim - 1)
+        c = 2 / torch.linalg.vecdot(u, u)
+        w = torch.einsum("npj,pj->np", v, u_rest)  # u_restᵀ·direction
+        k = c * torch.addcmul(u0 * f, r, w)  # c·uᵀy
+        z = torch.empty(f.shape + (dim,), dtype=u.dtype, device=u.device)
+        torch.mul(v, (flip * r).unsqueeze(-1), out=z[..., 1:])
+        z[..., 1:].addcmul_((flip * k).unsqueeze(-1), u_rest, value=-1)
+        z[..., 0] = flip * (f - k * u0)
+        ctx.save_for_backward(u, f, r, v, flip, c, w, k)
+        return z.reshape(first.shape + (dim,))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        u, f, r, v, flip, c, w, k = ctx.saved_tensors
+        u0, u_rest = u[:, 0], u[:, 1:]
+        g = grad.reshape(f.shape + u.shape[-1:])
+        g0, g_rest = g[..., 0], g[..., 1:]
+        q = torch.addcmul(torch.einsum("npj,pj->np", g_rest, u_rest), u0, g0)  # uᵀg
+        g_direction = torch.linalg.vecdot(g_rest, v)
+        cq = c * q
+        d_first = flip * (g0 - cq * u0)
+        d_radius = flip * (g_direction - cq * w)
+        # d(gᵀz)/du = −ŝc(q·y + p·g − c·p·q·u) summed over the samples, p = uᵀy = k/c
+        p = k / c
+        sum_qy = torch.cat(
+            [(q * f).sum(0).unsqueeze(-1), torch.einsum("npj,np->pj", v, q * r)], dim=-1
+        )
+        inner = sum_qy + torch.einsum("npj,np->pj", g, p) - (c * (p * q).sum(0)).unsqueeze(-1) * u
+        d_u = (-flip * c).unsqueeze(-1) * inner
+        u_shape, sample_shape = ctx.shapes
+        return (
+            d_u.reshape(u_shape),
+            d_first.reshape(sample_shape),
+            d_radius.reshape(sample_shape),
+            None,
+            None,
+        )
+
+
+def embed_rotate(
+    loc: torch.Tensor, first: torch.Tensor, radius: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
+    """The point y = (first, radius·direction), given relative to e₁, rotated into the frame
+    where e₁ ↦ ``loc``: ``householder_rotate(loc, cat([first, radius·direction]))`` in one
+    step, without building y (what both sphere families sample: a scalar along the mean
+    direction and a scaled tangent direction). ``direction`` carries no gradient and need not
+    be a unit vector (radius·|direction| is what counts).
+
+    :param torch.Tensor loc: mean directions, shape ``batch + (d,)``.
+    :param torch.Tensor first: the e₁ coordinate, shape ``sample + batch``.
+    :param torch.Tensor radius: the tangent scale, shape ``sample + batch``.
+    :param torch.Tensor direction: tangent directions, shape ``sample + batch + (d − 1,)``.
     """
-    with torch.no_grad():
-        scale = torch.rsqrt(torch.linalg.vecdot(z, z)).unsqueeze(-1)
-    return z * scale
+    loc = loc / torch.linalg.vector_norm(loc, dim=-1, keepdim=True)
+    sign = torch.where(loc[..., :1] >= 0, 1.0, -1.0).to(loc.dtype)
+    e1 = torch.zeros_like(loc)
+    e1[..., 0] = 1
+    u = torch.addcmul(e1, sign, loc)
+    first, radius = torch.broadcast_tensors(first, radius)
+    return _EmbedRotate.apply(u, first, radius, direction.detach(), -sign)
 
 
 def uniform_tangent(shape, dim: int, *, like: torch.Tensor) -> torch.Tensor:
@@ -179,11 +245,13 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
 
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
-# L at the start of the decaying part: _TAIL_PANELS Gauss–Legendre panels of _PANEL_NODES nodes
-# on a geometric grid from the decay length ℓ to where the model has dropped by _LOG_DROP, plus
-# _PEAK_NODES nodes across the mode when the tail contains it (41 nodes in all instead of a
-# scale-agnostic 168; measured relative error ≤ 1e-7 against mpmath, tests/test_sphere.py).
-_TAIL_PANELS, _PANEL_NODES, _PEAK_NODES = 7, 5, 6
+# L at the start of the decaying part: P Gauss–Legendre panels of N nodes on a geometric grid
+# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus K nodes across the
+# mode when the tail contains it. (P, N, K) per dtype, measured against mpmath
+# (tests/test_sphere.py): float64 (7, 5, 5), 40 nodes, relative error ≤ 1e-7; float32
+# (5, 6, 4), 34 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
+# A scale-agnostic rule needed 168 nodes.
+_RULE_SIZES = {torch.float64: (7, 5, 5), torch.float32: (5, 6, 4)}
 _LOG_DROP = 45.0
 
 
@@ -191,10 +259,6 @@ def _unit_gauss_legendre(num_nodes: int) -> tuple[list[float], list[float]]:
     """Gauss–Legendre nodes and weights on [0, 1]."""
     x, w = np.polynomial.legendre.leggauss(num_nodes)
     return ((x + 1) / 2).tolist(), (w / 2).tolist()
-
-
-_PANEL_RULE = _unit_gauss_legendre(_PANEL_NODES)
-_PEAK_RULE = _unit_gauss_legendre(_PEAK_NODES)
 
 
 def _mode_t(kappa: torch.Tensor, dim: int) -> torch.Tensor:
@@ -210,19 +274,19 @@ _RULE_TENSORS: dict = {}
 
 def _rule_tensors(dtype: torch.dtype, device: torch.device):
     """The constant parts of the rule as tensors, built once per dtype and device: panel
-    nodes / weights on [0, 1], the geometric exponents, and the peak rule."""
+    nodes / weights on [0, 1], the geometric exponents, and the peak rule (float64's rule
+    for dtypes other than float32)."""
     key = (dtype, device)
     if key not in _RULE_TENSORS:
+        panels, panel_nodes, peak_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
 
         def tensor(values):
             return torch.tensor(values, dtype=dtype, device=device)
 
         _RULE_TENSORS[key] = (
-            tensor(_PANEL_RULE[0]),
-            tensor(_PANEL_RULE[1]),
-            tensor([float(k) for k in range(_TAIL_PANELS - 1, -1, -1)]),
-            tensor(_PEAK_RULE[0]),
-            tensor(_PEAK_RULE[1]),
+            *map(tensor, _unit_gauss_legendre(panel_nodes)),
+            tensor([float(k) for k in range(panels - 1, -1, -1)]),
+            *map(tensor, _unit_gauss_legendre(peak_nodes)),
         )
     return _RULE_TENSORS[key]
 
@@ -235,7 +299,7 @@ def _tail_grid(a, b, span, tiny, rule):
     u_cut = 2 * _LOG_DROP / (a + torch.sqrt(a * a + 2 * _LOG_DROP * b))
     u_cut = torch.minimum(u_cut, span).clamp(min=tiny)
     first = torch.minimum(0.5 / (a + torch.sqrt(b)), u_cut)
-    ratio = (first / u_cut) ** (1 / (_TAIL_PANELS - 1))
+    ratio = (first / u_cut) ** (1 / (powers.shape[0] - 1))
     edges = u_cut.unsqueeze(-1) * ratio.unsqueeze(-1) ** powers  # panel ends, increasing
     lo = torch.cat([torch.zeros_like(edges[..., :1]), edges[..., :-1]], dim=-1).unsqueeze(-1)
     width = edges.unsqueeze(-1) - lo
@@ -287,9 +351,10 @@ def vmf_marginal_dt_dconcentration(
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
     Gaussian decay alike (:func:`_tail_grid`). All steps are written as half-angle products
     (:func:`_weighted_integral`), so nothing cancels near θ; tail and peak nodes are summed
-    in one pass. Measured relative error ≤ 1e-7
-    (float64) against mpmath for d ∈ [2, 4096], κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20
-    times the mean of t; in float32 the error is that of rounding t itself. The result is ≤ 0.
+    in one pass. Measured relative error of the rule against mpmath for d ∈ [2, 4096],
+    κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 1e-7 with float64's
+    40 nodes, ≤ 4e-7 with float32's 34 (float32 adds the rounding of t itself). The result is
+    ≤ 0.
 
     :param torch.Tensor t: 1 − w, in [0, 2], any shape.
     :param torch.Tensor concentration: κ ≥ 0, broadcastable to ``t``.
@@ -298,8 +363,10 @@ def vmf_marginal_dt_dconcentration(
     # A_d(κ) and the mode on the parameters' own shape (not once per sample)
     kappa = concentration.detach()
     one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
-    t_mode = _mode_t(kappa, dim)
-    t, kappa, one_minus_a, t_mode = torch.broadcast_tensors(t.detach(), kappa, one_minus_a, t_mode)
+    theta_mode, sin_mode, cos_mode = _angle(_mode_t(kappa, dim))
+    t, kappa, one_minus_a, theta_mode, sin_mode, cos_mode = torch.broadcast_tensors(
+        t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
+    )
     tiny = torch.finfo(t.dtype).tiny
     rule = _rule_tensors(t.dtype, t.device)
     m = dim - 2
@@ -307,7 +374,6 @@ def vmf_marginal_dt_dconcentration(
     cot_t = cos_t / sin_t.clamp(min=tiny)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
     sigma = 1 - 2 * upper.to(t.dtype)
-    theta_mode, sin_mode, cos_mode = _angle(t_mode)
     across_mode = upper & (theta > theta_mode)
     theta0 = torch.where(across_mode, theta_mode, theta)
     sin0 = torch.where(across_mode, sin_mode, sin_t).clamp(min=tiny)
