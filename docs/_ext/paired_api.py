@@ -27,7 +27,7 @@ BACKENDS = (("pyro_reparam_ext", "Pyro (PyTorch)"), ("numpyro_backend", "NumPyro
 OURS = tuple(name for name, _ in BACKENDS)
 
 # Modules whose helpers are internal: only the docstring and the names listed here appear.
-INTERNAL = {"infer.particles": ("SITE_OPTIONS",)}
+INTERNAL = {"infer.particles": ()}
 
 
 def _import(path: str):

@@ -1,4 +1,12 @@
-"""Diagnostics for ELBO gradient estimators (NumPyro)."""
+"""Diagnostics for ELBO gradient estimators (NumPyro).
+
+:func:`gradient_variance` draws its samples in one compiled call, cached per (elbo, model,
+guide, selected parameters, constant arguments: ints, strings, ...; arrays and floats are
+traced): later calls with the same shapes do not recompile. Nested parameters
+(``numpyro.module`` / stax / flax pytrees) are flattened into leaves named ``site.key.key``
+(e.g. ``net$params.0.1`` for stax's first bias). The same function names as the Pyro
+backend's ``diagnostics.py``: :func:`_gradient_samples` draws, :func:`_summary` summarizes.
+"""
 
 from __future__ import annotations
 
@@ -133,14 +141,9 @@ def gradient_variance(
     Differentiates ``elbo.loss(key, params, model, guide, *args, **kwargs)`` with respect to
     the *unconstrained* model and guide parameters (what the optimizer sees, as on the Pyro
     backend; estimator state ``reparam_ext.*`` excluded) for ``num_samples`` independent keys,
-    in one ``lax.scan``. The compiled sampler is cached per (elbo, model, guide, selected
-    parameters, constant arguments: ints, strings, ...; arrays and floats are traced): later
-    calls with the same shapes do not recompile. No optimizer step is taken; running-average
-    baselines update between the samples, as in training, from the values in ``params`` (the
-    caller's state is not changed).
-
-    Nested parameters (``numpyro.module`` / stax / flax pytrees) are flattened into leaves
-    named ``site.key.key`` (e.g. ``net$params.0.1`` for stax's first bias).
+    in one compiled ``lax.scan`` (cached; see the module docstring). No optimizer step is
+    taken; running-average baselines update between the samples, as in training, from the
+    values in ``params`` (the caller's state is not changed).
 
     Example::
 
@@ -153,7 +156,7 @@ def gradient_variance(
         their state from ``elbo.init_state`` when ``params`` lacks it.
     :param int num_samples: number of independent gradient estimates (≥ 2).
     :param param_names: restrict to these parameters, by site name (all leaves of the site)
-        or by leaf name (default: all the programs use).
+        or by leaf name ``site.key.key`` (default: all the programs use).
     :param rng_key: PRNG key (default ``PRNGKey(0)``).
     :param dict params: constrained parameter values, e.g. ``svi.get_params(state)``, and
         optionally estimator state (default: the init values of the param sites).
@@ -164,44 +167,71 @@ def gradient_variance(
         selected parameters (the trace of the covariance of the estimate) and
         ``total_variance_se`` is its standard error.
     """
+    _check_num_samples(num_samples)
+    rng_key = random.PRNGKey(0) if rng_key is None else rng_key
+    samples = _gradient_samples(
+        elbo, model, guide, args, kwargs, num_samples, param_names, rng_key, params
+    )
+    return _summary(samples, num_samples)
+
+
+def _check_num_samples(num_samples: int) -> None:
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-    rng_key = random.PRNGKey(0) if rng_key is None else rng_key
+
+
+def _with_estimator_state(elbo, rng_key, params, model, guide, args, kwargs) -> tuple:
+    """(parameters with the estimator's learned state added, its mutable state): what the
+    estimator's ``init_state`` gives, unless ``params`` holds it already."""
+    params = dict(params)
+    init_state = getattr(elbo, "init_state", None)
+    if init_state is None:
+        return params, {}
+    learned, mutable = init_state(rng_key, params, model, guide, *args, **kwargs)
+    for name, value in learned.items():
+        params.setdefault(name, value)
+    return params, {k: params.pop(k, v) for k, v in mutable.items()}
+
+
+def _selection(theta: dict, param_names) -> tuple:
+    """(the param sites to differentiate, the leaf names to keep or None for all)."""
+    if param_names is None:
+        return tuple(theta), None
+    leaf_sites = {leaf: name for name in theta for leaf in _flatten(name, theta[name])}
+    missing = {n for n in param_names if n not in theta and n not in leaf_sites}
+    if missing:
+        raise ValueError(f"param_names {sorted(missing)} are not used by model/guide")
+    selected = tuple(dict.fromkeys(n if n in theta else leaf_sites[n] for n in param_names))
+    wanted = {
+        leaf for n in param_names for leaf in (_flatten(n, theta[n]) if n in theta else {n: None})
+    }
+    return selected, wanted
+
+
+def _gradient_samples(
+    elbo, model, guide, args, kwargs, num_samples, param_names, rng_key, params
+) -> dict:
+    """leaf name -> (num_samples, *shape) gradient estimates of −ELBO, from one compiled call."""
     init_key, rng_key = random.split(rng_key)
     if params is None:
         params = _initial_params(init_key, model, guide, args, kwargs)
-    params = dict(params)
-    init_state = getattr(elbo, "init_state", None)
-    mutable = {}
-    if init_state is not None:
-        learned, mutable = init_state(init_key, params, model, guide, *args, **kwargs)
-        for name, value in learned.items():
-            params.setdefault(name, value)
-        mutable = {k: params.pop(k, v) for k, v in mutable.items()}
+    params, mutable = _with_estimator_state(elbo, init_key, params, model, guide, args, kwargs)
     theta, _ = split_param_map(params)
-    leaf_sites = {leaf: name for name in theta for leaf in _flatten(name, theta[name])}
-    if param_names is None:
-        selected, wanted = tuple(theta), None
-    else:
-        missing = {n for n in param_names if n not in theta and n not in leaf_sites}
-        if missing:
-            raise ValueError(f"param_names {sorted(missing)} are not used by model/guide")
-        sites = [n if n in theta else leaf_sites[n] for n in param_names]
-        selected = tuple(dict.fromkeys(sites))
-        wanted = {
-            leaf
-            for n in param_names
-            for leaf in (_flatten(n, theta[n]) if n in theta else {n: None})
-        }
+    selected, wanted = _selection(theta, param_names)
     sample = _sampler(elbo, model, guide, selected, args, kwargs)
     _, traced, _ = split_arguments(args, kwargs)
     grads = sample(params, mutable, random.split(rng_key, num_samples), traced)
-
     samples = {}
     for name in selected:
         samples.update(_flatten(name, grads[name]))
-    if wanted is not None:
-        samples = {name: value for name, value in samples.items() if name in wanted}
+    assert not any(name.startswith(PREFIX) for name in samples)
+    if wanted is None:
+        return samples
+    return {name: value for name, value in samples.items() if name in wanted}
+
+
+def _summary(samples: dict, num_samples: int) -> dict:
+    """gradient_variance's result from name -> (num_samples, *shape) gradient samples."""
     stats = {}
     squared_deviations = 0.0
     for name, values in samples.items():
@@ -210,9 +240,8 @@ def gradient_variance(
         stats[name] = {"mean": mean, "variance": values.var(axis=0, ddof=1)}
         deviation = (values - mean).reshape(num_samples, -1)
         squared_deviations = squared_deviations + (deviation**2).sum(axis=1)
-    assert not any(name.startswith(PREFIX) for name in stats)
     # total variance = mean squared distance of the samples to their mean (× n/(n−1)); its
-    # standard error follows from the spread of those distances (as on the Pyro backend)
+    # standard error follows from the spread of those distances
     correction = num_samples / (num_samples - 1)
     return {
         "params": stats,

@@ -63,7 +63,6 @@ from numpyro_backend.distributions.concrete import (
     uniform_noise,
 )
 from numpyro_backend.infer.particles import Particle, ParticleELBO, split_param_map
-from numpyro_backend.infer.relaxation import FAMILIES
 from numpyro_backend.infer.sites import family_of, guide_sites
 
 __all__ = ["DisARM_ELBO"]
@@ -86,21 +85,6 @@ def check_supported(sites: dict) -> None:
     for name, site in sites.items():
         if family_of(site["fn"])[0] is None:
             raise unsupported_site_error(name, site["fn"])
-
-
-# Compatibility for tests/infer/test_disarm.py (remove once it calls the family methods):
-# DisARM's per-family pieces are methods of the family objects (``relaxation.py``).
-_FAMILY_BY_NAME = {family.name: family for family in FAMILIES}
-
-
-def category_order(name: str, logits):
-    """``FAMILIES[name].category_order(logits)``, by family name."""
-    return _FAMILY_BY_NAME[name].category_order(logits)
-
-
-def binary_logits(name: str, logits, order):
-    """``FAMILIES[name].binary_logits(logits, order)``, by family name."""
-    return _FAMILY_BY_NAME[name].binary_logits(logits, order)
 
 
 def copula_debias(logits, num: int):

@@ -66,17 +66,12 @@ from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_backend.distributions.discrete import bernoulli_logits_log_prob
-from numpyro_backend.infer.sites import (  # noqa: F401  (BASELINES, site_options: re-exports)
-    BASELINES,
+from numpyro_backend.infer.sites import (
     PREFIX,
-    SITE_OPTIONS,
     base_distribution,
-    check_relaxable,
     family_of,
-    guide_sites,
     is_latent,
     score_function_sites,
-    site_options,
 )
 
 
@@ -95,26 +90,6 @@ def split_param_map(param_map: dict) -> tuple[dict, dict]:
     theta = {k: v for k, v in param_map.items() if not k.startswith(PREFIX)}
     state = {k: v for k, v in param_map.items() if k.startswith(PREFIX)}
     return theta, state
-
-
-# ----------------------------------------------------------------------------------------------
-# Compatibility for score_function.py (to be replaced there by family_of / family methods):
-# the "kind" is now the family object itself.
-
-
-def relaxation_kind(fn):
-    """The site's family (:func:`~numpyro_backend.infer.sites.family_of`), or None."""
-    return family_of(fn)[0]
-
-
-def site_logits(fn, family) -> jnp.ndarray:
-    """``family.logits`` of a (possibly wrapped) site distribution."""
-    return family.logits(fn, base_distribution(fn))
-
-
-def score_wrt_logits(family, logits, value) -> jnp.ndarray:
-    """``family.score``: ∇_logits log q(value | logits), per logit coordinate."""
-    return family.score(logits, value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,18 +128,23 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
     return _follow_wrappers(fn, value, _relaxed_leaf)
 
 
-def decision_log_prob(fn, hard, mask) -> jnp.ndarray:
+def decision_log_prob(fn, hard, mask=None, logits=None) -> jnp.ndarray:
     """log q of the decisions selected by ``mask`` (shape ``family.decision_shape(fn)`` plus
-    ``family.category_dims`` trailing 1s), per site element; differentiable in the logits.
+    ``family.category_dims`` trailing 1s; None: all), per site element; differentiable in the
+    logits: the distribution's, or ``logits``, the site's full logits (``family.logits``) given
+    apart (REBAR/RELAX differentiate at a copy of them).
 
     Follows the wrappers of ``fn`` like :func:`relaxed_log_prob`, so a masked site
     (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does.
     """
     family, _ = family_of(fn)
-    selected = mask.reshape(mask.shape[: mask.ndim - family.category_dims])
+    selected = (
+        True if mask is None else mask.reshape(mask.shape[: mask.ndim - family.category_dims])
+    )
 
     def leaf(base, value):
-        per_decision = family.decision_log_prob(base.logits, family.as_relaxed(value, base.logits))
+        at = base.logits if logits is None else logits
+        per_decision = family.decision_log_prob(at, family.as_relaxed(value, at))
         return jnp.where(selected, per_decision, 0.0)
 
     return _follow_wrappers(fn, hard, leaf)
@@ -201,12 +181,15 @@ def bernoulli_log_prob(fn, value) -> jnp.ndarray:
 @dataclass(frozen=True)
 class SiteDraw:
     """What :class:`_DrawWithNoise` records for one discrete guide site: its family, full
-    logits (``family.logits``), relaxed logits z and a conditional draw z̃ ~ p(z | b)."""
+    logits (``family.logits``), relaxed logits z and a conditional draw z̃ ~ p(z | b), and the
+    uniform noise (u, v) they were drawn from (z, z̃ at other logits: RELAX's φ objective)."""
 
     family: object
     logits: jnp.ndarray
     z: jnp.ndarray
     z_tilde: jnp.ndarray
+    u: jnp.ndarray
+    v: jnp.ndarray
 
 
 class _DrawWithNoise(Messenger):
@@ -232,7 +215,7 @@ class _DrawWithNoise(Messenger):
         value = family.hard(z)
         z_tilde = family.conditional_relaxed_logits(logits, family.as_relaxed(value, logits), v)
         msg["value"] = lax.stop_gradient(value)
-        self.records[msg["name"]] = SiteDraw(family, logits, z, z_tilde)
+        self.records[msg["name"]] = SiteDraw(family, logits, z, z_tilde, u, v)
 
 
 class _RelaxedReplay(Messenger):
@@ -458,9 +441,10 @@ class Particle:
             fn = jax.tree.map(lax.stop_gradient, site["fn"])
             scale = 1.0 if site["scale"] is None else site["scale"]
             terms.append((fn, sign * scale))
-        if record.family.replayable:
-            return lambda s: sum(c * relaxed_log_prob(fn, s) for fn, c in terms)
         value = self.guide_trace[node]["value"]
+        if record.family.replayable or self.guide_trace[node]["fn"].event_shape:
+            # per decision, by the continuous extension (a Categorical's with event dims too)
+            return lambda s: sum(c * relaxed_log_prob(fn, s) for fn, c in terms)
         ks = jnp.arange(record.z.shape[-1])
 
         def log_probs(fn):

@@ -1,26 +1,33 @@
 """REBAR and RELAX ELBO estimators for Bernoulli, Categorical and OneHotCategorical sites.
 
-For a discrete guide site with logits θ: u, v uniform; z = θ + noise; b = H(z);
-z̃ ~ p(z | b). The estimator is ([2], eq. 8)
+For a discrete guide site with logits ℓ: u, v uniform; z = ℓ + noise; b = H(z);
+z̃ ~ p(z | b). The estimator is ([2] eq. (8))
 
     ĝ = [f(b) − c(z̃)] ∇ log q(b) + ∇c(z) − ∇c(z̃),
 
 with f the site's plate-aware downstream cost. REBAR's control variate is c = η f(σ_λ(z)),
 RELAX's c = η f(σ_λ(z)) + r_ρ(z) with r_ρ a small network; f at a relaxed value is
-computed by a replay of model and guide (``particles.py``). The control-variate parameters
+computed by a replay of model and guide (``particles.py``). ĝ is unbiased for any η, λ, ρ,
+which are trained by the SVI optimizer to minimise the single-sample variance:
+∇_φ Var ĝ = E[∇_φ ĝ²] ([2] eq. (6)). Equation numbers: [2] as arXiv:1711.00123v3, the same
+on the Pyro backend and in docs/guides/derivations.rst. The control-variate parameters
 φ = (η, log λ, ρ) are SVI parameters named ``reparam_ext.<site>.eta``,
-``reparam_ext.<site>.log_temperature`` and ``reparam_ext.relax.<site>``; SVI's single
-gradient call gives the model/guide parameters θ the estimate ĝ and φ the gradient of the
-estimator's second moment Σ_j ĝ_j² ([2] section 3.1: ∂Var(ĝ)/∂φ = E[∂ĝ²/∂φ] for an
-unbiased ĝ), because the loss is the surrogate
+``reparam_ext.<site>.log_temperature`` and ``reparam_ext.relax.<site>``.
 
-    L = −ELBO − (S(θ, sg(φ)) − sg(·)) + ⟨φ, sg(∇_φ Σ_j ĝ_j(φ)²)⟩ − sg(·),
-
-with S the particles' surrogate (∇_θ S = ĝ) and ĝ(φ) = ∇_θ S computed inside the loss
-(``sg``: stop-gradient). S stays differentiable in everything the programs depend on, so a
-parameter that reaches model or guide through their arguments or a closure (``jax.grad`` of
-``elbo.loss``, NumPyro's gradient tests) gets the estimate ĝ too; φ minimizes the variance of
-the gradient with respect to the parameters in ``param_map`` (those SVI trains).
+One gradient call gives both gradients (SVI's ``jax.value_and_grad``; the loss is
+``variance_trained_loss``). The θ-part of the returned loss is built with φ held constant,
+so its gradient is ĝ for the model and guide parameters (and for whatever the programs take
+as arguments or close over) and nothing for φ. For φ the estimate is rebuilt at a detached
+copy ℓ' of the site's logits with φ live and differentiated once (``jax.value_and_grad``
+inside the loss): ĝ_ℓ = ∂S/∂ℓ' is a differentiable function of φ; ∇_φ Σ ĝ_ℓ² (the second
+derivative) is taken there and injected linearly, ⟨φ, sg(∇_φ Σ ĝ_ℓ²)⟩, so that it trains φ
+only (a replay may depend on θ through the programs' arguments). Two approximations of φ's
+training signal — only of it — keep this cheap: the variance of the estimate with respect to
+the logits rather than to the parameters θ (the φ-dependent part of ĝ_θ is (∂ℓ/∂θ)ᵀ ĝ_ℓ, so
+a control variate that removes ĝ_ℓ's noise removes all of ĝ_θ's that a control variate can
+reach), and, with coordinate-wise control variates, the sum over an element's D decisions
+estimated from :data:`VARIANCE_DECISIONS` decision(s) chosen uniformly at random, weighted
+D / m (unbiased for the sum). The same objective and estimator of it as on the Pyro backend.
 
 Coordinate-wise control variates (``coordinatewise=True``, the default), as the Pyro
 backend's: a site element with D > 1 decisions (event dims of a Bernoulli, several one-hot
@@ -47,7 +54,7 @@ Example::
     result = svi.run(jax.random.PRNGKey(0), 1000, data)
 
 Sites handled: Bernoulli, Categorical and the pyroapi alias's OneHotCategorical (also wrapped
-in ``Independent`` / ``expand`` / ``mask``; a Categorical with event dims raises). Guide sites
+in ``Independent`` (``to_event``) / ``expand`` / ``mask``, as on Pyro). Guide sites
 of other non-reparameterized types raise ``ValueError`` naming the site (use
 :class:`~numpyro_backend.infer.ScoreFunction_ELBO` for those). How f is relaxed per site type
 (the replayed relaxation for Bernoulli / OneHotCategorical, the weaker own-terms control
@@ -90,6 +97,10 @@ from numpyro_backend.infer.sites import (
 )
 
 __all__ = ["REBAR_ELBO", "RELAX_ELBO", "mlp_control_variate"]
+
+#: Decisions per site element whose ĝ trains φ in a step (coordinate-wise control variates),
+#: as on Pyro: see :meth:`REBAR_ELBO._variance_masks`.
+VARIANCE_DECISIONS = 1
 
 
 def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
@@ -135,8 +146,7 @@ class REBAR_ELBO(ParticleELBO):
     :raises ValueError: at ``SVI.init`` (``init_state``), naming the site, for a
         non-reparameterized guide site that is not a Bernoulli, Categorical or
         OneHotCategorical (a Poisson, a continuous site without ``rsample``: use
-        :class:`~numpyro_backend.infer.ScoreFunction_ELBO`), for a Categorical with event
-        dims (``to_event``: declare those dims with plates), and for bad per-site options.
+        :class:`~numpyro_backend.infer.ScoreFunction_ELBO`), and for bad per-site options.
     """
 
     _estimator = "REBAR_ELBO"
@@ -250,23 +260,20 @@ class REBAR_ELBO(ParticleELBO):
         masks = jnp.eye(size, dtype=bool)
         return masks.reshape((size,) + shape + (1,) * family.category_dims)
 
-    def _site_terms(self, particle, name, cv, temperatures, mask):
-        """log q of the decisions in ``mask`` (all if None), the score weight f − c(z̃) (no
-        θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃), for one control variate."""
-        record = particle.records[name]
-        family, z, z_tilde, logits = record.family, record.z, record.z_tilde, record.logits
+    def _control_terms(self, particle, name, cv, temperatures, mask, logits, z, z_tilde):
+        """The score weight f − c(z̃) (no θ-gradient, φ-gradient kept) and Σ c(z) − c(z̃) of
+        one control variate, at relaxed logits z, z̃ of the site's ``logits``."""
+        family = particle.records[name].family
         eta, temperature, net = cv["eta"], cv["temperature"], cv["net"]
         fn, hard = particle.guide_trace[name]["fn"], particle.guide_trace[name]["value"]
-        cost = particle.downstream_cost(name)
         cost_fn = particle.relaxed_cost_fn(name, temperatures)
         if mask is None:
-            log_prob = particle.log_prob(name)
             place = cost_fn
         else:  # decision j relaxed, the others at their sampled values
-            log_prob = decision_log_prob(fn, hard, mask)
+            held = family.as_relaxed(hard, logits)
 
             def place(s):
-                return cost_fn(jnp.where(mask, s, hard))
+                return cost_fn(jnp.where(mask, s, held))
 
         c_z = place(family.soft(z, temperature))
         # c(z̃) twice: once differentiable in θ (through z̃), once for the score weight,
@@ -285,38 +292,107 @@ class REBAR_ELBO(ParticleELBO):
         control = eta * (c_z - c_tilde) + r_z - r_tilde
         if has_mask(fn):  # masked decisions: no score term (log q = 0), so no control terms
             control = jnp.where(unmasked(fn, hard, mask), control, 0.0)
+        residual = particle.downstream_cost(name) - eta * weight_tilde - r_tilde_phi
+        return residual, jnp.sum(control)
+
+    def _site_terms(self, particle, name, cv, temperatures, mask):
+        """log q of the decisions in ``mask`` (all if None), the score weight f − c(z̃) and
+        Σ c(z) − c(z̃), for one control variate: ĝ for θ is the gradient of their surrogate."""
+        record, site = particle.records[name], particle.guide_trace[name]
+        if mask is None:
+            log_prob = particle.log_prob(name)
+        else:
+            log_prob = decision_log_prob(site["fn"], site["value"], mask)
+        residual, control = self._control_terms(
+            particle, name, cv, temperatures, mask, record.logits, record.z, record.z_tilde
+        )
+        return {"log_prob": log_prob, "residual": residual, "control": control}
+
+    def _logits_terms(self, particle, name, cv, temperatures, mask):
+        """The pieces of ĝ_ℓ, the estimate's gradient at a detached copy ℓ' of the site's
+        logits, with φ live: ∇_ℓ' log q (decisions in ``mask``), the score weight f − c(z̃)
+        and ∇_ℓ' Σ c(z) − c(z̃), z and z̃ recomputed at ℓ' from the recorded noise."""
+        record, site = particle.records[name], particle.guide_trace[name]
+        family, hard = record.family, site["value"]
+
+        def control(logits):
+            z = family.relaxed_logits(logits, record.u)
+            relaxed_hard = family.as_relaxed(hard, logits)
+            z_tilde = family.conditional_relaxed_logits(logits, relaxed_hard, record.v)
+            residual, control = self._control_terms(
+                particle, name, cv, temperatures, mask, logits, z, z_tilde
+            )
+            return control, residual
+
+        def log_prob(logits):
+            return jnp.sum(decision_log_prob(site["fn"], hard, mask, logits))
+
+        leaf = lax.stop_gradient(record.logits)
+        (_, residual), grad_control = jax.value_and_grad(control, has_aux=True)(leaf)
         return {
-            "log_prob": log_prob,
-            "residual": cost - eta * weight_tilde - r_tilde_phi,
-            "control": jnp.sum(control),
+            "grad_log_prob": jax.grad(log_prob)(leaf),
+            "residual": residual,
+            "grad_control": grad_control,
         }
+
+    def _variance_masks(self, rng_key, sites: dict) -> dict:
+        """site -> (masks (m, …) of the decisions whose ĝ_ℓ trains φ this step, weight D / m):
+        :data:`VARIANCE_DECISIONS` of an element's D decisions chosen uniformly at random (the
+        same for every element and particle, as the leave-one-out baseline needs), or
+        (None, 1.0): all, for one joint control variate."""
+        out = {}
+        for index, (name, site) in enumerate(sites.items()):
+            masks = self._coordinate_masks(site)
+            if masks is None or masks.shape[0] <= VARIANCE_DECISIONS:
+                out[name] = (masks, 1.0)
+                continue
+            size = masks.shape[0]
+            chosen = random.permutation(random.fold_in(rng_key, index), size)
+            out[name] = (masks[chosen[:VARIANCE_DECISIONS]], size / VARIANCE_DECISIONS)
+        return out
 
     # -- loss ------------------------------------------------------------------------------
 
-    def _particle(self, rng_key, theta, phi, model, guide, args, kwargs, settings) -> dict:
+    def _particle(self, rng_key, theta, phi, model, guide, args, kwargs, settings, variance):
         """One particle: its ELBO (pathwise gradient) and, per discrete site (per decision
-        when coordinate-wise), log q(b), the score weight f − c(z̃) and Σ c(z) − c(z̃)."""
+        when coordinate-wise), log q(b), the score weight f − c(z̃) and Σ c(z) − c(z̃) with φ
+        held constant; with ``variance`` (site -> (masks, weight), None when nothing is
+        learned) also the pieces of ĝ_ℓ with φ live (:meth:`_logits_terms`)."""
         particle = Particle(rng_key, theta, model, guide, args, kwargs, draw_with_noise=True)
         check_relaxable(particle.guide_trace, self._estimator)
-        cv = {
-            name: self._control_variate_params(phi, name, settings[name])
-            for name in particle.records
-        }
-        temperatures = {name: p["temperature"] for name, p in cv.items()}
+
+        def controls(phi):
+            cv = {n: self._control_variate_params(phi, n, settings[n]) for n in particle.records}
+            return cv, {n: p["temperature"] for n, p in cv.items()}
+
+        cv, temperatures = controls(lax.stop_gradient(phi))
         sites = {}
         for name in particle.nonreparam:
             masks = self._coordinate_masks(particle.guide_trace[name])
-            if masks is None:
-                sites[name] = self._site_terms(particle, name, cv[name], temperatures, None)
-            else:
+            sites[name] = self._over_masks(
+                self._site_terms, particle, name, cv[name], temperatures, masks
+            )
+            sites[name]["control"] = jnp.sum(sites[name]["control"])
+        out = {"elbo": particle.elbo(), "sites": sites}
+        if variance is not None:
+            cv, temperatures = controls(phi)
+            out["logits"] = {}
+            for name in particle.nonreparam:
+                terms = self._over_masks(
+                    self._logits_terms, particle, name, cv[name], temperatures, variance[name][0]
+                )
+                if variance[name][0] is None:  # one joint control variate: one decision entry
+                    terms = jax.tree.map(lambda x: x[None], terms)
+                out["logits"][name] = terms
+        return out
 
-                def terms_of(mask, name=name):
-                    return self._site_terms(particle, name, cv[name], temperatures, mask)
-
-                terms = jax.vmap(terms_of)(masks)
-                terms["control"] = jnp.sum(terms["control"])
-                sites[name] = terms
-        return {"elbo": particle.elbo(), "sites": sites}
+    @staticmethod
+    def _over_masks(terms_fn, particle, name, cv, temperatures, masks) -> dict:
+        """``terms_fn`` for one joint control variate (``masks`` None), else vmapped over the
+        masks (a leading decision axis)."""
+        if masks is None:
+            return terms_fn(particle, name, cv, temperatures, None)
+        return jax.vmap(lambda mask: terms_fn(particle, name, cv, temperatures, mask))(masks)
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         theta, phi = split_param_map(param_map)
@@ -326,69 +402,86 @@ class REBAR_ELBO(ParticleELBO):
         learned_names = [n for name in sites for n in self._all_learned_names(name)]
         self._require(phi, learned_names)
         phi = {k: v for k, v in phi.items() if k in learned_names}
+        baselines = {name: setting["baseline"] for name, setting in settings.items()}
+        particle_key, choice_key = random.split(rng_key)
+        variance = self._variance_masks(choice_key, sites) if phi else None
 
-        def surrogate_fn(theta, phi):
+        def objective(phi):
             out = self.map_particles(
-                lambda key: self._particle(key, theta, phi, model, guide, args, kwargs, settings),
-                rng_key,
+                lambda key: self._particle(
+                    key, theta, phi, model, guide, args, kwargs, settings, variance
+                ),
+                particle_key,
             )
-            baselines = {name: setting["baseline"] for name, setting in settings.items()}
-            return particle_surrogate(out, baselines), lax.stop_gradient(jnp.mean(out["elbo"]))
+            surrogate = particle_surrogate(out, baselines)
+            elbo = lax.stop_gradient(jnp.mean(out["elbo"]))
+            if variance is None:
+                return jnp.zeros_like(surrogate), (surrogate, elbo)
+            weights = {name: weight for name, (_, weight) in variance.items()}
+            return logits_gradient_variance(out, baselines, weights), (surrogate, elbo)
 
-        return {"loss": variance_trained_loss(surrogate_fn, theta, phi), "mutable_state": None}
+        return {"loss": variance_trained_loss(objective, phi), "mutable_state": None}
 
 
 def particle_surrogate(out: dict, baselines: dict) -> jnp.ndarray:
-    """S with ∇_θ S = ĝ, the particle average of ([2], eq. 8), from the stacked outputs of
+    """S with ∇_θ S = ĝ, the particle average of ([2] eq. (8)), from the stacked outputs of
     :meth:`REBAR_ELBO._particle`; ``baselines``: site -> ``"loo"`` or ``"none"``."""
     num = jnp.shape(out["elbo"])[0]
     surrogate = jnp.mean(out["elbo"])
     for name, site in out["sites"].items():
-        residual = site["residual"]
-        if num > 1 and baselines[name] == "loo":
-            # β: the other particles' mean f − c(z̃); independent of this particle's draw
-            # (unbiased) and a function of φ (∇_φ Σ ĝ² sees it follow φ)
-            residual = residual - leave_one_out_mean(residual)
+        residual = _with_baseline(site["residual"], baselines[name])
         score_term = jnp.sum(site["log_prob"] * residual)
         surrogate = surrogate + (score_term + jnp.sum(site["control"])) / num
     return surrogate
 
 
-def variance_trained_loss(surrogate_fn: Callable, theta: dict, phi: dict) -> jnp.ndarray:
-    """−ELBO whose gradient is −ĝ = −∇_θ S for θ (and for whatever the programs take as
-    arguments or close over) and ∇_φ Σ_j ĝ_j(φ)² for the control-variate parameters φ
-    ([2] section 3.1); ``surrogate_fn(theta, phi) -> (S, ELBO estimate)``.
+def _with_baseline(residual, baseline: str) -> jnp.ndarray:
+    """f − c(z̃) − β over the particles (axis 0): β the other particles' mean f − c(z̃) with
+    ``"loo"`` and K ≥ 2 — independent of this particle's draw (unbiased) and a function of φ
+    (∇_φ Σ ĝ² sees it follow φ) — else 0."""
+    if residual.shape[0] > 1 and baseline == "loo":
+        return residual - leave_one_out_mean(residual)
+    return residual
 
-    ĝ(φ) and its φ-gradient are computed here, at θ and φ held fixed, and injected linearly;
-    S itself stays differentiable only in what the programs take as arguments or close over,
-    so no second backward pass runs for θ (SVI differentiates in θ and φ only).
+
+def logits_gradient_variance(out: dict, baselines: dict, weights: dict) -> jnp.ndarray:
+    """φ's objective: (1/K) Σ over sites, particles and logits of weight · ĝ_ℓ², with
+    ĝ_ℓ = ∇_ℓ log q · (f − c(z̃) − β) + ∇_ℓ [c(z) − c(z̃)] each particle's estimate with
+    respect to its site's logits (as on Pyro), from :meth:`REBAR_ELBO._logits_terms`.
+
+    The pieces carry a decision axis after the particle axis (the m chosen decisions, or one
+    entry for a joint control variate), summed before squaring; ``weights``: site -> D / m
+    for m of D decisions (1 for all).
+    """
+    num = jnp.shape(out["elbo"])[0]
+    total = 0.0
+    for name, site in out["logits"].items():
+        residual = _with_baseline(site["residual"], baselines[name])
+        grad_log_prob = site["grad_log_prob"]
+        residual = residual.reshape(residual.shape + (1,) * (grad_log_prob.ndim - residual.ndim))
+        g_logits = jnp.sum(grad_log_prob * residual + site["grad_control"], 1)
+        total = total + weights[name] * jnp.sum(g_logits**2)
+    return total / num
+
+
+def variance_trained_loss(objective: Callable, phi: dict) -> jnp.ndarray:
+    """−ELBO whose gradient is −ĝ = −∇_θ S for θ (and for whatever the programs take as
+    arguments or close over) and ∇_φ V for the control-variate parameters φ, from
+    ``objective(phi) -> (V, (S, ELBO estimate))``: V is φ's objective
+    (:func:`logits_gradient_variance`), S the surrogate (built with φ held constant).
+
+    ∇_φ V is computed here and injected linearly, ⟨φ, sg(∇_φ V)⟩, so that it trains φ only
+    (V may depend on θ and on the programs' arguments through the replays).
     """
     if not phi:
-        surrogate, elbo = surrogate_fn(theta, phi)
+        _, (surrogate, elbo) = objective(phi)
         return -elbo - (surrogate - lax.stop_gradient(surrogate))
-
-    def second_moment(phi):
-        (surrogate, elbo), grad = jax.value_and_grad(surrogate_fn, has_aux=True)(
-            lax.stop_gradient(theta), phi
-        )
-        squares = (jnp.sum(g**2) for g in jax.tree.leaves(grad))
-        return sum(squares, jnp.zeros_like(surrogate)), (surrogate, elbo, grad)
-
-    (_, (surrogate, elbo, theta_grad)), phi_grad = jax.value_and_grad(second_moment, has_aux=True)(
+    (_, (surrogate, elbo)), phi_grad = jax.value_and_grad(objective, has_aux=True)(
         lax.stop_gradient(phi)
     )
-
-    def linear(params, grads):
-        leaves = zip(jax.tree.leaves(params), jax.tree.leaves(grads), strict=True)
-        total = sum(jnp.sum(p * lax.stop_gradient(g)) for p, g in leaves)
-        return total - lax.stop_gradient(total)
-
-    return (
-        -elbo
-        - (surrogate - lax.stop_gradient(surrogate))
-        - linear(theta, theta_grad)
-        + linear(phi, phi_grad)
-    )
+    leaves = zip(jax.tree.leaves(phi), jax.tree.leaves(phi_grad), strict=True)
+    linear = sum(jnp.sum(p * lax.stop_gradient(g)) for p, g in leaves)
+    return -elbo - (surrogate - lax.stop_gradient(surrogate)) + linear - lax.stop_gradient(linear)
 
 
 class RELAX_ELBO(REBAR_ELBO):

@@ -27,18 +27,18 @@ import jax.numpy as jnp
 from jax import lax, random
 
 from numpyro_backend.infer.particles import (
-    BASELINES,
     Particle,
     ParticleELBO,
-    guide_sites,
     leave_one_out_mean,
-    relaxation_kind,
     safe_ratio,
-    score_wrt_logits,
-    site_logits,
-    site_options,
     split_param_map,
     state_name,
+)
+from numpyro_backend.infer.sites import (
+    BASELINES,
+    family_of,
+    guide_sites,
+    site_options,
 )
 
 __all__ = ["BASELINES", "ScoreFunction_ELBO"]
@@ -148,7 +148,7 @@ class ScoreFunction_ELBO(ParticleELBO):
     # -- per-site plan (static: resolved at trace time) ---------------------------------------
 
     def _plan(self, rng_key, params, guide, args, kwargs) -> dict:
-        """site -> (baseline, decay, kind) after per-site options and fallbacks."""
+        """site -> (baseline, decay, family) after per-site options and fallbacks."""
         plan = {}
         for name, site in guide_sites(rng_key, params, guide, args, kwargs).items():
             options = site_options(site)
@@ -156,12 +156,12 @@ class ScoreFunction_ELBO(ParticleELBO):
             _check_baseline(baseline, f"site '{name}': infer['reparam_ext']['baseline']")
             decay = options.get("baseline_decay", self.baseline_decay)
             _check_decay(decay, f"site '{name}': infer['reparam_ext']['baseline_decay']")
-            kind = relaxation_kind(site["fn"])
-            if baseline == "optimal" and kind is None:
+            family, _ = family_of(site["fn"])
+            if baseline == "optimal" and family is None:
                 baseline = "loo" if self.num_particles > 1 else "decaying_avg"
             if baseline == "loo" and self.num_particles < 2:
                 raise ValueError(f"site '{name}': baseline 'loo' needs num_particles >= 2")
-            plan[name] = (baseline, float(decay), kind)
+            plan[name] = (baseline, float(decay), family)
         return plan
 
     def _state_names(self, name: str, baseline: str) -> list[str]:
@@ -180,11 +180,12 @@ class ScoreFunction_ELBO(ParticleELBO):
         for name in particle.nonreparam:
             cost = particle.downstream_cost(name)
             site = {"cost": cost, "log_prob": particle.log_prob(name)}
-            baseline, _, kind = plan[name]
+            baseline, _, family = plan[name]
             if baseline == "optimal":
                 guide_site = particle.guide_trace[name]
-                logits = site_logits(guide_site["fn"], kind)
-                score = score_wrt_logits(kind, lax.stop_gradient(logits), guide_site["value"])
+                _, base = family_of(guide_site["fn"])
+                logits = family.logits(guide_site["fn"], base)
+                score = family.score(lax.stop_gradient(logits), guide_site["value"])
                 extra = logits.ndim - cost.ndim
                 site.update(logits=logits, score=score)
                 site["cost"] = cost.reshape(cost.shape + (1,) * extra)

@@ -122,24 +122,18 @@ def score_function_sites(guide_trace: dict) -> list[str]:
 def check_relaxable(guide_trace: dict, estimator: str) -> None:
     """``ValueError`` naming the first score-function guide site REBAR/RELAX cannot relax.
 
-    They handle Bernoulli, Categorical and OneHotCategorical sites (also wrapped); any other
-    non-reparameterized site (``Poisson``) needs the score-function estimator, and an integer
-    Categorical with event dims is refused (its own-terms table is per element; Pyro accepts it).
+    They handle Bernoulli, Categorical and OneHotCategorical sites (also wrapped by
+    ``to_event``, ``expand``, ``mask``); any other non-reparameterized site (``Poisson``, a
+    continuous site without ``rsample``) needs the score-function estimator.
     """
     for name in score_function_sites(guide_trace):
         fn = guide_trace[name]["fn"]
-        family, _ = family_of(fn)
-        if family is None:
+        if family_of(fn)[0] is None:
             raise ValueError(
                 f"{estimator} cannot relax guide site '{name}' ({type(fn).__name__}): it handles "
-                "Bernoulli and Categorical sites (also wrapped in Independent, expand, mask). "
-                "Use ScoreFunction_ELBO for this model, or make the site reparameterized."
-            )
-        if not family.replayable and fn.event_shape != ():
-            raise ValueError(
-                f"{estimator} cannot relax guide site '{name}': a Categorical with event dims "
-                f"{fn.event_shape} (to_event) is not relaxed per element; declare "
-                "those dims with plates instead."
+                "Bernoulli, Categorical and OneHotCategorical sites (also wrapped by to_event, "
+                "expand, mask). Use ScoreFunction_ELBO for this model, or make the site "
+                "reparameterized."
             )
 
 

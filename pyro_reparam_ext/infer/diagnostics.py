@@ -1,4 +1,8 @@
-"""Diagnostics for ELBO gradient estimators."""
+"""Diagnostics for ELBO gradient estimators.
+
+The same function names as the NumPyro backend's ``diagnostics.py``: :func:`_gradient_samples`
+draws the gradient estimates, :func:`_summary` summarizes them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 
-from pyro_reparam_ext.infer.particles import PARAM_PREFIX, param_leaves
+from pyro_reparam_ext.infer.particles import param_leaves
+from pyro_reparam_ext.infer.sites import PREFIX
 
 __all__ = ["gradient_variance"]
 
@@ -19,7 +24,7 @@ def _one_gradient(elbo, model, guide, args, kwargs, param_names) -> dict:
         else:  # e.g. Pyro's TraceGraph_ELBO, which only has loss_and_grads
             loss = None
             elbo.loss_and_grads(model, guide, *args, **kwargs)
-    leaves = param_leaves(param_capture.trace, exclude_prefix=PARAM_PREFIX)
+    leaves = param_leaves(param_capture.trace, exclude_prefix=PREFIX)
     if param_names is not None:
         missing = set(param_names) - set(leaves)
         if missing:
@@ -71,28 +76,43 @@ def gradient_variance(
         it over every coordinate of the selected parameters (the trace of the covariance of
         the estimate) and ``total_variance_se`` is its standard error.
     """
+    _check_num_samples(num_samples)
+    samples = _gradient_samples(elbo, model, guide, args, kwargs, num_samples, param_names)
+    return _summary(samples, num_samples)
+
+
+def _check_num_samples(num_samples: int) -> None:
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+
+
+def _gradient_samples(elbo, model, guide, args, kwargs, num_samples, param_names) -> dict:
+    """name -> (num_samples, *shape) gradient estimates of −ELBO, one call each."""
     samples: dict[str, list[np.ndarray]] = {}
     for _ in range(num_samples):
         for name, grad in _one_gradient(elbo, model, guide, args, kwargs, param_names).items():
             samples.setdefault(name, []).append(grad.detach().cpu().numpy())
-    params = {}
+    return {name: np.stack(values) for name, values in samples.items()}
+
+
+def _summary(samples: dict, num_samples: int) -> dict:
+    """gradient_variance's result from name -> (num_samples, *shape) gradient samples."""
+    stats = {}
     squared_deviations = 0.0
     for name, values in samples.items():
-        stacked = np.stack(values)
-        mean = stacked.mean(axis=0)
-        params[name] = {"mean": mean, "variance": stacked.var(axis=0, ddof=1)}
-        deviation = (stacked - mean).reshape(num_samples, -1)
+        values = np.asarray(values, dtype=np.float64)
+        mean = values.mean(axis=0)
+        stats[name] = {"mean": mean, "variance": values.var(axis=0, ddof=1)}
+        deviation = (values - mean).reshape(num_samples, -1)
         squared_deviations = squared_deviations + (deviation**2).sum(axis=1)
-    # total variance = mean of the per-sample squared distances to the mean (× n/(n−1));
-    # its standard error follows from their spread
+    # total variance = mean squared distance of the samples to their mean (× n/(n−1)); its
+    # standard error follows from the spread of those distances
     correction = num_samples / (num_samples - 1)
-    total = float(np.mean(squared_deviations) * correction)
-    total_se = float(np.std(squared_deviations, ddof=1) / np.sqrt(num_samples) * correction)
     return {
-        "params": params,
-        "total_variance": total,
-        "total_variance_se": total_se,
+        "params": stats,
+        "total_variance": float(np.mean(squared_deviations) * correction),
+        "total_variance_se": float(
+            np.std(squared_deviations, ddof=1) / np.sqrt(num_samples) * correction
+        ),
         "num_samples": num_samples,
     }

@@ -38,16 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from pyro_reparam_ext.infer.distributed import EstimatorELBOModule, average_running_state
-from pyro_reparam_ext.infer.sites import (
-    PREFIX,
-    SITE_OPTIONS,  # noqa: F401  (re-export)
-    family_of,
-    score_function_sites,  # noqa: F401  (re-export)
-    site_options,  # noqa: F401  (re-export)
-)
-
-#: Former name of :data:`~pyro_reparam_ext.infer.sites.PREFIX` (kept importable).
-PARAM_PREFIX = PREFIX
+from pyro_reparam_ext.infer.sites import PREFIX, family_of
 
 
 class DiscreteLatentELBO(ELBO):
@@ -333,22 +324,6 @@ def relaxed_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
     """
     family, base = family_of(fn)
     return sum_decisions(fn, family, family.log_prob(family.logits(fn, base), value))
-
-
-# ---- former names (kept importable while other modules move to family objects) ----------
-
-#: Former name of :func:`~pyro_reparam_ext.infer.sites.family_of`; returns the family object.
-unwrap_discrete = family_of
-
-
-def full_logits(fn, family, base) -> torch.Tensor:
-    """Former spelling of ``family.logits(fn, base)``."""
-    return family.logits(fn, base)
-
-
-def score_wrt_logits(family, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Former spelling of ``family.score(logits, value)``."""
-    return family.score(logits, value)
 
 
 def site_log_prob(site: dict, relaxed: bool) -> torch.Tensor:

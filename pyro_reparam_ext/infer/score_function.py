@@ -15,20 +15,19 @@ from __future__ import annotations
 import torch
 
 from pyro_reparam_ext.infer.particles import (
-    PARAM_PREFIX,
     DiscreteLatentELBO,
     downstream_costs,
-    full_logits,
     pathwise_elbo_and_surrogate,
     running_state,
-    score_function_sites,
-    score_wrt_logits,
-    site_options,
-    unwrap_discrete,
     update_running_state,
 )
-
-BASELINES = ("optimal", "loo", "decaying_avg", "none")
+from pyro_reparam_ext.infer.sites import (
+    BASELINES,
+    PREFIX,
+    family_of,
+    score_function_sites,
+    site_options,
+)
 
 
 def _check_baseline(baseline, where: str = "baseline") -> None:
@@ -164,9 +163,9 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         many = self.particle_dim is not None
 
         if baseline == "optimal":
-            kind, base = unwrap_discrete(site["fn"])
-            if kind is not None:
-                return self._optimal_term(site, kind, base, cost, decay)
+            family, base = family_of(site["fn"])
+            if family is not None:
+                return self._optimal_term(site, family, base, cost, decay)
             baseline = "loo" if many else "decaying_avg"  # documented fallback
         if baseline == "loo":
             if not many:
@@ -177,7 +176,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         elif baseline == "decaying_avg":
             mean_cost = cost.mean(self.particle_dim) if many else cost
             state = running_state(
-                f"{PARAM_PREFIX}{site['name']}.baseline_avg", torch.zeros_like(mean_cost)
+                f"{PREFIX}{site['name']}.baseline_avg", torch.zeros_like(mean_cost)
             )
             previous = state.detach().clone()
             update_running_state(state, mean_cost, decay)
@@ -186,9 +185,9 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
             cost = cost - previous
         return (score * cost.detach()).sum()
 
-    def _optimal_term(self, site, kind, base, cost, decay) -> torch.Tensor:
-        logits = full_logits(site["fn"], kind, base)
-        s = score_wrt_logits(kind, logits.detach(), site["value"])
+    def _optimal_term(self, site, family, base, cost, decay) -> torch.Tensor:
+        logits = family.logits(site["fn"], base)
+        s = family.score(logits.detach(), site["value"])
         # bring the per-decision cost to the logits' shape (event dims, categories)
         extra = logits.dim() - cost.dim()
         cost = cost.reshape(cost.shape + (1,) * extra)
@@ -196,7 +195,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         dim = None if self.particle_dim is None else self.particle_dim - extra
         coordinates = s2.shape if dim is None else s2.mean(dim).shape
         state = [
-            running_state(f"{PARAM_PREFIX}{site['name']}.{name}", s2.new_zeros(shape))
+            running_state(f"{PREFIX}{site['name']}.{name}", s2.new_zeros(shape))
             for name, shape in optimal_state_shapes(coordinates, dim is not None).items()
         ]
         baseline = optimal_baseline(cost, s2, state, dim)  # from earlier steps' state only

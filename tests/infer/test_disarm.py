@@ -41,9 +41,8 @@ import numpyro_backend.infer as numpyro_infer
 import pyro_reparam_ext.infer as pyro_infer
 from numpyro_backend.backend.pyro import clear_param_store
 from numpyro_backend.infer import SVI as NumPyroSVI
-from numpyro_backend.infer.disarm import binary_logits as numpyro_binary_logits
-from numpyro_backend.infer.disarm import category_order as numpyro_category_order
 from numpyro_backend.infer.disarm import copula_debias as numpyro_copula_debias
+from numpyro_backend.infer.relaxation import CategoricalRelaxation as NumPyroCategorical
 from pyro_reparam_ext.infer.disarm import copula_debias, coupled_score_weights
 from pyro_reparam_ext.infer.relaxation import CategoricalRelaxation
 from tests.infer.make_reference import _grads, enum_reference
@@ -313,8 +312,8 @@ def test_stick_breaking_reproduces_the_categorical_probabilities():
     expected = torch.gather(torch.softmax(logits, -1), -1, order)
     torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
     jax_logits = jnp.asarray(logits.numpy())
-    jax_alpha = numpyro_binary_logits(
-        "categorical", jax_logits, numpyro_category_order("categorical", jax_logits)
+    jax_alpha = NumPyroCategorical.binary_logits(
+        jax_logits, NumPyroCategorical.category_order(jax_logits)
     )
     np.testing.assert_allclose(np.asarray(jax_alpha), alpha.numpy(), rtol=1e-12)
     # increasing probability: the rare categories come first

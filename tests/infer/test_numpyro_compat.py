@@ -80,23 +80,11 @@ def _poisson_guide():
     numpyro.sample("n", dist.Poisson(rate))
 
 
-def _categorical_event_guide():
-    logits = numpyro.param("logits", jnp.zeros((2, 3)))
-    numpyro.sample("n", dist.Categorical(logits=logits).to_event(1))
-
-
-def _categorical_event_model():
-    numpyro.sample("n", dist.Categorical(logits=jnp.zeros((2, 3))).to_event(1))
-
-
 @pytest.mark.parametrize("estimator", [REBAR_ELBO, RELAX_ELBO])
 @pytest.mark.parametrize(
     "model, guide, match",
-    [
-        (_poisson_model, _poisson_guide, "site 'n'.*Poisson"),
-        (_categorical_event_model, _categorical_event_guide, "site 'n'.*event dims"),
-    ],
-    ids=["poisson", "categorical-to_event"],
+    [(_poisson_model, _poisson_guide, "site 'n'.*Poisson")],
+    ids=["poisson"],
 )
 def test_unsupported_site_raises_at_svi_init(estimator, model, guide, match):
     # issue 12, item 6: at init, not at the first update
@@ -151,6 +139,22 @@ def test_alias_and_estimators_share_one_one_hot_categorical_and_bernoulli_fix():
     value = jnp.array([0.0, 1.0])
     grads = jax.jacobian(lambda x: discrete.BernoulliLogits(x).log_prob(value))(jnp.zeros(2))
     np.testing.assert_allclose(np.diag(np.asarray(grads)), [-0.5, 0.5])
+
+
+def test_one_hot_categorical_accepts_large_float32_logits_under_validation():
+    # a peaked encoder late in training (benchmarks/protocol.py, categorical VAE): probs derived
+    # from |logits| ~ 1e3 in float32 miss the simplex's 1e-6 sum test by rounding alone
+    from numpyro_backend.distributions import discrete
+
+    logits = jnp.array([[1000.0, -3.0, 2.5], [0.0, 700.0, -900.0]], dtype=jnp.float32)
+    fn = discrete.OneHotCategorical(logits=logits, validate_args=True)
+    value = fn.sample(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(value), [[1, 0, 0], [0, 1, 0]])
+    assert np.all(np.isfinite(np.asarray(fn.log_prob(value))))
+    with pytest.raises(ValueError, match="logits"):
+        discrete.OneHotCategorical(logits=jnp.array([0.0, jnp.nan]), validate_args=True)
+    with pytest.raises(ValueError, match="probs"):
+        discrete.OneHotCategorical(probs=jnp.array([0.5, -0.5, 1.0]), validate_args=True)
 
 
 # ---- compatibility catalogue -------------------------------------------------------------
