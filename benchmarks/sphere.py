@@ -20,7 +20,8 @@ a busy machine slows them alike and the ratios stay comparable.
 s-vae-pytorch (Davidson et al.) is not published on the package index, so it is not run here.
 NumPyro steps are ``jax.jit``-compiled ``value_and_grad``.
 
-Run: ``python benchmarks/sphere.py`` (``--quick`` for a smoke test). Writes
+Run: ``python benchmarks/sphere.py`` (``--quick``: the same grid, 7 rounds, no ``(before)``
+columns, about 2 minutes; what ``make bench`` runs). Writes
 ``benchmarks/results/sphere.md`` and ``.json``.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -104,28 +106,43 @@ def torch_steps(dim, kappa_value, num_samples, before, dtype_name):
     return steps
 
 
+#: compiled JAX steps by (family, library, d, dtype, samples): κ is an argument of the compiled
+#: function, so one compilation serves every κ of a (d, dtype)
+_JAX_COMPILED: dict = {}
+
+
+def _jax_compiled(name, library, dim, dtype_name, num_samples):
+    key = (name, id(library), dim, dtype_name, num_samples)
+    if key not in _JAX_COMPILED:
+        dtype = getattr(jnp, dtype_name)
+        a = jnp.asarray(_unit(dim, 1), dtype=dtype)
+        if name == "Gaussian":
+
+            def loss(params, key):
+                loc, scale = params
+                return (ndist.Normal(loc, scale).rsample(key, (num_samples,)) @ a).sum()
+
+        else:
+            dist_class = getattr(library, name.split()[0])
+
+            def loss(params, key):
+                raw, conc = params
+                z = dist_class(raw / jnp.linalg.norm(raw), conc).sample(key, (num_samples,))
+                return (z @ a).sum()
+
+        _JAX_COMPILED[key] = jax.jit(jax.value_and_grad(loss))
+    return _JAX_COMPILED[key]
+
+
 def jax_steps(dim, kappa_value, num_samples, before, dtype_name):
     dtype = getattr(jnp, dtype_name)
-    a = jnp.asarray(_unit(dim, 1), dtype=dtype)
     raw_loc = jnp.asarray(_unit(dim, 0), dtype=dtype)
     kappa = jnp.asarray(kappa_value, dtype=dtype)
     key = jax.random.PRNGKey(0)
     assert raw_loc.dtype == dtype, "float64 needs jax_enable_x64 (set in main)"
 
-    def gaussian_loss(params, key):
-        loc, scale = params
-        return (ndist.Normal(loc, scale).rsample(key, (num_samples,)) @ a).sum()
-
-    def sphere_loss(dist_class):
-        def loss(params, key):
-            raw, conc = params
-            z = dist_class(raw / jnp.linalg.norm(raw), conc).sample(key, (num_samples,))
-            return (z @ a).sum()
-
-        return loss
-
-    def step(loss, params):
-        compiled = jax.jit(jax.value_and_grad(loss))
+    def step(name, library, params):
+        compiled = _jax_compiled(name, library, dim, dtype_name, num_samples)
 
         def run():
             jax.block_until_ready(compiled(params, key))
@@ -136,10 +153,10 @@ def jax_steps(dim, kappa_value, num_samples, before, dtype_name):
     if before is not None:
         families.update({"VonMisesFisher (before)": before.numpyro})
         families.update({"PowerSpherical (before)": before.numpyro})
-    steps = {"Gaussian": step(gaussian_loss, (jnp.zeros(dim, dtype), jnp.ones(dim, dtype)))}
+    gaussian_params = (jnp.zeros(dim, dtype), jnp.ones(dim, dtype))
+    steps = {"Gaussian": step("Gaussian", None, gaussian_params)}
     for name, library in families.items():
-        dist_class = getattr(library, name.split()[0])
-        steps[name] = step(sphere_loss(dist_class), (raw_loc, kappa))
+        steps[name] = step(name, library, (raw_loc, kappa))
     return steps
 
 
@@ -248,7 +265,11 @@ def load_revision(revision: str, tree: str) -> SimpleNamespace:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: few repeats")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the whole grid with few rounds and without the '(before)' columns (make bench)",
+    )
     parser.add_argument("--num-samples", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=15, help="round-robin rounds per cell")
     parser.add_argument(
@@ -261,26 +282,34 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
-    repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
-    num_samples = 64 if args.quick else args.num_samples
-    dims = DIMS[:2] if args.quick else DIMS
-    kappas = CONCENTRATIONS[1:2] if args.quick else CONCENTRATIONS
-    dtypes = args.dtypes.split(",")[:1] if args.quick else args.dtypes.split(",")
+    # --quick: the same grid (every κ, d, dtype and backend of the targets), 7 rounds, no
+    # '(before)' columns (about 2 minutes on a quiet 2-core machine; the full run ~4× that)
+    repeats, warmup = (7, 1) if args.quick else (args.repeats, 2)
+    if args.quick:
+        args.before = ""
+    dtypes = args.dtypes.split(",")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tree:
         before = load_revision(args.before, tree) if args.before else None
-        rows = measure(dims, kappas, dtypes, num_samples, repeats, warmup, before)
+        rows = measure(DIMS, CONCENTRATIONS, dtypes, args.num_samples, repeats, warmup, before)
     table = pivot(rows)
     columns = ["backend", "dtype", "kappa", "d", "Gaussian CPU ms"]
     columns += [name for name in SHORT_NAMES.values() if any(name in r for r in table)]
+    before_note = (
+        f"'(before)': this library at git revision {args.before}, same process. "
+        if args.before
+        else ""
+    )
     notes = (
         f"Ratio of the median time of one step to the Gaussian's median in the same cell. One "
-        f"step = rsample of {num_samples} samples + backward of Σ aᵀz to all parameters (CPU, "
-        f"torch threads = {torch.get_num_threads()}); medians of {repeats} round-robin rounds "
-        "(one call of each step per round; process CPU time, not wall time: the shared "
-        "machine was loaded; "
+        f"step = rsample of {args.num_samples} samples + backward of Σ aᵀz to all parameters "
+        f"(CPU, torch threads = {torch.get_num_threads()}); medians of {repeats} round-robin "
+        "rounds (one call of each step per round; process CPU time, not wall time, so that "
+        "other jobs on a shared machine disturb the ratios less; load average "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
         "best-of-rounds ratios and ms per step of every family are in sphere_rows.json). "
-        f"'(before)': this library at git revision {args.before}, same process. "
-        "'PS package': PyPI power-spherical (De Cao & Aziz; torch only). vMF and PS: this "
+        + before_note
+        + "'PS package': PyPI power-spherical (De Cao & Aziz; torch only). vMF and PS: this "
         "library. Targets (issue 15): vMF ≤ 5× and PS ≤ 3× the Gaussian, PS no slower than "
         "the package."
     )

@@ -199,12 +199,12 @@ def wood_sample_t(key, concentration, dim: int, sample_shape=()) -> jnp.ndarray:
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
 # L at the start of the decaying part: P Gauss–Legendre panels of N nodes on a geometric grid
-# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus K nodes across the
-# mode when the tail contains it. (P, N, K) per dtype, measured against mpmath
-# (tests/test_sphere.py): float64 (7, 5, 5), 40 nodes, relative error ≤ 1e-7; float32
-# (5, 6, 4), 34 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
+# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus one more panel of N
+# nodes across the mode when the tail contains it. (P, N) per dtype, measured against mpmath
+# (tests/test_sphere.py): float64 (7, 5), 40 nodes, relative error ≤ 1e-7; float32 (5, 6),
+# 36 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
 # A scale-agnostic rule needed 168 nodes.
-_RULE_SIZES = {"float64": (7, 5, 5), "float32": (5, 6, 4)}
+_RULE_SIZES = {"float64": (7, 5), "float32": (5, 6)}
 _LOG_DROP = 45.0
 
 
@@ -215,8 +215,8 @@ def _unit_gauss_legendre(num_nodes: int) -> tuple[list[float], list[float]]:
     return ((x + 1) / 2).tolist(), (w / 2).tolist()
 
 
-def _rule_sizes(dtype) -> tuple[int, int, int]:
-    """(panels, nodes per panel, peak nodes) for ``dtype`` (float64's for other dtypes)."""
+def _rule_sizes(dtype) -> tuple[int, int]:
+    """(panels, nodes per panel) for ``dtype`` (float64's for other dtypes)."""
     return _RULE_SIZES.get(jnp.dtype(dtype).name, _RULE_SIZES["float64"])
 
 
@@ -284,7 +284,7 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     Gaussian decay alike (:func:`_tail_grid`). All steps are written as half-angle products
     (:func:`_log_density_step`), so nothing cancels near θ. Measured relative error of the rule
     against mpmath for d ∈ [2, 4096], κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the
-    mean of t: ≤ 1e-7 with float64's 40 nodes, ≤ 4e-7 with float32's 34 (float32 adds the
+    mean of t: ≤ 1e-7 with float64's 40 nodes, ≤ 4e-7 with float32's 36 (float32 adds the
     rounding of t itself). The result is ≤ 0.
 
     :param t: 1 − w, in [0, 2], any shape.
@@ -314,7 +314,7 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     span = jnp.where(upper, theta0, math.pi - theta0)
     slope = -sigma * (m * cos0 / sin0 - kappa * sin0)  # −σ L′(θ₀) ≥ 0
     curvature = kappa * cos0 + m / jnp.maximum(sin0 * sin0, tiny)  # −L″(θ₀)
-    panels, panel_nodes, peak_nodes = _rule_sizes(dtype)
+    panels, panel_nodes = _rule_sizes(dtype)
     u, weights = _tail_grid(
         jnp.maximum(slope, 0.0), jnp.maximum(curvature, 0.0), span, tiny, panels, panel_nodes
     )
@@ -328,7 +328,7 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
 
     tail = integral((theta0 - theta)[..., None] + sigma[..., None] * u, weights)
     peak_span = (theta - theta0)[..., None]
-    nodes, peak_weights = (jnp.asarray(x, dtype=dtype) for x in _unit_gauss_legendre(peak_nodes))
+    nodes, peak_weights = (jnp.asarray(x, dtype=dtype) for x in _unit_gauss_legendre(panel_nodes))
     peak = integral(-peak_span * nodes, peak_span * peak_weights)
     result = sin_t * sigma * (tail + peak)
     return jnp.where(sin_t > 0, result, 0.0)

@@ -246,12 +246,12 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
 # L at the start of the decaying part: P Gauss–Legendre panels of N nodes on a geometric grid
-# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus K nodes across the
-# mode when the tail contains it. (P, N, K) per dtype, measured against mpmath
-# (tests/test_sphere.py): float64 (7, 5, 5), 40 nodes, relative error ≤ 1e-7; float32
-# (5, 6, 4), 34 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
+# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus one more panel of N
+# nodes across the mode when the tail contains it. (P, N) per dtype, measured against mpmath
+# (tests/test_sphere.py): float64 (7, 5), 40 nodes, relative error ≤ 1e-7; float32 (5, 6),
+# 36 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
 # A scale-agnostic rule needed 168 nodes.
-_RULE_SIZES = {torch.float64: (7, 5, 5), torch.float32: (5, 6, 4)}
+_RULE_SIZES = {torch.float64: (7, 5), torch.float32: (5, 6)}
 _LOG_DROP = 45.0
 
 
@@ -273,57 +273,52 @@ _RULE_TENSORS: dict = {}
 
 
 def _rule_tensors(dtype: torch.dtype, device: torch.device):
-    """The constant parts of the rule as tensors, built once per dtype and device: panel
-    nodes / weights on [0, 1], the geometric exponents, and the peak rule (float64's rule
-    for dtypes other than float32)."""
+    """The constant parts of the rule as tensors, built once per dtype and device: the
+    Gauss–Legendre nodes on [0, 1] and their weights, and the geometric exponents of the panel
+    ends (float64's rule for dtypes other than float32)."""
     key = (dtype, device)
     if key not in _RULE_TENSORS:
-        panels, panel_nodes, peak_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
-
-        def tensor(values):
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        _RULE_TENSORS[key] = (
-            *map(tensor, _unit_gauss_legendre(panel_nodes)),
-            tensor([float(k) for k in range(panels - 1, -1, -1)]),
-            *map(tensor, _unit_gauss_legendre(peak_nodes)),
+        panels, panel_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
+        nodes, weights = _unit_gauss_legendre(panel_nodes)
+        powers = [float(k) for k in range(panels - 1, -1, -1)]
+        _RULE_TENSORS[key] = tuple(
+            torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights, powers)
         )
     return _RULE_TENSORS[key]
 
 
-def _tail_grid(a, b, span, tiny, rule):
-    """Nodes u and weights of the geometric panel rule on [0, min(span, u_cut)] for an
-    integrand ≈ exp(−a u − b u²/2): u_cut solves a u + b u²/2 = _LOG_DROP, the first panel
+def _panels(a, b, span, tiny, powers):
+    """Panel starts and widths (last axis) of the geometric rule on [0, min(span, u_cut)] for
+    an integrand ≈ exp(−a u − b u²/2): u_cut solves a u + b u²/2 = _LOG_DROP, the first panel
     ends at half the decay length ℓ = 1/(a + √b), the others grow geometrically to u_cut."""
-    nodes, weights, powers = rule[:3]
-    u_cut = 2 * _LOG_DROP / (a + torch.sqrt(a * a + 2 * _LOG_DROP * b))
-    u_cut = torch.minimum(u_cut, span).clamp(min=tiny)
+    u_cut = 2 * _LOG_DROP / (a + torch.sqrt(torch.add(a * a, b, alpha=2 * _LOG_DROP)))
+    u_cut = torch.minimum(u_cut, span).clamp_(min=tiny)
     first = torch.minimum(0.5 / (a + torch.sqrt(b)), u_cut)
     ratio = (first / u_cut) ** (1 / (powers.shape[0] - 1))
     edges = u_cut.unsqueeze(-1) * ratio.unsqueeze(-1) ** powers  # panel ends, increasing
-    lo = torch.cat([torch.zeros_like(edges[..., :1]), edges[..., :-1]], dim=-1).unsqueeze(-1)
-    width = edges.unsqueeze(-1) - lo
-    shape = u_cut.shape + (-1,)
-    return torch.addcmul(lo, width, nodes).reshape(shape), (width * weights).reshape(shape)
+    lo = torch.cat([torch.zeros_like(u_cut).unsqueeze(-1), edges[..., :-1]], dim=-1)
+    return lo, edges - lo
 
 
-def _weighted_integral(half_delta, weights, sin_t, cos_t, cot_t, kappa, offset, dim):
+def _weighted_integral(half_delta, weights, columns, dim):
     """Σ_j w_j (cos φ_j − A) exp(L(φ_j) − L(θ)) for φ_j = θ + 2·half_delta_j, from the
     half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
-    cos φ − cos θ = −2P with P = s² cos θ + s c sin θ, and
+    cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
     sin φ / sin θ = 1 + 2Q with Q = s c cot θ − s², so that
     L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
-    ``offset`` = (1 − A) − t = cos θ − A, so the score is offset − 2P (precise near 1)."""
+    ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and offset = cos θ − A = (1 − A) − t, each with
+    a trailing axis of 1; the score is offset − 2P (precise near 1)."""
+    two_sin, two_cos, two_cot, minus_kappa, offset = columns
     s, c = torch.sin(half_delta), torch.cos(half_delta)
     s2, sc = s * s, s * c
-    p = torch.addcmul(s2 * cos_t, sc, sin_t)
-    step = p * (-2 * kappa)
+    two_p = torch.addcmul(s2 * two_cos, sc, two_sin)
+    step = two_p * minus_kappa
     if dim > 2:
         # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
-        q = torch.addcmul(-s2, sc, cot_t)
-        step = torch.add(step, torch.log1p((2 * q).clamp_(min=-1.0)), alpha=dim - 2)
-    score = torch.add(offset, p, alpha=-2)
-    return (score * torch.exp(step.clamp_(max=60.0)) * weights).sum(-1)
+        two_q = torch.add(sc * two_cot, s2, alpha=-2).clamp_(min=-1.0)
+        step = torch.add(step, torch.log1p(two_q), alpha=dim - 2)
+    score = offset - two_p
+    return torch.linalg.vecdot(score * torch.exp(step.clamp_(max=60.0)), weights)
 
 
 def _angle(t: torch.Tensor):
@@ -349,11 +344,11 @@ def vmf_marginal_dt_dconcentration(
     tail contains it; then [θ_m, θ] gets its own short Gauss–Legendre rule). A quadratic
     model L(θ₀ + σu) − L(θ₀) ≈ −au − bu²/2 (a, b from L′, L″ at θ₀) gives the decay length
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
-    Gaussian decay alike (:func:`_tail_grid`). All steps are written as half-angle products
+    Gaussian decay alike (:func:`_panels`). All steps are written as half-angle products
     (:func:`_weighted_integral`), so nothing cancels near θ; tail and peak nodes are summed
     in one pass. Measured relative error of the rule against mpmath for d ∈ [2, 4096],
     κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 1e-7 with float64's
-    40 nodes, ≤ 4e-7 with float32's 34 (float32 adds the rounding of t itself). The result is
+    40 nodes, ≤ 4e-7 with float32's 36 (float32 adds the rounding of t itself). The result is
     ≤ 0.
 
     :param torch.Tensor t: 1 − w, in [0, 2], any shape.
@@ -368,28 +363,31 @@ def vmf_marginal_dt_dconcentration(
         t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
     )
     tiny = torch.finfo(t.dtype).tiny
-    rule = _rule_tensors(t.dtype, t.device)
+    nodes, node_weights, powers = _rule_tensors(t.dtype, t.device)
     m = dim - 2
     theta, sin_t, cos_t = _angle(t)
     cot_t = cos_t / sin_t.clamp(min=tiny)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
-    sigma = 1 - 2 * upper.to(t.dtype)
+    sigma = torch.where(upper, -1.0, 1.0).to(t.dtype)
     across_mode = upper & (theta > theta_mode)
     theta0 = torch.where(across_mode, theta_mode, theta)
-    sin0 = torch.where(across_mode, sin_mode, sin_t).clamp(min=tiny)
+    sin0 = torch.where(across_mode, sin_mode, sin_t).clamp_(min=tiny)
     cos0 = torch.where(across_mode, cos_mode, cos_t)
     span = torch.where(upper, theta0, math.pi - theta0)
-    slope = -sigma * (m * cos0 / sin0 - kappa * sin0)  # −σ L′(θ₀) ≥ 0
-    curvature = kappa * cos0 + m / (sin0 * sin0).clamp(min=tiny)  # −L″(θ₀)
-    u, tail_weights = _tail_grid(slope.clamp(min=0.0), curvature.clamp(min=0.0), span, tiny, rule)
-    # tail nodes θ₀ + σu and peak nodes θ − (θ − θ₀)x, as half offsets from θ, in one array
-    peak_span = (theta - theta0).unsqueeze(-1)
-    tail_half = torch.addcmul(((theta0 - theta) / 2).unsqueeze(-1), (sigma / 2).unsqueeze(-1), u)
-    half_delta = torch.cat([tail_half, peak_span * (-0.5 * rule[3])], dim=-1)
-    weights = torch.cat([tail_weights, peak_span * rule[4]], dim=-1)
-    columns = [x.unsqueeze(-1) for x in (sin_t, cos_t, cot_t, kappa, one_minus_a - t)]
-    result = sin_t * sigma * _weighted_integral(half_delta, weights, *columns, dim)
-    return torch.where(sin_t > 0, result, torch.zeros_like(result))
+    slope = sigma * (kappa * sin0 - m * cos0 / sin0)  # −σ L′(θ₀) ≥ 0
+    curvature = torch.addcmul(m / (sin0 * sin0).clamp_(min=tiny), kappa, cos0)  # −L″(θ₀)
+    lo, width = _panels(slope.clamp_(min=0.0), curvature.clamp_(min=0.0), span, tiny, powers)
+    # every node as a half offset from θ, panel by panel: the tail panels θ₀ + σu, u ∈
+    # [lo, lo + width], and one panel across the mode from θ to θ₀ (empty unless across_mode)
+    half_sigma, half_gap = (sigma / 2).unsqueeze(-1), ((theta0 - theta) / 2).unsqueeze(-1)
+    start = torch.cat([torch.addcmul(half_gap, half_sigma, lo), torch.zeros_like(half_gap)], -1)
+    half_width = torch.cat([half_sigma * width, half_gap], dim=-1)
+    half_delta = torch.addcmul(start.unsqueeze(-1), half_width.unsqueeze(-1), nodes).flatten(-2)
+    weights = (torch.cat([width, -2 * half_gap], dim=-1).unsqueeze(-1) * node_weights).flatten(-2)
+    columns = (2 * sin_t, 2 * cos_t, 2 * cot_t, -kappa, one_minus_a - t)
+    integral = _weighted_integral(half_delta, weights, [x.unsqueeze(-1) for x in columns], dim)
+    result = sin_t * sigma * integral
+    return torch.where(sin_t > 0, result, 0.0)
 
 
 class _ImplicitVMFMarginal(torch.autograd.Function):
