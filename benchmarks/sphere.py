@@ -10,9 +10,9 @@ diagonal Normal with the same event size d). Measured in the same run, one torch
 * ``VonMisesFisher``, ``PowerSpherical``: this library;
 * ``power_spherical package``: De Cao & Aziz's ``PowerSpherical`` (PyPI ``power-spherical``,
   the ``bench`` extra; torch only), with the same step;
-* ``... (before)``: this library at the git revision ``--before`` (default: the last commit
-  before the sphere speed work), extracted with ``git archive`` and imported in the same
-  process under its own module objects (:func:`load_revision`).
+* ``... (before)``: this library at the git revision ``--before`` (e.g. the last commit
+  before the sphere speed work, ``BEFORE_REVISION``), extracted with ``git archive`` and
+  imported in the same process under its own module objects (:func:`load_revision`).
 
 All steps of one (backend, κ, d) cell are timed round-robin (one call of each per round), so
 a busy machine slows them alike and the ratios stay comparable.
@@ -20,8 +20,9 @@ a busy machine slows them alike and the ratios stay comparable.
 s-vae-pytorch (Davidson et al.) is not published on the package index, so it is not run here.
 NumPyro steps are ``jax.jit``-compiled ``value_and_grad``.
 
-Run: ``python benchmarks/sphere.py`` (``--quick``: the same grid, 7 rounds, no ``(before)``
-columns, about 2 minutes; what ``make bench`` runs). Writes
+Run: ``python benchmarks/sphere.py`` (what ``make bench`` runs: the whole grid, 7 rounds, about
+2 minutes; ``--before REV`` adds the ``(before)`` columns, ``--repeats`` more rounds, ``--quick``
+is a 3-round smoke test). Writes
 ``benchmarks/results/sphere.md`` and ``.json``.
 """
 
@@ -271,20 +272,25 @@ def main(argv=None):
         help="the whole grid with few rounds and without the '(before)' columns (make bench)",
     )
     parser.add_argument("--num-samples", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=15, help="round-robin rounds per cell")
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="round-robin rounds per cell (--quick: 3)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
     )
     parser.add_argument(
-        "--before", default=BEFORE_REVISION, help="git revision to compare with ('' to skip)"
+        "--before",
+        default="",
+        help=f"git revision to compare with, e.g. {BEFORE_REVISION} (default: none)",
     )
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
-    # --quick: the same grid (every κ, d, dtype and backend of the targets), 7 rounds, no
-    # '(before)' columns (about 2 minutes on a quiet 2-core machine; the full run ~4× that)
-    repeats, warmup = (7, 1) if args.quick else (args.repeats, 2)
+    # the default run (what `make bench` runs) covers every κ, d, dtype and backend of the
+    # targets in about 2 minutes on a quiet 2-core machine; --quick is a 3-round smoke test
+    # without the '(before)' columns
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, 1)
     if args.quick:
         args.before = ""
     dtypes = args.dtypes.split(",")
