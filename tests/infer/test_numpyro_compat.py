@@ -141,6 +141,23 @@ def test_alias_and_estimators_share_one_one_hot_categorical_and_bernoulli_fix():
     np.testing.assert_allclose(np.diag(np.asarray(grads)), [-0.5, 0.5])
 
 
+def test_one_hot_categorical_accepts_large_float32_logits_under_validation():
+    # a peaked encoder late in training (benchmarks/protocol.py, categorical VAE): probs derived
+    # from |logits| ~ 1e3 in float32 miss the simplex's 1e-6 sum test by rounding alone
+    from numpyro_backend.distributions import discrete
+
+    # (these two rows' probs sum to 1 + 1.2e-5 and 1 + 8.6e-6 in float32)
+    logits = jnp.array([[1000.0, 1000.0, 999.5, -3.0], [300.0, 300.3, 0.0, 1.0]], jnp.float32)
+    fn = discrete.OneHotCategorical(logits=logits, validate_args=True)
+    value = fn.sample(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(value[:, 2:]), 0.0)  # the improbable classes
+    assert np.all(np.isfinite(np.asarray(fn.log_prob(value))))
+    with pytest.raises(ValueError, match="logits"):
+        discrete.OneHotCategorical(logits=jnp.array([0.0, jnp.nan]), validate_args=True)
+    with pytest.raises(ValueError, match="probs"):
+        discrete.OneHotCategorical(probs=jnp.array([0.5, -0.5, 1.0]), validate_args=True)
+
+
 # ---- compatibility catalogue -------------------------------------------------------------
 # Standard model/guide patterns (NumPyro's own test suites use them) × every estimator: each
 # either trains (three SGD steps on θ and the estimator's state, finite losses) with a mean
