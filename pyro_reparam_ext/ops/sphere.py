@@ -77,6 +77,21 @@ def householder_rotate(loc: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(y, scale, u, value=-1) * -sign
 
 
+def _dot_rows(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Σ_j x[n, p, j]·vectors[p, j]: one matrix-vector product when there is one parameter
+    (einsum's general path costs a dozen small ops)."""
+    if vectors.shape[0] == 1:
+        return (x[:, 0] @ vectors[0]).unsqueeze(-1)
+    return torch.einsum("npj,pj->np", x, vectors)
+
+
+def _sum_rows(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_n weights[n, p]·x[n, p, j], as :func:`_dot_rows`."""
+    if weights.shape[1] == 1:
+        return (weights[:, 0] @ x[:, 0]).unsqueeze(0)
+    return torch.einsum("npj,np->pj", x, weights)
+
+
 class _EmbedRotate(torch.autograd.Function):
     """z = ŝ·H·y for y = (first, radius·direction), H = I − c·uuᵀ, c = 2/|u|², with a
     hand-written backward: four passes over the samples forward and four backward, against
@@ -94,7 +109,7 @@ class _EmbedRotate(torch.autograd.Function):
         f, r = first.reshape(-1, num_params), radius.reshape(-1, num_params)
         v = direction.reshape(-1, num_params, dim - 1)
         c = 2 / torch.linalg.vecdot(u, u)
-        w = torch.einsum("npj,pj->np", v, u_rest)  # u_restᵀ·direction
+        w = _dot_rows(v, u_rest)  # u_restᵀ·direction
         k = c * torch.addcmul(u0 * f, r, w)  # c·uᵀy
         z = torch.empty(f.shape + (dim,), dtype=u.dtype, device=u.device)
         torch.mul(v, (flip * r).unsqueeze(-1), out=z[..., 1:])
@@ -110,17 +125,15 @@ class _EmbedRotate(torch.autograd.Function):
         u0, u_rest = u[:, 0], u[:, 1:]
         g = grad.reshape(f.shape + u.shape[-1:])
         g0, g_rest = g[..., 0], g[..., 1:]
-        q = torch.addcmul(torch.einsum("npj,pj->np", g_rest, u_rest), u0, g0)  # uᵀg
+        q = torch.addcmul(_dot_rows(g_rest, u_rest), u0, g0)  # uᵀg
         g_direction = torch.linalg.vecdot(g_rest, v)
         cq = c * q
         d_first = flip * (g0 - cq * u0)
         d_radius = flip * (g_direction - cq * w)
         # d(gᵀz)/du = −ŝc(q·y + p·g − c·p·q·u) summed over the samples, p = uᵀy = k/c
         p = k / c
-        sum_qy = torch.cat(
-            [(q * f).sum(0).unsqueeze(-1), torch.einsum("npj,np->pj", v, q * r)], dim=-1
-        )
-        inner = sum_qy + torch.einsum("npj,np->pj", g, p) - (c * (p * q).sum(0)).unsqueeze(-1) * u
+        sum_qy = torch.cat([(q * f).sum(0).unsqueeze(-1), _sum_rows(v, q * r)], dim=-1)
+        inner = sum_qy + _sum_rows(g, p) - (c * (p * q).sum(0)).unsqueeze(-1) * u
         d_u = (-flip * c).unsqueeze(-1) * inner
         u_shape, sample_shape = ctx.shapes
         return (
