@@ -197,6 +197,47 @@ def _groups(tensors: list[torch.Tensor]) -> dict:
     return groups
 
 
+def _packed_groups(params: list[torch.Tensor], states: list[torch.Tensor]) -> list[tuple]:
+    """``(parameters, states)`` per (device, dtype), order kept: one flat tensor each."""
+    tensors = params + states
+    return [
+        (
+            [params[i] for i in indices if i < len(params)],
+            [tensors[i] for i in indices if i >= len(params)],
+        )
+        for indices in _groups(tensors).values()
+    ]
+
+
+def _pack(
+    group: list[torch.Tensor], group_states: list[torch.Tensor], header: list[float]
+) -> torch.Tensor:
+    """One flat tensor: ``header``, one has-gradient flag per parameter, the gradients (zeros
+    where missing), the states."""
+    like = (group or group_states)[0]
+    flags = torch.tensor(
+        header + [p.grad is not None for p in group], dtype=like.dtype, device=like.device
+    )
+    grads = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1) for p in group
+    ]
+    return torch.cat([flags] + grads + [s.detach().reshape(-1) for s in group_states])
+
+
+def _unpack(
+    flat: torch.Tensor, group: list[torch.Tensor], group_states: list[torch.Tensor], header: int
+) -> None:
+    """Write a summed :func:`_pack` tensor back, divided by the world size."""
+    flat.div_(dist.get_world_size())
+    sizes = [header + len(group)] + [p.numel() for p in group] + [s.numel() for s in group_states]
+    flags, *chunks = torch.split(flat, sizes)
+    for p, chunk, flag in zip(group, chunks, flags[header:].tolist(), strict=False):
+        p.grad = chunk.view_as(p).clone() if flag > 0 else None
+    with torch.no_grad():
+        for s, chunk in zip(group_states, chunks[len(group) :], strict=True):
+            s.copy_(chunk.view_as(s))
+
+
 def _all_reduce_mean(params: list[torch.Tensor], states: list[torch.Tensor]) -> None:
     """Average ``params``' gradients and the ``states`` in place: one all-reduce per group.
 
@@ -204,29 +245,10 @@ def _all_reduce_mean(params: list[torch.Tensor], states: list[torch.Tensor]) -> 
     has-gradient flag per parameter, and the states. A parameter without a gradient on some
     ranks counts as zero there; without one on every rank it keeps ``grad = None``.
     """
-    world = dist.get_world_size()
-    tensors = params + states
-    for (device, dtype), indices in _groups(tensors).items():
-        group = [params[i] for i in indices if i < len(params)]
-        group_states = [tensors[i] for i in indices if i >= len(params)]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
-        has_grad = torch.tensor([p.grad is not None for p in group], dtype=dtype, device=device)
-        parts = [g.reshape(-1) for g in grads] + [has_grad] + [s.reshape(-1) for s in group_states]
-        flat = torch.cat(parts).detach()
+    for group, group_states in _packed_groups(params, states):
+        flat = _pack(group, group_states, [])
         dist.all_reduce(flat)
-        flat.div_(world)
-        sizes = [p.numel() for p in group] + [len(group)] + [s.numel() for s in group_states]
-        chunks = torch.split(flat, sizes)
-        grad_chunks, flags, state_chunks = (
-            chunks[: len(group)],
-            chunks[len(group)],
-            chunks[len(group) + 1 :],
-        )
-        for p, chunk, flag in zip(group, grad_chunks, flags, strict=True):
-            p.grad = chunk.view_as(p).clone() if flag > 0 else None
-        with torch.no_grad():
-            for s, chunk in zip(group_states, state_chunks, strict=True):
-                s.copy_(chunk.view_as(s))
+        _unpack(flat, group, group_states, 0)
 
 
 def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
@@ -260,24 +282,33 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         _broadcast(list(module.parameters()) + list(module.buffers()), src)
 
 
-def _check_same_parameters(
-    names: list[str], params: list[torch.Tensor], states: list[torch.Tensor]
-) -> None:
+def _layout(names: list[str], params: list[torch.Tensor], states: list[torch.Tensor]) -> tuple:
+    """What fixes the sizes and meaning of a step's all-reduce: names, shapes, dtypes."""
+    return (
+        tuple((n, p.shape, p.dtype, p.device.type) for n, p in zip(names, params, strict=True)),
+        tuple((s.shape, s.dtype, s.device.type) for s in states),
+    )
+
+
+def _check_same_layout(layout: tuple, params: list, states: list, new: list) -> None:
     """ValueError on every rank if the ranks are about to step different parameters.
 
     A mismatch would make the next all-reduce abort (gloo) or mix unrelated tensors; one small
-    all-gather of (count, elements, CRC of the names, count and elements of the pending
-    running statistics) per step rules it out.
+    all-gather of (count, elements, CRC-32 of the layout in two 16-bit halves, count and
+    elements of the pending running statistics, elements of the parameters seen for the first
+    time) rules it out.
     """
-    digest = zlib.crc32("\n".join(names).encode()) & 0xFFFFF  # exact in float32
+    digest = zlib.crc32(repr(layout).encode())
     device = (params or states)[0].device
     local = torch.tensor(
         [
-            len(names),
+            len(params),
             sum(p.numel() for p in params),
-            digest,
+            digest >> 16,
+            digest & 0xFFFF,  # each half exact in float32
             len(states),
             sum(s.numel() for s in states),
+            sum(p.numel() for p in new),
         ],
         dtype=torch.float64 if device.type == "cpu" else torch.float32,
         device=device,
@@ -286,23 +317,64 @@ def _check_same_parameters(
     dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise ValueError(
-            "DistributedOptimizer: the ranks step different parameters (count, elements, name "
-            "digest, running statistics, their elements per rank: "
+            "DistributedOptimizer: the ranks step different parameters (count, elements, layout "
+            "digest (2), running statistics, their elements, new elements per rank: "
             f"{[g.tolist() for g in gathered]}); every rank must run the same model and guide"
         )
+
+
+def _flat_sizes(params: list[torch.Tensor], states: list[torch.Tensor]) -> list[tuple]:
+    """(elements, dtype, device) of each flat tensor :func:`_all_reduce_mean` all-reduces."""
+    return [
+        (sum(t.numel() for t in group + group_states) + len(group), like.dtype, like.device)
+        for group, group_states in _packed_groups(params, states)
+        for like in [(group or group_states)[0]]
+    ]
+
+
+def _all_reduce_mean_as_checked(
+    sizes: list[tuple], params: list[torch.Tensor], states: list[torch.Tensor], ready: bool
+) -> bool:
+    """Average as :func:`_all_reduce_mean`, in all-reduces of the checked step's ``sizes``.
+
+    ``sizes`` (:func:`_flat_sizes` of the last checked step) agree across ranks, so these
+    all-reduces match whatever this step holds. The first one leads with a flag, 1 on a rank
+    that is not ``ready`` (its step differs from the checked one): if any rank raised it,
+    nothing is written back and every rank returns False (and checks afresh).
+    """
+    groups = _packed_groups(params, states) if ready else None
+    for index, (size, dtype, device) in enumerate(sizes):
+        header = [0.0 if ready else 1.0] if index == 0 else []
+        if ready:
+            flat = _pack(*groups[index], header)
+        else:
+            flat = torch.zeros(size + len(header), dtype=dtype, device=device)
+            flat[0] = 1.0
+        dist.all_reduce(flat)
+        if index == 0 and flat[0] > 0:
+            return False
+        _unpack(flat, *groups[index], len(header))
+    return True
 
 
 class DistributedOptimizer(PyroOptim):
     """A :class:`~pyro.optim.PyroOptim` that keeps every rank's parameters identical.
 
     The ``torch.distributed`` counterpart of :class:`pyro.optim.HorovodOptimizer`: at each
-    step, parameters seen for the first time are broadcast from rank 0 (so lazily and
-    randomly initialized parameters agree), then all gradients are averaged across ranks
-    in one all-reduce per dtype that also carries the running statistics the loss updated
-    (:func:`average_running_state`), then the wrapped optimizer steps on each rank. Before
-    that, one small all-gather checks that every rank steps the same parameters. Parameters
-    are processed in name order, the same on every rank. Without ``torch.distributed`` it is
-    the wrapped optimizer.
+    step all gradients are averaged across ranks in one all-reduce per dtype that also carries
+    the running statistics the loss updated (:func:`average_running_state`), then the wrapped
+    optimizer steps on each rank. Parameters are processed in name order, the same on every
+    rank. Without ``torch.distributed`` it is the wrapped optimizer.
+
+    The first step, and any step whose parameters, running statistics or first-seen
+    parameters differ from the previous step's on some rank, is checked first: one small
+    all-gather compares every rank's names, shapes and dtypes (a ``ValueError`` on every rank
+    if they differ, instead of an aborted or mismatched all-reduce), then the parameters seen
+    for the first time are broadcast from rank 0 (so lazily and randomly initialized
+    parameters agree). The other steps need no check: their all-reduce has the checked step's
+    sizes on every rank by construction and leads with a flag by which a rank whose step
+    changed sends every rank back to the checked path. So a training step costs one
+    collective.
 
     The first step's gradient is computed on each rank's own initial values; seed every rank
     identically while building the model (``pyro.set_rng_seed``) and call
@@ -321,6 +393,8 @@ class DistributedOptimizer(PyroOptim):
             pyro_optim.pt_optim_constructor, pyro_optim.pt_optim_args, pyro_optim.pt_clip_args
         )
         _optimizers.add(self)  # from now on running statistics wait for a step (one all-reduce)
+        # the last checked step: its layout and the flat sizes of its all-reduces
+        self._checked: tuple | None = None
 
     def __call__(self, params, *args, **kwargs) -> None:
         store = pyro.get_param_store()
@@ -328,12 +402,23 @@ class DistributedOptimizer(PyroOptim):
         params = [p for _, p in names_and_params]
         states = _take_pending()  # the loss's running statistics: in the gradients' all-reduce
         if is_distributed() and (params or states):
-            _check_same_parameters([n for n, _ in names_and_params], params, states)
-            new = [p for p in params if p not in self.optim_objs]
-            if new:
-                _broadcast(new, src=0)
-            _all_reduce_mean(params, states)
+            self._average([n for n, _ in names_and_params], params, states)
         super().__call__(params, *args, **kwargs)
+
+    def _average(self, names: list[str], params: list, states: list) -> None:
+        """All-reduce the gradients and running statistics; check and broadcast when needed."""
+        layout = _layout(names, params, states)
+        new = [p for p in params if p not in self.optim_objs]
+        if self._checked is not None:
+            checked_layout, sizes = self._checked
+            ready = layout == checked_layout and not new
+            if _all_reduce_mean_as_checked(sizes, params, states, ready):
+                return
+        _check_same_layout(layout, params, states, new)
+        if new:
+            _broadcast(new, src=0)
+        _all_reduce_mean(params, states)
+        self._checked = layout, _flat_sizes(params, states)
 
 
 def _attribute_name(store_name: str) -> str:

@@ -210,6 +210,34 @@ def run_mismatch(rank: int) -> str:
     return ""
 
 
+def run_layout_changes(rank: int) -> dict:
+    """Steps of a bare DistributedOptimizer whose parameters change between steps.
+
+    Every rank starts each parameter at its own value (its rank). Step 1 is checked and
+    broadcasts; step 2 is one all-reduce; step 3 adds the parameter "late" on both ranks, so it
+    is checked afresh and "late" is broadcast; at step 4 only rank 1 adds "extra".
+    """
+    pyro.clear_param_store()
+    optim = distributed.DistributedOptimizer(pyro.optim.SGD({"lr": 1.0}))
+
+    def step(*names):
+        params = [
+            pyro.param(n, lambda: torch.full((2,), float(rank))).unconstrained() for n in names
+        ]
+        for p in params:
+            p.grad = torch.ones(2)
+        return count_collectives(lambda: optim(params))
+
+    counts = [step("shared"), step("shared"), step("shared", "late")]
+    values = store_values()
+    try:
+        step("shared", "late", *(["extra"] if rank == 1 else []))
+        mismatch = ""
+    except ValueError as error:
+        mismatch = str(error)
+    return {"counts": counts, "values": values, "mismatch": mismatch}
+
+
 def run_unbiasedness(rank: int) -> dict:
     """Data-parallel gradients of the catalogue's subsampled Categorical mixture.
 
@@ -303,6 +331,7 @@ def worker(rank: int, port: int, path: str) -> None:
     }
     out["resume"] = run_resume(rank, x, path)
     out["mismatch"] = run_mismatch(rank)
+    out["layout_changes"] = run_layout_changes(rank)
     out["collectives"] = run_collective_counts(rank, x)
     out["unbiasedness"] = run_unbiasedness(rank)
     torch.save(out, f"{path}/rank{rank}.pt")
@@ -449,16 +478,31 @@ def test_resuming_from_rank_0_checkpoint_continues_identically(runs):
 
 
 def test_running_statistics_ride_in_one_all_reduce(runs):
-    # one SVI step: the parameter check (all-gather) and one all-reduce holding the gradients
-    # and both running moments; one module forward: one all-reduce for both moments
+    # one SVI step after the first: one all-reduce holding the gradients, both running moments
+    # and the flag that replaces the parameter check; one module forward: one all-reduce for
+    # both moments
     for r in range(WORLD):
-        assert runs[r]["collectives"]["svi_step"] == {"all_gather": 1, "all_reduce": 1}
+        assert runs[r]["collectives"]["svi_step"] == {"all_reduce": 1}
         assert runs[r]["collectives"]["module_forward"] == {"all_reduce": 1}
 
 
 def test_mismatched_parameters_raise_on_every_rank(runs):
     for r in range(WORLD):
         assert "the ranks step different parameters" in runs[r]["mismatch"]
+
+
+def test_changed_parameters_are_checked_and_broadcast_again(runs):
+    # step 1: check, broadcast, all-reduce; step 2: one all-reduce; step 3 ("late" added on both
+    # ranks): the flagged all-reduce of step 2's sizes, check, broadcast, all-reduce
+    first = {"all_gather": 1, "broadcast": 1, "all_reduce": 1}
+    for r in range(WORLD):
+        changes = runs[r]["layout_changes"]
+        assert changes["counts"] == [first, {"all_reduce": 1}, dict(first, all_reduce=2)]
+        # rank 0's initial values everywhere (0), then SGD(lr=1) steps on gradients of 1
+        expected = {"shared": torch.full((2,), -3.0), "late": torch.full((2,), -1.0)}
+        assert_bitwise_equal(changes["values"], expected)
+        # step 4: only rank 1 adds "extra": a ValueError on both ranks, no abort
+        assert "the ranks step different parameters" in changes["mismatch"]
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_svi.py"
