@@ -20,6 +20,7 @@ writes ``benchmarks/results/coordinatewise.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -133,8 +134,10 @@ def main(argv=None) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     rows = []
+    load_before = os.getloadavg()[0]
     for num_latents in (16, 32):
         rows += run(num_latents, repeats=5 if args.quick else 21)
+    load = f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     path = write_results(
         "coordinatewise",
         "Coordinate-wise REBAR/RELAX step time vs TraceGraph_ELBO (Pyro, 128-point binary VAE)",
@@ -143,7 +146,7 @@ def main(argv=None) -> None:
         notes=(
             f"{NUM_POINTS} points x {NUM_PIXELS} pixels, K = {NUM_PARTICLES} vectorized "
             "particles, float64, one thread; step_ms: median SVI.step CPU time, estimators "
-            "timed round-robin (one step of each in turn)."
+            f"timed round-robin (one step of each in turn); {load} (2-core shared machine)."
         ),
     )
     print(path.read_text())
