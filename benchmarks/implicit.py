@@ -1,24 +1,29 @@
 """ImplicitGamma vs the built-in Gamma gradients: time and accuracy, both backends.
 
-    .venv/bin/python benchmarks/implicit.py            # 1e6 samples (a few minutes)
+    .venv/bin/python benchmarks/implicit.py            # what `make bench` runs (~1 min)
+    .venv/bin/python benchmarks/implicit.py --full     # more rounds and checks (~10 min)
     .venv/bin/python benchmarks/implicit.py --quick    # 1e4 samples (smoke test)
 
-For each concentration setting, one run measures
+For each concentration setting (α = 0.5, 3, 30, log-uniform in [1e-3, 1e4]), one run measures
 
-* torch: ``Gamma(α, 1).rsample()`` + backward (torch's built-in approximate gradient) vs
-  ``ImplicitGamma(α, 1).rsample()`` + backward;
-* JAX: ``jit(grad)`` through ``jax.random.gamma`` (XLA's ``random_gamma_grad``) vs ``jit(grad)``
-  through ``ImplicitGamma.sample``;
+* torch, float64 and float32: ``Gamma(α, 1).rsample()`` + backward (torch's built-in
+  approximate gradient) vs ``ImplicitGamma(α, 1).rsample()`` + backward, at 1e6 samples;
+* JAX, float64: ``jit(grad)`` through ``jax.random.gamma`` (XLA's ``random_gamma_grad``) vs
+  ``jit(grad)`` through ``ImplicitGamma.sample``, at 1e5 samples (1e6 with ``--full``:
+  XLA's gradient takes ~17 s per 1e6 draws, so 1e6 does not fit the default run; both
+  methods' time is linear in the number of draws, the ratio is not affected);
 
-each at N samples with one α per sample (so the gradient w.r.t. the α vector is the vector of
-per-sample derivatives dz_i/dα_i), float64. Accuracy: the maximum relative error of dz/dα
-against mpmath (the stored reference's method) on a random subset of the N draws.
+each with one α per sample (so the gradient w.r.t. the α vector is the vector of per-sample
+derivatives dz_i/dα_i). The methods of one setting are timed round-robin (one call of each
+per round, process CPU time) and the medians compared. Accuracy: the maximum relative error
+of dz/dα against mpmath (the stored reference's method) on a random subset of the draws.
 Writes benchmarks/results/implicit.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -53,13 +58,35 @@ def reference_dz_dalpha(a: float, x: float) -> float:
     return float(-dp_da / mp.exp((a - 1) * mp.log(x) - x - mp.loggamma(a)))
 
 
-def max_relative_error(alpha, value, grad, subset) -> float:
+#: samples (torch, JAX), round-robin rounds and draws checked against mpmath per method
+MODES = {
+    "quick": {"torch": 10**4, "jax": 10**4, "repeats": 3, "num_check": 10},
+    "default": {"torch": 10**6, "jax": 10**5, "repeats": 3, "num_check": 25},
+    "full": {"torch": 10**6, "jax": 10**6, "repeats": 7, "num_check": 200},
+}
+
+
+class References:
+    """mpmath references, each (α, x) computed once (the methods of a setting share draws)."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def __call__(self, a: float, x: float) -> float:
+        key = (float(a), float(x))
+        if key not in self.cache:
+            self.cache[key] = reference_dz_dalpha(*key)
+        return self.cache[key]
+
+
+def max_relative_error(alpha, value, grad, subset, reference) -> float:
     errors = []
+    alpha = alpha.astype(value.dtype)  # the concentration the method was given
     for i in subset:
-        if value[i] <= np.finfo(np.float64).tiny:  # underflowed draws: no reference
+        a, x = float(alpha[i]), float(value[i])
+        if x <= np.finfo(value.dtype).tiny:  # underflowed draws: no reference
             continue
-        expected = reference_dz_dalpha(alpha[i], value[i])
-        errors.append(abs(grad[i] / expected - 1))
+        errors.append(abs(float(grad[i]) / reference(a, x) - 1))
     return float(max(errors))
 
 
@@ -69,18 +96,18 @@ def max_relative_error(alpha, value, grad, subset) -> float:
 CLOCK = time.process_time
 
 
-def round_robin_times(runs: list, repeats: int) -> list[tuple[float, float]]:
+def round_robin_times(runs: list, repeats: int):
     """(median, best) seconds of each run, timed one call of each per round after one
-    warm-up call each, so load on a shared machine slows them alike."""
-    for run in runs:
-        run()
+    warm-up call each (whose results are returned), so load on a shared machine slows them
+    alike."""
+    results = [run() for run in runs]
     times = [[] for _ in runs]
     for _ in range(repeats):
         for run, bucket in zip(runs, times, strict=True):
             start = CLOCK()
             run()
             bucket.append(CLOCK() - start)
-    return [(statistics.median(bucket), min(bucket)) for bucket in times]
+    return [(statistics.median(bucket), min(bucket)) for bucket in times], results
 
 
 def torch_run(cls, alpha: torch.Tensor, seed: int):
@@ -107,100 +134,100 @@ def jax_implicit(alpha, key):
     return jax.grad(total, has_aux=True)(alpha)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1e4 samples, for smoke tests")
-    parser.add_argument("--repeats", type=int, default=7, help="round-robin rounds")
-    parser.add_argument("--num-check", type=int, default=200, help="draws checked vs mpmath")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    num = 10**4 if args.quick else 10**6
-    repeats = 3 if args.quick else args.repeats
-    rng = np.random.default_rng(0)
-    settings = {
+def settings(num: int, rng) -> dict:
+    return {
         "α = 0.5": np.full(num, 0.5),
         "α = 3": np.full(num, 3.0),
         "α = 30": np.full(num, 30.0),
         "α log-uniform [1e-3, 1e4]": 10 ** rng.uniform(-3, 4, num),
     }
-    jit_builtin = jax.jit(jax_builtin)
-    jit_implicit = jax.jit(jax_implicit)
+
+
+def setting_runs(alpha: np.ndarray, num_jax: int, jitted: dict) -> list:
+    """(backend, dtype, method, samples, run) of one setting; each run returns (z, dz/dα)."""
+    runs = []
+    for dtype in (torch.float64, torch.float32):
+        alpha_torch = torch.as_tensor(alpha, dtype=dtype)
+        for method, cls in (
+            ("Gamma.rsample (built-in)", torch.distributions.Gamma),
+            ("ImplicitGamma.rsample", TorchImplicitGamma),
+        ):
+            run = functools.partial(torch_run, cls, alpha_torch, 0)
+            runs.append(("torch", str(dtype)[6:], method, len(alpha), run))
+    alpha_jax = jnp.asarray(alpha[:num_jax])
+    key = jax.random.PRNGKey(0)
+    for method, name in (
+        ("grad through jax.random.gamma", "builtin"),
+        ("ImplicitGamma.sample", "implicit"),
+    ):
+
+        def run(function=jitted[name]):
+            grad, value = jax.block_until_ready(function(alpha_jax, key))
+            return np.asarray(value), np.asarray(grad)
+
+        runs.append(("jax", "float64", method, num_jax, run))
+    return runs
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """time and accuracy of each ImplicitGamma row against the built-in of its group."""
+    for builtin, implicit in zip(rows[::2], rows[1::2], strict=True):
+        implicit["time_vs_builtin"] = implicit["seconds"] / builtin["seconds"]
+        implicit["best_vs_best_builtin"] = implicit["best seconds"] / builtin["best seconds"]
+        implicit["accuracy_gain"] = builtin["max_rel_grad_error"] / max(
+            implicit["max_rel_grad_error"], np.finfo(np.float64).eps
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="1e4 samples, for smoke tests")
+    group.add_argument("--full", action="store_true", help="7 rounds, 1e6 JAX samples")
+    parser.add_argument("--repeats", type=int, default=None, help="round-robin rounds")
+    parser.add_argument("--num-check", type=int, default=None, help="draws checked vs mpmath")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
+    )
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    config = dict(MODES[mode])
+    config["repeats"] = args.repeats or config["repeats"]
+    config["num_check"] = args.num_check or config["num_check"]
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    jitted = {"builtin": jax.jit(jax_builtin), "implicit": jax.jit(jax_implicit)}
+    reference = References()
     rows = []
-    for label, alpha in settings.items():
-        subset = rng.choice(num, size=min(args.num_check, num), replace=False)
-        alpha_torch = torch.as_tensor(alpha)
-        alpha_jax = jnp.asarray(alpha)
-        key = jax.random.PRNGKey(0)
-        runs = [
-            (
-                "torch",
-                "Gamma.rsample (built-in)",
-                lambda alpha_torch=alpha_torch: torch_run(
-                    torch.distributions.Gamma, alpha_torch, 0
-                ),
-            ),
-            (
-                "torch",
-                "ImplicitGamma.rsample",
-                lambda alpha_torch=alpha_torch: torch_run(TorchImplicitGamma, alpha_torch, 0),
-            ),
-            (
-                "jax",
-                "grad through jax.random.gamma",
-                lambda alpha_jax=alpha_jax, key=key: jax.block_until_ready(
-                    jit_builtin(alpha_jax, key)
-                ),
-            ),
-            (
-                "jax",
-                "ImplicitGamma.sample",
-                lambda alpha_jax=alpha_jax, key=key: jax.block_until_ready(
-                    jit_implicit(alpha_jax, key)
-                ),
-            ),
-        ]
-        timings = round_robin_times([run for _, _, run in runs], repeats)
-        for (backend, method, run), (seconds, best) in zip(runs, timings, strict=True):
-            result = run()
-            if backend == "torch":
-                value, grad = result
-            else:
-                grad, value = (np.asarray(r) for r in result)
-            error = max_relative_error(alpha, value, grad, subset)
-            rows.append(
-                {
-                    "setting": label,
-                    "backend": backend,
-                    "method": method,
-                    "samples": num,
-                    "seconds": seconds,
-                    "best seconds": best,
-                    "max_rel_grad_error": error,
-                }
-            )
-            print(rows[-1], flush=True)
-        # ratios against the built-in of the same backend
-        for backend in ("torch", "jax"):
-            builtin, implicit = (r for r in rows[-4:] if r["backend"] == backend)
-            implicit["time_vs_builtin"] = implicit["seconds"] / builtin["seconds"]
-            implicit["best_vs_best_builtin"] = implicit["best seconds"] / builtin["best seconds"]
-            implicit["accuracy_gain"] = builtin["max_rel_grad_error"] / max(
-                implicit["max_rel_grad_error"], np.finfo(np.float64).eps
-            )
+    for label, alpha in settings(config["torch"], rng).items():
+        runs = setting_runs(alpha, config["jax"], jitted)
+        timings, results = round_robin_times([run[-1] for run in runs], config["repeats"])
+        subsets = {}
+        for (backend, dtype, method, num, _), (seconds, best), (value, grad) in zip(
+            runs, timings, results, strict=True
+        ):
+            if num not in subsets:
+                subsets[num] = rng.choice(num, size=min(config["num_check"], num), replace=False)
+            error = max_relative_error(alpha, value, grad, subsets[num], reference)
+            row = {"setting": label, "backend": backend, "dtype": dtype, "method": method}
+            row.update(samples=num, seconds=seconds, max_rel_grad_error=error)
+            row["best seconds"] = best
+            rows.append(row)
+        add_ratios(rows[-len(runs) :])
+        for row in rows[-len(runs) :]:
+            print(row, flush=True)
     notes = (
-        "Sample + gradient of N Gamma(α, 1) draws (one α per draw), float64, median of "
-        f"{repeats} round-robin rounds (one call of each method per round, process CPU "
-        "time; best-of-rounds ratio: best_vs_best_builtin), torch threads = "
-        f"{torch.get_num_threads()}. "
-        "max_rel_grad_error: "
-        "max |dz/dα / reference - 1| over "
-        f"{args.num_check} random draws, reference by mpmath (30 digits). time_vs_builtin: "
-        "time of ImplicitGamma / time of the built-in of the same backend; accuracy_gain: "
-        "built-in error / ImplicitGamma error. Targets (issues 3, 15): torch ≤ 1.5× time with "
-        "max error ≤ 1e-10; JAX ≥ 3× faster at equal accuracy."
+        f"Mode {mode!r}. Sample + gradient of N Gamma(α, 1) draws (one α per draw), median of "
+        f"{config['repeats']} round-robin rounds after one warm-up call each (one call of "
+        "each method per round, process CPU time; best-of-rounds ratio: "
+        f"best_vs_best_builtin), torch threads = {torch.get_num_threads()}. "
+        "max_rel_grad_error: max |dz/dα / reference - 1| over "
+        f"{config['num_check']} random draws of each method, reference by mpmath (30 digits) "
+        "at the drawn value. time_vs_builtin: time of ImplicitGamma / time of the built-in "
+        "of the same backend and dtype; accuracy_gain: built-in error / ImplicitGamma error. "
+        "Targets (issues 3, 15): torch ≤ 1.5× time with max error ≤ 1e-10 (float64); JAX ≥ "
+        f"3× faster. Wall time of this run: {time.perf_counter() - start:.0f} s."
     )
     name = "implicit_quick" if args.quick else "implicit"
     path = write_results(
@@ -210,6 +237,7 @@ def main() -> None:
         [
             "setting",
             "backend",
+            "dtype",
             "method",
             "samples",
             "seconds",

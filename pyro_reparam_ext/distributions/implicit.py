@@ -158,8 +158,10 @@ class ImplicitGamma(dist.Gamma):
         shape = self._extended_shape(sample_shape)
         standard = _implicit_standard_gamma(self.concentration.expand(shape))
         value = standard / self.rate.expand(shape)
-        # as torch.distributions.Gamma: keep log_prob finite where tiny α underflows
-        return value.clamp(min=torch.finfo(value.dtype).tiny)
+        # as torch.distributions.Gamma: keep log_prob finite where tiny α underflows, in place
+        # and outside the autograd graph (the gradient there is 0 either way: dx/dα = 0 at x = 0)
+        value.detach().clamp_(min=torch.finfo(value.dtype).tiny)
+        return value
 
 
 class ImplicitBeta(dist.Beta):
