@@ -40,15 +40,30 @@ __all__ = [
 ]
 
 
+class _AttachedGradient(torch.autograd.Function):
+    """``value`` in the forward pass; ``grad_output · derivative`` for ``param`` backward."""
+
+    @staticmethod
+    def forward(ctx, param, value, derivative):
+        ctx.save_for_backward(derivative)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (derivative,) = ctx.saved_tensors
+        return grad_output * derivative, None, None
+
+
 def _attach_gradient(value: torch.Tensor, param: torch.Tensor, dvalue_dparam) -> torch.Tensor:
-    """value + (dvalue/dparam)·(param - param.detach()): equal to ``value`` in the forward pass,
-    with derivative ``dvalue_dparam`` in ``param`` (a one-step Newton correction that stays at
-    the root). ``dvalue_dparam`` is a function, called only when a gradient is needed."""
+    """Equal to ``value`` in the forward pass, with derivative ``dvalue_dparam`` in ``param``
+    (the same first derivatives as value + (dvalue/dparam)·(param - param.detach()), without
+    its three extra passes over the array). ``dvalue_dparam`` is a function, called only when
+    a gradient is needed."""
     if not (torch.is_grad_enabled() and param.requires_grad):
         return value
     with torch.no_grad():
         derivative = dvalue_dparam()
-    return value + derivative * (param - param.detach())
+    return _AttachedGradient.apply(param, value, derivative)
 
 
 def _implicit_standard_gamma(concentration: torch.Tensor) -> torch.Tensor:

@@ -172,33 +172,23 @@ def _series_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _continued_fraction_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dx/dα in the continued-fraction regime: x·(C·(log x - ψ(α)) + ∂C/∂α).
 
-    C = 1/(b_0 - a_1/(b_1 - a_2/(b_2 - ...))) with b_i = x + 2i + 1 - α, a_i = i(i - α),
-    evaluated by the modified Lentz algorithm with forward-mode derivatives in α.
+    1/C = t_0 with t_k = b_k + e_{k+1}/t_{k+1}, t_N = b_N, b_k = x + 2k + 1 - α and
+    e_k = k(α - k) (the N-th convergent of the same fraction as the modified Lentz
+    algorithm, evaluated from its tail: ~10 instead of ~26 passes per term), differentiated
+    in forward mode: with r = 1/t_{k+1}, q = e_{k+1} r,
+    ∂t_k/∂α = -1 + r (k + 1 - q ∂t_{k+1}/∂α).
     """
-    b = x + 1 - a
-    d = 1 / b  # Lentz's D_i
-    dd = d * d  # ∂D/∂α = -∂b/∂α / b² with ∂b/∂α = -1
-    h, dh = d, dd
-    c = None  # Lentz's C_i (infinite before the first step)
-    dc = None
-    # fused forms (addcmul, one reciprocal per quotient): the same recurrences in ~20 instead
-    # of ~29 passes over the array, and no divisions
-    for i in range(1, NUM_FRACTION_TERMS + 1):
-        an = (a - i) * i  # ∂an/∂α = i
-        b = b + 2
-        ddenominator = an * dd + (i * d - 1)  # ∂/∂α (an·d + b)
-        d = torch.reciprocal(torch.addcmul(b, an, d))
-        dd = -ddenominator * d * d
-        if c is None:
-            c, dc = b, torch.full_like(x, -1.0)
-        else:
-            # c = b + an/c
-            inverse_c = torch.reciprocal(c)
-            dc = (i - an * dc * inverse_c) * inverse_c - 1
-            c = torch.addcmul(b, an, inverse_c)
-        delta = d * c
-        dh = torch.addcmul(dh * delta, h, torch.addcmul(dd * c, d, dc))
-        h = h * delta
+    base = x + 1 - a  # b_0
+    t = base + 2 * NUM_FRACTION_TERMS
+    dt = torch.full_like(x, -1.0)
+    for k in range(NUM_FRACTION_TERMS - 1, -1, -1):
+        i = k + 1
+        r = torch.reciprocal(t)
+        q = torch.mul(a, i).sub_(i * i).mul_(r)  # e_i / t_i
+        dt.mul_(q).sub_(i).mul_(r).neg_().sub_(1)  # -1 + r (i - q dt)
+        t = q.add_(base).add_(2 * k)
+    h = torch.reciprocal(t)
+    dh = -dt * h * h
     return x * (h * (torch.log(x) - torch.digamma(a)) + dh)
 
 
