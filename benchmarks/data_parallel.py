@@ -4,10 +4,10 @@ The binary VAE on the digits of ``examples/data_parallel_svi.py`` (64 pixels, 8 
 latents, tanh MLPs with 64 hidden units, Adam), one global minibatch per step split over the
 workers, gradients averaged:
 
-- Pyro: 1 vs 2 gloo ranks started with ``torch.multiprocessing`` (one torch thread per rank),
-  ``SVI`` + ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (one all-gather that
-  checks the ranks' parameters and one all-reduce of the gradients and running baselines per
-  step);
+- Pyro: 1 vs 2 gloo ranks (one torch thread per rank), ``SVI`` +
+  ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (one all-reduce of the gradients
+  and running baselines per step). Both in one ``torch.multiprocessing.spawn`` of 2 processes:
+  rank 0 first trains alone while rank 1 sleeps on an event, then both form the gloo group;
 - NumPyro: 1 vs 2 host CPU devices in one process (a subprocess started with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=2``), one ``SVI.update`` jitted over a
   ``numpyro_backend.infer.distributed.data_mesh`` of the first device or of both.
@@ -51,6 +51,7 @@ _spec.loader.exec_module(example)
 
 # steps per timing block: more for the cheap score-function step (blocks of ≳ 0.2 s)
 STEPS = {"sf-optimal": 120, "relax": 30}
+QUICK_STEPS = {"sf-optimal": 60}  # --quick (make bench): one estimator, one batch, 3 blocks
 
 
 def example_args(backend: str, workers: int, estimator: str, batch: int):
@@ -74,21 +75,18 @@ def batches(batch: int, num_data: int, count: int, seed: int = 0) -> list[np.nda
 # ---- Pyro ------------------------------------------------------------------------------------
 
 
-def _pyro_worker(rank: int, settings: dict, coordinator: str, out: str) -> None:
-    """One rank: warm up, time blocks of steps; rank 0 writes the median seconds per block."""
+def _pyro_training(rank: int, workers: int, settings: dict):
+    """SVI on ``workers`` ranks (this one ``rank``) and a function running one timing block."""
     import pyro
     import torch
     from pyro.infer import SVI
 
     from pyro_reparam_ext.infer import distributed
 
-    torch.set_num_threads(1)
-    workers, steps = settings["workers"], settings["steps"]
-    if workers > 1:
-        distributed.initialize(coordinator, num_processes=workers, process_id=rank, timeout=60)
     args = example_args("pyro", workers, settings["estimator"], settings["batch"])
     train = training_images()
     images = torch.as_tensor(train, dtype=torch.float32)
+    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model, guide = example.pyro_model_and_guide(args, len(train))
     distributed.seed_per_rank(0)
@@ -101,14 +99,35 @@ def _pyro_worker(rank: int, settings: dict, coordinator: str, out: str) -> None:
     ]
 
     def block():
-        for step in range(steps):
+        for step in range(settings["steps"]):
             svi.step(images, pool[step % len(pool)])
 
-    seconds = median_time(block, repeats=settings["repeats"], warmup=1)
+    return block
+
+
+def _pyro_worker(rank: int, settings: dict, coordinator: str, out: str, ready, go) -> None:
+    """One of 2 processes. Rank 0 first times one worker alone (rank 1 waits on ``go``, asleep),
+    then both join a gloo group and time 2 workers; rank 0 writes the median seconds per block.
+    """
+    import torch
+
+    from pyro_reparam_ext.infer import distributed
+
+    torch.set_num_threads(1)
+    seconds = {}
+    if rank == 0:
+        ready.wait()  # rank 1 has started up: it sleeps from now on
+        seconds[1] = median_time(_pyro_training(0, 1, settings), settings["repeats"], warmup=1)
+        go.set()
+    else:
+        ready.set()
+        go.wait()
+    distributed.initialize(coordinator, num_processes=2, process_id=rank, timeout=60)
+    block = _pyro_training(rank, 2, settings)
+    seconds[2] = median_time(block, repeats=settings["repeats"], warmup=1)
     if rank == 0:
         Path(out).write_text(json.dumps(seconds))
-    if workers > 1:
-        torch.distributed.destroy_process_group()
+    torch.distributed.destroy_process_group()
 
 
 def free_port() -> int:
@@ -117,17 +136,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pyro_seconds(settings: dict) -> float:
-    """Median seconds per block of ``settings['steps']`` steps on ``settings['workers']`` ranks."""
+def pyro_seconds(settings: dict) -> dict:
+    """Median seconds per block of ``settings['steps']`` steps on 1 and on 2 ranks."""
     import torch.multiprocessing as mp
 
+    context = mp.get_context("spawn")
+    ready, go = context.Event(), context.Event()
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "seconds.json")
         coordinator = f"127.0.0.1:{free_port()}"
-        mp.spawn(
-            _pyro_worker, args=(settings, coordinator, out), nprocs=settings["workers"], join=True
-        )
-        return json.loads(Path(out).read_text())
+        mp.spawn(_pyro_worker, args=(settings, coordinator, out, ready, go), nprocs=2, join=True)
+        return {int(k): v for k, v in json.loads(Path(out).read_text()).items()}
 
 
 # ---- NumPyro ---------------------------------------------------------------------------------
@@ -211,8 +230,8 @@ def main(argv=None) -> None:
     if args.numpyro_worker is not None:
         print(json.dumps(numpyro_worker(json.loads(args.numpyro_worker))), flush=True)
         return
-    if args.quick:  # RELAX only (learned state, second backward pass): ≤ 60 s with start-up
-        sizes, steps, repeats = (512,), {"relax": 5}, 3
+    if args.quick:  # the cheap estimator only (NumPyro compiles RELAX for ~15 s per mesh)
+        sizes, steps, repeats = (512,), QUICK_STEPS, 3
     else:
         sizes, steps, repeats = (512, 2048), STEPS, 5
     rows = []
@@ -221,7 +240,7 @@ def main(argv=None) -> None:
             settings = dict(estimator=estimator, batch=batch, steps=num_steps, repeats=repeats)
             if args.backend in (None, "pyro"):
                 load = os.getloadavg()
-                pyro = {n: pyro_seconds(dict(settings, workers=n)) for n in (1, 2)}
+                pyro = pyro_seconds(settings)
                 rows.append(row("pyro", estimator, batch, num_steps, pyro, load))
                 print(rows[-1], flush=True)
             if args.backend in (None, "numpyro"):
@@ -232,9 +251,10 @@ def main(argv=None) -> None:
     notes = (
         "Binary VAE of examples/data_parallel_svi.py on the digits (64 pixels, 8 latents, "
         "64 hidden units, Adam lr 1e-2), one particle. Pyro: 1 vs 2 gloo ranks "
-        "(torch.multiprocessing, torch.set_num_threads(1) per rank), DistributedOptimizer "
-        "(2 collectives per step: a parameter check and one all-reduce of gradients and "
-        "running baselines). "
+        "(torch.multiprocessing, torch.set_num_threads(1) per rank; one spawn of 2 processes "
+        "per row: rank 0 times 1 worker while rank 1 sleeps on an event, then both time 2 "
+        "workers), DistributedOptimizer (one all-reduce per step: gradients, running "
+        "baselines, and the flag that replaces the per-step parameter check). "
         "NumPyro: 1 vs 2 forced host CPU devices in one process, SVI.update jitted over the "
         "mesh (XLA's default CPU threading), each step waited for (like the example's "
         "float(loss); without it 120 queued steps stalled an all-gather of the 2-device "
@@ -243,7 +263,7 @@ def main(argv=None) -> None:
         "(compilation excluded); minibatches drawn with replacement from the 1437 training "
         "images stacked twice (plate size 2874). 2-core machine shared with other jobs: "
         "load = 1-minute load average before / after each row (2 = both cores busy)."
-        + (" QUICK RUN: RELAX only, one batch size, few steps." if args.quick else "")
+        + (" QUICK RUN: sf-optimal only, one batch size, 3 blocks." if args.quick else "")
     )
     name = "data_parallel_quick" if args.quick else "data_parallel"
     if args.backend is not None:
