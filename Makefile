@@ -34,9 +34,10 @@ demo: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The whole estimator protocol (benchmarks/protocol.py; make bench runs its short version).
+# The whole estimator protocol and data-parallel table (make bench runs their short versions).
 bench-full: install
 	$(PY) benchmarks/protocol.py
+	$(PY) benchmarks/data_parallel.py
 	$(PY) benchmarks/run_all.py --collect-only
 
 # The documentation site, offline (MathJax ships in a wheel), warnings are errors.

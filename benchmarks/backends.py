@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps, repeats = (20, 3) if args.quick else (100, 5)
+    steps, repeats = (20, 3) if args.quick else (100, 3)
     rows = []
     for name in ESTIMATORS:
         pyro_rate = pyro_step_rate(name, steps, repeats)

@@ -9,7 +9,7 @@ number of model evaluations per gradient estimate (K = 1, 2, 4):
 - gradient variance: ``gradient_variance`` total variance of the guide-parameter gradient
   (the part estimators differ in) at fixed parameters, and its ratio to TraceGraph_ELBO with
   Pyro's decaying-average baseline (ratio > 1: lower variance than TraceGraph). Running
-  baselines get 50 calls to settle; REBAR/RELAX get a 1000-step control-variate warm-up at
+  baselines get 50 calls to settle; REBAR/RELAX get a 500-step control-variate warm-up at
   lr 0.005 (only η, λ, ρ move) before their variance is measured;
 - for K ≥ 2 also ``DisARM_ELBO(K)`` (DisARM at K = 2, ARMS at K = 4; stick-breaking coupling
   on the Categorical model) and ``IWAE_ELBO(K)`` (VIMCO learning signals at discrete sites),
@@ -109,7 +109,7 @@ def run(entry, k: int, quick: bool) -> list[dict]:
     data, init = torch_inputs(entry)
     nesting = entry.max_plate_nesting
     num_samples = 60 if quick else 600
-    warm_steps = 20 if quick else 1000
+    warm_steps = 20 if quick else 500
     rows = []
     reference = loo = None
     for name, (make, decaying, warm) in estimators(k, nesting).items():
@@ -201,7 +201,7 @@ def main(argv=None) -> None:
         "at the same K (equal model evaluations). DisARM_ELBO: DisARM at K = 2, ARMS at K = 4 "
         "(stick-breaking coupling on the Categorical model). IWAE_ELBO's gradient is that of "
         "the K-sample bound (VIMCO learning signals), not of the ELBO. "
-        "REBAR/RELAX after a 1000-step control-variate warm-up at lr 0.005 (only η, λ, ρ trained)."
+        "REBAR/RELAX after a 500-step control-variate warm-up at lr 0.005 (only η, λ, ρ trained)."
         + (" QUICK RUN: few samples." if args.quick else "")
     )
     path = write_results(

@@ -51,9 +51,9 @@ and merges their results.
     python benchmarks/protocol.py --quick     # make bench (short; minutes)
     python benchmarks/protocol.py             # make bench-full (the whole protocol)
 
-Quick settings: 100 steps, checkpoints 0/50/100, 30 gradient samples per variance, 20
+Quick settings: 80 steps, checkpoints 0/40/80, 20 gradient samples per variance, 20
 warm-up steps; full: 2000 steps, checkpoints 0/500/…/2000, 100 samples, 100 warm-up steps
-(≈ 68 CPU-min, ≈ 35 min on 2 cores: estimated from per-run CPU times, not yet measured). The tables
+(measured: 27.2 min on 2 cores, 39.6 CPU-min). The tables
 give each variance ratio's standard error (``ratio_se``, from the spread of the samples'
 squared deviations, so heavy tails show) and the median relative SE of the run.
 
@@ -1222,10 +1222,9 @@ def plot_name(run: Run, stem: str = "protocol") -> str:
     return f"{stem}_{run.model}_E{run.budget}.png"
 
 
-QUICK = dict(steps=100, checkpoints=2, variance_samples=30, warmup=20, timing_steps=5)
+QUICK = dict(steps=80, checkpoints=2, variance_samples=20, warmup=20, timing_steps=5)
 QUICK_NUMPYRO_MODELS = ("linear",)  # compiling every estimator for every model takes minutes
-# ≈ 68 CPU-min in all (from the per-run CPU times of the quick and reduced runs, scaled to these
-# settings; NumPyro's nonlinear/categorical units assumed 1.3× its linear one): ≈ 35 min on 2 cores
+# measured (make bench-full from a fresh clone of 57e3d97): 27.2 min on 2 cores, 39.6 CPU-min
 FULL = dict(steps=2000, checkpoints=4, variance_samples=100, warmup=100, timing_steps=20)
 
 

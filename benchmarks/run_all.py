@@ -1,8 +1,8 @@
 """Run every benchmark script and publish the results (what ``make bench`` runs).
 
 Runs each ``benchmarks/*.py`` other than ``common.py`` and this file, one subprocess each
-(``--quick`` is passed on when given; ``protocol.py`` always gets it, its full version is
-``make bench-full``), then gathers the ``benchmarks/results/*.md`` files the
+(``--quick`` is passed on when given; ``protocol.py`` and ``data_parallel.py`` always get it,
+their full versions are ``make bench-full``), then gathers the ``benchmarks/results/*.md`` files the
 scripts wrote (through ``benchmarks.common.write_results``) into ``benchmarks/results/README.md``
 and replaces the part of the top-level ``README.md`` between the markers
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` with the same tables, so the README always
@@ -32,8 +32,9 @@ RESULTS_DIR = BENCH_DIR / "results"
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 NOT_BENCHMARKS = {"common.py", "run_all.py", "__init__.py"}
-# run with --quick even in a full `make bench`: the whole protocol is `make bench-full`
-ALWAYS_QUICK = {"protocol"}
+# run with --quick even in a full `make bench` (≤ 10 min): the whole protocol and the four-row
+# data-parallel table (2 batch sizes × 2 estimators, ~3 min) are `make bench-full`
+ALWAYS_QUICK = {"protocol", "data_parallel"}
 
 
 def benchmark_scripts() -> list[Path]:

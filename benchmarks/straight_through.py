@@ -118,7 +118,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(1)
-    num = 20_000 if args.quick else 400_000
+    num = 20_000 if args.quick else 200_000
     theta, f, exact = problem()
     results = []
     baseline_time = None
