@@ -227,20 +227,30 @@ def _quadrature_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x * half * total
 
 
+@functools.cache
+def _asymptotic_row_tensors(dtype: torch.dtype, device: torch.device):
+    """_asymptotic_rows as 0-dim tensors, so that each Horner step is one fused addcmul."""
+    return tuple(
+        tuple(torch.tensor(c, dtype=dtype, device=device) for c in row)
+        for row in _asymptotic_rows(dtype)
+    )
+
+
 def _asymptotic_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dx/dα for large α and |η| ≤ ASYMPTOTIC_ETA: λ Σ_j α^-j Σ_n d_jn η^n (Horner in η for
-    each j, then in 1/α), with λ = x/α and η = sign(λ - 1) √(2(λ - 1 - log λ))."""
+    each j, one fused pass per coefficient, then in 1/α), with λ = x/α and
+    η = sign(λ - 1) √(2(λ - 1 - log λ))."""
     w = x / a - 1  # λ - 1
     eta = torch.copysign((w - torch.log1p(w)).mul_(2).clamp_(min=0).sqrt_(), w)
     inverse_a = torch.reciprocal(a)
     total = None
-    for row in reversed(_asymptotic_rows(x.dtype)):
+    for row in reversed(_asymptotic_row_tensors(x.dtype, x.device)):
         if len(row) == 1:
-            value = torch.full_like(x, row[0])
+            value = row[0].expand_as(x).clone()
         else:
-            value = torch.mul(eta, row[-1]).add_(row[-2])
+            value = torch.addcmul(row[-2], eta, row[-1])
         for coefficient in reversed(row[:-2]):
-            value.mul_(eta).add_(coefficient)
+            torch.addcmul(coefficient, value, eta, out=value)
         total = value if total is None else value.addcmul_(total, inverse_a)
     return total.mul_(w.add_(1))
 
