@@ -31,6 +31,7 @@ import numpyro_backend
 import numpyro_backend.ops as jax_ops
 import pyro_reparam_ext
 import pyro_reparam_ext.ops as torch_ops
+from tests.make_implicit_reference import gamma_dz_dalpha  # the stored reference's mpmath rule
 
 REFERENCE = json.loads(
     (Path(__file__).resolve().parent / "data" / "implicit_reference.json").read_text()
@@ -99,19 +100,6 @@ def test_beta_gradient_matches_mpmath(backend):
     np.testing.assert_allclose(np.asarray(db), _column(points, "dz_dconcentration0"), rtol=1e-8)
 
 
-def _mpmath_gamma_dz_dalpha(a: float, x: float) -> float:
-    """As tests/make_implicit_reference.py (30 digits)."""
-    import mpmath as mp
-
-    with mp.workdps(30):
-        a, x = mp.mpf(a), mp.mpf(x)
-        if x < a:
-            dp_da = mp.diff(lambda s: mp.gammainc(s, 0, x, regularized=True), a)
-        else:
-            dp_da = -mp.diff(lambda s: mp.gammainc(s, x, mp.inf, regularized=True), a)
-        return float(-dp_da / mp.exp((a - 1) * mp.log(x) - x - mp.loggamma(a)))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
     """The large-α expansion where its truncation is largest (α = 20, |η| = 0.6 on both
@@ -136,7 +124,7 @@ def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
     regimes = torch_gamma._regimes(torch.as_tensor(a), torch.as_tensor(x))
     assert regimes[-1][1] is torch_gamma._asymptotic_ratio
     assert regimes[-1][0].sum() == 8 and regimes[-2][0].sum() == 5  # both sides of the edges
-    expected = np.array([_mpmath_gamma_dz_dalpha(ai, xi) for ai, xi in zip(a, x, strict=True)])
+    expected = np.array([gamma_dz_dalpha(ai, xi) for ai, xi in zip(a, x, strict=True)])
     np.testing.assert_allclose(_standard_gamma_grad(backend, a, x), expected, rtol=GAMMA_RTOL)
 
 
