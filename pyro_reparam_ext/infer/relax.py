@@ -125,12 +125,6 @@ from pyro_reparam_ext.infer.particles import (
     sum_decisions,
     sum_local_terms,
 )
-from pyro_reparam_ext.infer.relaxation import (  # noqa: F401  (FAMILIES, classes: re-export)
-    FAMILIES,
-    BernoulliRelaxation,
-    CategoricalRelaxation,
-    OneHotCategoricalRelaxation,
-)
 from pyro_reparam_ext.infer.sites import (
     PREFIX,
     check_relaxable,
