@@ -556,3 +556,32 @@ def test_samples_lie_on_the_sphere_without_renormalization():
         radius = jnp.sqrt(t * (2 - t) / (v * v).sum(-1))
         z = np.asarray(embed_rotate_jax(jnp.asarray(loc.numpy()), 1 - t, radius, v))
         assert bool(constraints.sphere.check(torch.tensor(z)).all()), ("jax", dim)
+
+
+@pytest.mark.parametrize("dim", [2, 3, 16, 17])
+def test_embed_rotate_single_direction_matches_householder(dim):
+    """embed_rotate's paths (a d×d matrix product for one mean direction at d ≤ 16, the
+    elementwise expression otherwise) equal householder_rotate of y = (first, radius·v) in
+    value and in the gradients of loc (not unit: its normalization is differentiated too),
+    first and radius, to float64 rounding (exact identities, so a 1e-12 tolerance)."""
+    from pyro_reparam_ext.ops.sphere import embed_rotate, householder_rotate
+
+    gen = torch.Generator().manual_seed(dim)
+    for loc_shape in [(dim,), (1, dim)]:
+        for flip in [1.0, -1.0]:  # both signs of loc₁ (the reflection's sign choice)
+            loc = torch.randn(loc_shape, dtype=torch.float64, generator=gen)
+            loc[..., 0] = flip * loc[..., 0].abs()
+            loc = (1.7 * loc).requires_grad_()
+            first = torch.rand((50,) + loc_shape[:-1], dtype=torch.float64, generator=gen)
+            first = (2 * first - 1).requires_grad_()
+            v = torch.randn(first.shape + (dim - 1,), dtype=torch.float64, generator=gen)
+            radius = torch.sqrt((1 - first.detach() ** 2) / (v * v).sum(-1)).requires_grad_()
+            a = torch.randn(dim, dtype=torch.float64, generator=gen)
+            z = embed_rotate(loc, first, radius, v)
+            y = torch.cat([first.unsqueeze(-1), radius.unsqueeze(-1) * v], dim=-1)
+            expected = householder_rotate(loc, y)
+            got = torch.autograd.grad((z @ a).sum(), [loc, first, radius])
+            want = torch.autograd.grad((expected @ a).sum(), [loc, first, radius])
+            torch.testing.assert_close(z, expected, rtol=0, atol=1e-12)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=0, atol=1e-12)

@@ -21,6 +21,8 @@ def log_sphere_area(dim: int) -> float:
 
 def _batch_shape(loc_shape: tuple, concentration_shape: tuple) -> torch.Size:
     """Broadcast of loc.shape[:-1] and concentration.shape, or a ValueError naming both."""
+    if loc_shape[:-1] == concentration_shape or not concentration_shape:
+        return torch.Size(loc_shape[:-1])  # (torch.broadcast_shapes is slow Python)
     try:
         return torch.broadcast_shapes(loc_shape[:-1], concentration_shape)
     except RuntimeError:
