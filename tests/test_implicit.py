@@ -103,9 +103,9 @@ def test_beta_gradient_matches_mpmath(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
     """The large-α expansion where its truncation is largest (α = 20, |η| = 0.6 on both
-    sides) and at α = 1e3, and just outside its edges (the quadrature): ≤ 1e-10
-    against mpmath on both sides of every edge; the coefficient tables of both backends are
-    the same."""
+    sides) and at α = 1e3, and just outside its edges (the quadrature; below α = 20 the
+    series and the continued fraction): ≤ 1e-10 against mpmath on both sides of every
+    edge; the coefficient tables of both backends are the same."""
     from numpyro_backend.ops import gamma as jax_gamma
     from pyro_reparam_ext.ops import gamma as torch_gamma
 
@@ -118,12 +118,17 @@ def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
             for side in (1 - 1e-9, 1 + 1e-9):
                 a.append(alpha)
                 x.append(alpha * lam * side)
-    a.append(edge * (1 - 1e-9))  # just below the concentration edge: quadrature
-    x.append(edge)
+    # just below the concentration edge (torch: the 48-term series, worst truncation next
+    # to x = α + 2, and the continued fraction at x = α + 2)
+    below = edge * (1 - 1e-9)
+    for value in (edge, (below + 2) * (1 - 1e-9), below + 2):
+        a.append(below)
+        x.append(value)
     a, x = np.array(a), np.array(x)
     regimes = torch_gamma._regimes(torch.as_tensor(a), torch.as_tensor(x))
     assert regimes[-1][1] is torch_gamma._asymptotic_ratio
-    assert regimes[-1][0].sum() == 8 and regimes[-2][0].sum() == 5  # both sides of the edges
+    assert regimes[-1][0].sum() == 8 and regimes[-2][0].sum() == 4  # both sides of the edges
+    assert regimes[1][0][-3:].tolist() == [True, True, False] and regimes[2][0][-1]
     expected = np.array([gamma_dz_dalpha(ai, xi) for ai, xi in zip(a, x, strict=True)])
     np.testing.assert_allclose(_standard_gamma_grad(backend, a, x), expected, rtol=GAMMA_RTOL)
 
@@ -559,10 +564,15 @@ def test_torch_gamma_sampling_and_gradient_never_synchronize():
     from tests.test_sphere import _HostSyncRecorder
 
     torch.manual_seed(0)
-    # every regime: series and continued fraction (α < 4, both sides of x = α + 2), large α
-    # (quadrature below α = 20, the asymptotic expansion above)
+    # every regime: series and continued fraction (α < 20, both sides of x = α + 2; 28 or 48
+    # series terms below / above α = 4), large α (the asymptotic expansion)
     alpha = torch.tensor([0.01, 0.5, 3.0, 10.0, 30.0, 3e3], dtype=torch.float64).repeat(200)
     x = torch._standard_gamma(alpha)
+    # and the quadrature: large α, far tails (|η| > 0.6)
+    alpha, x = (
+        torch.cat([alpha, torch.tensor([30.0, 30.0])]),
+        torch.cat([x, torch.tensor([5.0, 80.0])]),
+    )
     assert all(mask.any() for mask, _ in gamma_ops._regimes(alpha, x))
     accelerator = _HostSyncRecorder()
     with accelerator:
