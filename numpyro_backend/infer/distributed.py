@@ -32,6 +32,7 @@ only cross-element reductions are sums and the particle-axis means).
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "data_mesh",
     "data_parallel_update",
     "initialize",
+    "pin_to_cpu",
     "replicate",
     "shard_batch",
 ]
@@ -55,6 +57,7 @@ def initialize(
     num_processes: int,
     process_id: int,
     timeout: float = 60.0,
+    pin_cpu: bool = False,
 ) -> None:
     """Join the other processes: ``jax.distributed.initialize`` (call before any JAX work).
 
@@ -65,6 +68,10 @@ def initialize(
     :param int process_id: this process's index, in ``[0, num_processes)``.
     :param float timeout: seconds to wait for every process to connect before raising,
         instead of hanging.
+    :param bool pin_cpu: give this process one CPU core of its own (one worker per core): pin
+        all its threads, and those XLA starts later, to core ``process_id mod (number of cores
+        it may use)`` (``os.sched_setaffinity``, Linux). Default False. (The Pyro backend's
+        ``initialize`` also polls its own all-reduces then; XLA's collectives are its own.)
     """
     host, sep, port = coordinator_address.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -75,6 +82,8 @@ def initialize(
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if pin_cpu:  # before JAX starts its threads: they inherit the core
+        pin_to_cpu(process_id)
     where = f"process {process_id} of {num_processes} at {coordinator_address}"
     try:
         if num_processes > 1:
@@ -88,6 +97,27 @@ def initialize(
     except Exception as error:  # one line instead of a hang or a stack trace
         message = " ".join(str(error).split())[:300]
         raise RuntimeError(f"{where} could not join (timeout {timeout} s): {message}") from None
+
+
+def pin_to_cpu(index: int) -> int:
+    """Pin every thread of this process to one CPU core; return the core.
+
+    The core is the ``index mod n``-th (in increasing order) of the n cores this process may
+    use, so ``index = local rank`` gives each worker on a machine its own core. Threads started
+    later inherit the core. Used by :func:`initialize` (``pin_cpu=True``).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("pin_to_cpu needs os.sched_setaffinity (Linux)")
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be an integer >= 0, got {index!r}")
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[index % len(cores)]
+    for thread in os.listdir("/proc/self/task"):  # sched_setaffinity(0) would pin one thread
+        try:
+            os.sched_setaffinity(int(thread), {core})
+        except ProcessLookupError:  # the thread has ended meanwhile
+            pass
+    return core
 
 
 def _rendezvous(host: str, port: int, num_processes: int, process_id: int, timeout: float):

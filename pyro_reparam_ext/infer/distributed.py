@@ -56,6 +56,7 @@ proportional to the variance of the averaged gradient (Var(mean of R) = mean Var
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 import zlib
@@ -79,6 +80,7 @@ __all__ = [
     "broadcast_module",
     "initialize",
     "is_distributed",
+    "pin_to_cpu",
     "seed_per_rank",
 ]
 
@@ -95,6 +97,7 @@ def initialize(
     process_id: int,
     timeout: float = 60.0,
     backend: str | None = None,
+    pin_cpu: bool = False,
 ) -> None:
     """Join the process group: ``torch.distributed.init_process_group`` over TCP.
 
@@ -105,7 +108,15 @@ def initialize(
         collective) before raising, instead of hanging.
     :param str backend: ``"gloo"`` or ``"nccl"``; default NCCL when CUDA is available
         (then call ``torch.cuda.set_device(local_rank)`` first), else gloo.
+    :param bool pin_cpu: give this process one CPU core of its own (for CPU workers with one
+        thread each, one worker per core): pin all its threads, gloo's included, to core
+        ``process_id mod (number of cores it may use)`` (``os.sched_setaffinity``, Linux), and
+        wait for the CPU all-reduces of this module by polling on that core
+        (``os.sched_yield`` between polls) instead of sleeping, so a waiting rank neither
+        hands its core to another rank's threads nor pays a wake-up when the collective
+        completes. Default False (threads float, waits sleep).
     """
+    global _poll_waits
     host, sep, port = coordinator_address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ValueError(f"coordinator_address must be 'host:port', got {coordinator_address!r}")
@@ -117,6 +128,8 @@ def initialize(
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if pin_cpu:  # before the process group: the threads it starts inherit the core
+        pin_to_cpu(process_id)
     try:
         dist.init_process_group(
             backend,
@@ -131,6 +144,28 @@ def initialize(
             f"rank {process_id} of {num_processes} could not join the process group at "
             f"{coordinator_address} (timeout {timeout} s): {message}"
         ) from None
+    _poll_waits = bool(pin_cpu)
+
+
+def pin_to_cpu(index: int) -> int:
+    """Pin every thread of this process to one CPU core; return the core.
+
+    The core is the ``index mod n``-th (in increasing order) of the n cores this process may
+    use, so ``index = local rank`` gives each worker on a machine its own core. Threads started
+    later inherit the core. Used by :func:`initialize` (``pin_cpu=True``).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("pin_to_cpu needs os.sched_setaffinity (Linux)")
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be an integer >= 0, got {index!r}")
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[index % len(cores)]
+    for thread in os.listdir("/proc/self/task"):  # sched_setaffinity(0) would pin one thread
+        try:
+            os.sched_setaffinity(int(thread), {core})
+        except ProcessLookupError:  # the thread has ended meanwhile
+            pass
+    return core
 
 
 def seed_per_rank(seed: int) -> int:
@@ -151,6 +186,20 @@ _pending: list[torch.Tensor] = []
 _optimizers: weakref.WeakSet = weakref.WeakSet()
 # Inside EstimatorELBOModule.forward: the states updated by this call, averaged at its end.
 _collected: ContextVar[list | None] = ContextVar("running_states_collected", default=None)
+# Set by initialize(pin_cpu=True): CPU all-reduces are waited for by polling.
+_poll_waits = False
+
+
+def _all_reduce(flat: torch.Tensor) -> None:
+    """``dist.all_reduce(flat)`` (a sum), waited for by polling when :func:`initialize` pinned
+    this rank to its own core (a gloo timeout or error still raises, from ``wait``)."""
+    if not (_poll_waits and flat.device.type == "cpu"):
+        dist.all_reduce(flat)
+        return
+    work = dist.all_reduce(flat, async_op=True)
+    while not work.is_completed():
+        os.sched_yield()
+    work.wait()
 
 
 def average_running_state(state: torch.Tensor) -> torch.Tensor:
@@ -227,12 +276,15 @@ def _pack(
 def _unpack(
     flat: torch.Tensor, group: list[torch.Tensor], group_states: list[torch.Tensor], header: int
 ) -> None:
-    """Write a summed :func:`_pack` tensor back, divided by the world size."""
+    """Write a summed :func:`_pack` tensor back, divided by the world size.
+
+    The gradients become views of ``flat`` (a fresh tensor every step: nothing else writes it).
+    """
     flat.div_(dist.get_world_size())
     sizes = [header + len(group)] + [p.numel() for p in group] + [s.numel() for s in group_states]
     flags, *chunks = torch.split(flat, sizes)
     for p, chunk, flag in zip(group, chunks, flags[header:].tolist(), strict=False):
-        p.grad = chunk.view_as(p).clone() if flag > 0 else None
+        p.grad = chunk.view_as(p) if flag > 0 else None
     with torch.no_grad():
         for s, chunk in zip(group_states, chunks[len(group) :], strict=True):
             s.copy_(chunk.view_as(s))
@@ -247,7 +299,7 @@ def _all_reduce_mean(params: list[torch.Tensor], states: list[torch.Tensor]) -> 
     """
     for group, group_states in _packed_groups(params, states):
         flat = _pack(group, group_states, [])
-        dist.all_reduce(flat)
+        _all_reduce(flat)
         _unpack(flat, group, group_states, 0)
 
 
@@ -350,7 +402,7 @@ def _all_reduce_mean_as_checked(
         else:
             flat = torch.zeros(size + len(header), dtype=dtype, device=device)
             flat[0] = 1.0
-        dist.all_reduce(flat)
+        _all_reduce(flat)
         if index == 0 and flat[0] > 0:
             return False
         _unpack(flat, *groups[index], len(header))

@@ -384,8 +384,9 @@ def test_two_processes_equal_one_device(process_runs, mesh_runs, name):
 
 def test_example_with_two_workers_ends_with_bitwise_equal_parameters(tmp_path):
     # the example end to end from the command line: 2 jax.distributed processes, a few steps, --out
+    # (--pin-cpu: each process pinned to its own core, initialize(pin_cpu=True))
     command = [sys.executable, str(EXAMPLE), "--backend", "numpyro", "--workers", "2"]
-    command += ["--estimator", "sf-optimal", "--steps", "3", "--hidden", "16"]
+    command += ["--estimator", "sf-optimal", "--steps", "3", "--hidden", "16", "--pin-cpu"]
     # XLA's optimizations off: compiling dominates these 3 steps (as in ``environment``)
     env = dict(
         os.environ,
@@ -424,6 +425,8 @@ def test_shard_batch_checks_its_arguments():
         distributed.initialize("127.0.0.1", num_processes=2, process_id=0)
     with pytest.raises(ValueError, match="devices"):
         distributed.data_mesh([])
+    with pytest.raises(ValueError, match="index"):
+        distributed.pin_to_cpu(-1)
 
 
 def test_launch_errors_are_one_line_and_do_not_hang():

@@ -315,7 +315,20 @@ def run_collective_counts(rank: int, x) -> dict:
     return {"svi_step": svi_step, "module_forward": forward}
 
 
-def worker(rank: int, port: int, path: str) -> None:
+def thread_cores() -> list[set]:
+    """The cores each thread of this process may run on."""
+    return [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")]
+
+
+def run_pinned(rank: int, x, port: int) -> dict:
+    """A fresh process group with ``pin_cpu=True`` (threads pinned, all-reduces polled): the
+    sf-optimal run of ``run_estimator`` again, and every thread's cores."""
+    torch.distributed.destroy_process_group()
+    distributed.initialize(f"127.0.0.1:{port}", num_processes=WORLD, process_id=rank, pin_cpu=True)
+    return {"estimator": run_estimator(rank, x, "sf_optimal"), "cores": thread_cores()}
+
+
+def worker(rank: int, port: int, path: str, pinned_port: int) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     pyro.enable_validation(True)
@@ -334,6 +347,7 @@ def worker(rank: int, port: int, path: str) -> None:
     out["layout_changes"] = run_layout_changes(rank)
     out["collectives"] = run_collective_counts(rank, x)
     out["unbiasedness"] = run_unbiasedness(rank)
+    out["pinned"] = run_pinned(rank, x, pinned_port)
     torch.save(out, f"{path}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -347,7 +361,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     path = tmp_path_factory.mktemp("distributed_pyro")
-    mp.spawn(worker, args=(free_port(), str(path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(free_port(), str(path), free_port()), nprocs=WORLD, join=True)
     return [torch.load(path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -486,6 +500,19 @@ def test_running_statistics_ride_in_one_all_reduce(runs):
         assert runs[r]["collectives"]["module_forward"] == {"all_reduce": 1}
 
 
+def test_pinned_ranks_poll_and_step_exactly_as_unpinned(runs):
+    # initialize(pin_cpu=True): every thread of rank r (gloo's included) on core r (mod the
+    # cores available), and the polled all-reduces change nothing: the same 20 steps from the
+    # same seeds end bitwise where the default run ended
+    cores = sorted(os.sched_getaffinity(0))
+    for r in range(WORLD):
+        pinned = runs[r]["pinned"]
+        assert all(c == {cores[r % len(cores)]} for c in pinned["cores"]), pinned["cores"]
+        assert_bitwise_equal(
+            pinned["estimator"]["final"], runs[r]["estimators"]["sf_optimal"]["final"]
+        )
+
+
 def test_mismatched_parameters_raise_on_every_rank(runs):
     for r in range(WORLD):
         assert "the ranks step different parameters" in runs[r]["mismatch"]
@@ -537,6 +564,8 @@ def test_bad_launch_settings():
         distributed.initialize("localhost", num_processes=1, process_id=0)
     with pytest.raises(ValueError, match="pyro_optim"):
         distributed.DistributedOptimizer(torch.optim.SGD)
+    with pytest.raises(ValueError, match="index"):
+        distributed.pin_to_cpu(-1)
 
 
 def test_rendezvous_timeout_is_one_line_error():
