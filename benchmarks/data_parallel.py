@@ -6,16 +6,22 @@ workers, gradients averaged:
 
 - Pyro: 1 vs 2 gloo ranks (one torch thread per rank), ``SVI`` +
   ``pyro_reparam_ext.infer.distributed.DistributedOptimizer`` (one all-reduce of the gradients
-  and running baselines per step). Both in one ``torch.multiprocessing.spawn`` of 2 processes:
-  rank 0 first trains alone while rank 1 sleeps on an event, then both form the gloo group;
+  and running baselines per step). All in one ``torch.multiprocessing.spawn`` of 2 processes:
+  rank 0 first trains alone while rank 1 sleeps on an event, then both form the gloo group
+  (default settings), then form it again with ``initialize(pin_cpu=True)`` (rank r's threads
+  on core r, all-reduces waited for by polling). Every rank also records its CPU time
+  (``time.process_time``: all its threads, gloo's included) per step;
 - NumPyro: 1 vs 2 host CPU devices in one process (a subprocess started with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=2``), one ``SVI.update`` jitted over a
   ``numpyro_backend.infer.distributed.data_mesh`` of the first device or of both.
 
 Samples/s = global batch × steps / seconds (median of timing blocks, after warm-up steps:
 compilation excluded). Minibatch indices are drawn with replacement from the 1437 training
-images stacked twice (2874 rows), so the plate size exceeds the largest global batch. The
-machine is shared: every row records the 1-minute load average before and after it.
+images stacked twice (2874 rows; 6 times, 8622 rows, for the global batch of 8192), so the
+plate size exceeds the global batch. The batch-8192 row is the compute-bound case (a step's
+fixed cost, Pyro's tracing and per-parameter optimizers plus the all-reduce, is small next to
+its compute); the smaller batches are dominated by fixed costs. The machine is shared: every
+row records the 1-minute load average before and after it.
 
     python benchmarks/data_parallel.py [--quick] [--backend pyro|numpyro]
 
@@ -30,9 +36,11 @@ import importlib.util
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +57,18 @@ _spec = importlib.util.spec_from_file_location(
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)
 
-# steps per timing block: more for the cheap score-function step (blocks of ≳ 0.2 s)
-STEPS = {"sf-optimal": 120, "relax": 30}
-QUICK_STEPS = {"sf-optimal": 60}  # --quick (make bench): one estimator, one batch, 3 blocks
+# (estimator, global batch, steps per timing block): blocks of >~ 0.2 s
+ROWS = [
+    ("sf-optimal", 512, 120),
+    ("relax", 512, 30),
+    ("sf-optimal", 2048, 120),
+    ("relax", 2048, 30),
+    ("sf-optimal", 8192, 30),
+]
+# --quick (make bench): the score-function estimator only, 3 blocks; batch 8192 Pyro only
+QUICK_ROWS = [("sf-optimal", 512, 60), ("sf-optimal", 8192, 10)]
+QUICK_NUMPYRO_BATCHES = (512,)
+TRAINING_IMAGES = 1437
 
 
 def example_args(backend: str, workers: int, estimator: str, batch: int):
@@ -60,10 +77,11 @@ def example_args(backend: str, workers: int, estimator: str, batch: int):
     return example.parse_args(argv + ["--batch-size", str(batch), "--seed", "0"])
 
 
-def training_images() -> np.ndarray:
-    """The example's 1437 training images, stacked twice (2874 rows: room for a 2048 batch)."""
+def training_images(batch: int) -> np.ndarray:
+    """The example's 1437 training images, stacked twice (2874 rows), or as often as it takes
+    to hold ``batch`` rows."""
     train, _ = example.load_binarized_digits(0)
-    return np.tile(train, (2, 1))
+    return np.tile(train, (max(2, -(-batch // len(train))), 1))
 
 
 def batches(batch: int, num_data: int, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -84,7 +102,7 @@ def _pyro_training(rank: int, workers: int, settings: dict):
     from pyro_reparam_ext.infer import distributed
 
     args = example_args("pyro", workers, settings["estimator"], settings["batch"])
-    train = training_images()
+    train = training_images(settings["batch"])
     images = torch.as_tensor(train, dtype=torch.float32)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -105,9 +123,22 @@ def _pyro_training(rank: int, workers: int, settings: dict):
     return block
 
 
-def _pyro_worker(rank: int, settings: dict, coordinator: str, out: str, ready, go) -> None:
+def _timed_blocks(block, repeats: int) -> dict:
+    """Median wall seconds and median CPU seconds (this process) per block, after one warm-up."""
+    block()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        block()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
+
+
+def _pyro_worker(rank: int, settings: dict, coordinators: list, out: str, ready, go) -> None:
     """One of 2 processes. Rank 0 first times one worker alone (rank 1 waits on ``go``, asleep),
-    then both join a gloo group and time 2 workers; rank 0 writes the median seconds per block.
+    then both join a gloo group and time 2 workers, then join again with ``pin_cpu=True`` and
+    time 2 pinned workers; each rank writes its median seconds per block to ``out`` + rank.
     """
     import torch
 
@@ -117,17 +148,21 @@ def _pyro_worker(rank: int, settings: dict, coordinator: str, out: str, ready, g
     seconds = {}
     if rank == 0:
         ready.wait()  # rank 1 has started up: it sleeps from now on
-        seconds[1] = median_time(_pyro_training(0, 1, settings), settings["repeats"], warmup=1)
+        seconds["1"] = _timed_blocks(_pyro_training(0, 1, settings), settings["repeats"])
         go.set()
     else:
         ready.set()
         go.wait()
-    distributed.initialize(coordinator, num_processes=2, process_id=rank, timeout=60)
-    block = _pyro_training(rank, 2, settings)
-    seconds[2] = median_time(block, repeats=settings["repeats"], warmup=1)
-    if rank == 0:
-        Path(out).write_text(json.dumps(seconds))
-    torch.distributed.destroy_process_group()
+    for name, coordinator, pin in (
+        ("2", coordinators[0], False),
+        ("2 pinned", coordinators[1], True),
+    ):
+        distributed.initialize(
+            coordinator, num_processes=2, process_id=rank, timeout=60, pin_cpu=pin
+        )
+        seconds[name] = _timed_blocks(_pyro_training(rank, 2, settings), settings["repeats"])
+        torch.distributed.destroy_process_group()
+    Path(f"{out}{rank}").write_text(json.dumps(seconds))
 
 
 def free_port() -> int:
@@ -136,17 +171,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pyro_seconds(settings: dict) -> dict:
-    """Median seconds per block of ``settings['steps']`` steps on 1 and on 2 ranks."""
+def pyro_seconds(settings: dict) -> list[dict]:
+    """Per rank: median wall and CPU seconds per block of ``settings['steps']`` steps on 1 rank
+    (rank 0 only), on 2 ranks, and on 2 pinned ranks."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
     ready, go = context.Event(), context.Event()
     with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "seconds.json")
-        coordinator = f"127.0.0.1:{free_port()}"
-        mp.spawn(_pyro_worker, args=(settings, coordinator, out, ready, go), nprocs=2, join=True)
-        return {int(k): v for k, v in json.loads(Path(out).read_text()).items()}
+        out = str(Path(tmp) / "seconds_rank")
+        coordinators = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+        mp.spawn(_pyro_worker, args=(settings, coordinators, out, ready, go), nprocs=2, join=True)
+        return [json.loads(Path(f"{out}{r}").read_text()) for r in range(2)]
 
 
 # ---- NumPyro ---------------------------------------------------------------------------------
@@ -161,7 +197,7 @@ def numpyro_worker(settings: dict) -> dict:
     from numpyro_backend.infer import distributed
 
     args = example_args("numpyro", 1, settings["estimator"], settings["batch"])
-    train = training_images().astype(np.float32)
+    train = training_images(settings["batch"]).astype(np.float32)
     pool = [train[i] for i in batches(args.batch_size, len(train), 16)]
     model, guide = example.numpyro_model_and_guide(args, len(train))
     svi = npb.SVI(
@@ -208,17 +244,51 @@ def numpyro_seconds(settings: dict) -> dict:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def row(backend: str, estimator: str, batch: int, steps: int, seconds: dict, load) -> dict:
-    rate = {n: batch * steps / s for n, s in seconds.items()}
-    return {
+def row(backend: str, estimator: str, batch: int, steps: int, seconds, load) -> dict:
+    """A result row. ``seconds``: NumPyro, ``{n: median seconds per block}`` for n devices;
+    Pyro, :func:`pyro_seconds`' per-rank dicts (adds the pinned run and the time per step)."""
+    if backend == "numpyro":
+        wall = {"1": seconds[1], "2": seconds[2]}
+    else:
+        wall = {name: timing["wall"] for name, timing in seconds[0].items()}
+    rate = {name: batch * steps / s for name, s in wall.items()}
+    result = {
         "backend": backend,
         "estimator": estimator,
         "global batch": batch,
-        "1 worker samples/s": rate[1],
-        "2 workers samples/s": rate[2],
-        "scaling (2 / 1)": rate[2] / rate[1],
-        "load before / after": f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}",
+        "1 worker samples/s": rate["1"],
+        "2 workers samples/s": rate["2"],
+        "scaling (2 / 1)": rate["2"] / rate["1"],
     }
+    if backend == "pyro":
+        runs = ("1", "2", "2 pinned")
+        result["2 pinned workers samples/s"] = rate["2 pinned"]
+        result["scaling pinned (2 / 1)"] = rate["2 pinned"] / rate["1"]
+        # CPU time per step: the mean over the ranks that ran (rank 0 alone for 1 worker)
+        cpu = {n: statistics.mean(r[n]["cpu"] for r in seconds if n in r) for n in runs}
+        result["CPU ms/step: 1 / 2 / 2 pinned"] = " / ".join(
+            f"{1e3 * cpu[n] / steps:.2f}" for n in runs
+        )
+        result["wall ms/step: 1 / 2 / 2 pinned"] = " / ".join(
+            f"{1e3 * wall[n] / steps:.2f}" for n in runs
+        )
+    result["load before / after"] = f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}"
+    return result
+
+
+COLUMNS = [
+    "backend",
+    "estimator",
+    "global batch",
+    "1 worker samples/s",
+    "2 workers samples/s",
+    "scaling (2 / 1)",
+    "2 pinned workers samples/s",
+    "scaling pinned (2 / 1)",
+    "CPU ms/step: 1 / 2 / 2 pinned",
+    "wall ms/step: 1 / 2 / 2 pinned",
+    "load before / after",
+]
 
 
 def main(argv=None) -> None:
@@ -231,45 +301,58 @@ def main(argv=None) -> None:
         print(json.dumps(numpyro_worker(json.loads(args.numpyro_worker))), flush=True)
         return
     if args.quick:  # the cheap estimator only (NumPyro compiles RELAX for ~15 s per mesh)
-        sizes, steps, repeats = (512,), QUICK_STEPS, 3
+        specs, repeats = QUICK_ROWS, 3
     else:
-        sizes, steps, repeats = (512, 2048), STEPS, 5
+        specs, repeats = ROWS, 5
     rows = []
-    for batch in sizes:
-        for estimator, num_steps in steps.items():
-            settings = dict(estimator=estimator, batch=batch, steps=num_steps, repeats=repeats)
-            if args.backend in (None, "pyro"):
-                load = os.getloadavg()
-                pyro = pyro_seconds(settings)
-                rows.append(row("pyro", estimator, batch, num_steps, pyro, load))
-                print(rows[-1], flush=True)
-            if args.backend in (None, "numpyro"):
-                load = os.getloadavg()
-                numpyro = numpyro_seconds(settings)
-                rows.append(row("numpyro", estimator, batch, num_steps, numpyro, load))
-                print(rows[-1], flush=True)
+    for estimator, batch, num_steps in specs:
+        settings = dict(estimator=estimator, batch=batch, steps=num_steps, repeats=repeats)
+        if args.backend in (None, "pyro"):
+            load = os.getloadavg()
+            pyro = pyro_seconds(settings)
+            rows.append(row("pyro", estimator, batch, num_steps, pyro, load))
+            print(rows[-1], flush=True)
+        if args.backend in (None, "numpyro") and (not args.quick or batch in QUICK_NUMPYRO_BATCHES):
+            load = os.getloadavg()
+            numpyro = numpyro_seconds(settings)
+            rows.append(row("numpyro", estimator, batch, num_steps, numpyro, load))
+            print(rows[-1], flush=True)
     notes = (
         "Binary VAE of examples/data_parallel_svi.py on the digits (64 pixels, 8 latents, "
         "64 hidden units, Adam lr 1e-2), one particle. Pyro: 1 vs 2 gloo ranks "
         "(torch.multiprocessing, torch.set_num_threads(1) per rank; one spawn of 2 processes "
         "per row: rank 0 times 1 worker while rank 1 sleeps on an event, then both time 2 "
-        "workers), DistributedOptimizer (one all-reduce per step: gradients, running "
-        "baselines, and the flag that replaces the per-step parameter check). "
+        "workers with distributed.initialize's defaults, then 2 workers with "
+        "initialize(pin_cpu=True): rank r's threads, gloo's included, pinned to core r and "
+        "all-reduces waited for by polling), DistributedOptimizer (one all-reduce per step: "
+        "gradients, running baselines, and the flag that replaces the per-step parameter "
+        "check). CPU ms/step: time.process_time of a rank (all its threads) per step, the mean "
+        "over the ranks; wall ms/step minus CPU ms/step is time a rank spent neither computing "
+        "nor in gloo's threads (waiting, or preempted by other jobs); pinned ranks poll, so "
+        "their waiting counts as CPU time. "
         "NumPyro: 1 vs 2 forced host CPU devices in one process, SVI.update jitted over the "
         "mesh (XLA's default CPU threading), each step waited for (like the example's "
         "float(loss); without it 120 queued steps stalled an all-gather of the 2-device "
-        "program). Samples/s = global batch × steps / seconds, "
-        f"steps per timing block {steps}, median of {repeats} blocks after one warm-up block "
+        "program). Samples/s = global batch × steps / seconds; (estimator, global batch, "
+        f"steps per timing block) {specs}, median of {repeats} blocks after one warm-up block "
         "(compilation excluded); minibatches drawn with replacement from the 1437 training "
-        "images stacked twice (plate size 2874). 2-core machine shared with other jobs: "
+        "images stacked twice (plate size 2874; for the global batch 8192 six times, 8622). "
+        "Batches 512 and 2048 are dominated by each step's fixed cost (Pyro's tracing and "
+        "per-parameter optimizers, the all-reduce), which a second worker does not split; "
+        "batch 8192 is the compute-bound case. 2-core machine shared with other jobs: "
         "load = 1-minute load average before / after each row (2 = both cores busy)."
-        + (" QUICK RUN: sf-optimal only, one batch size, 3 blocks." if args.quick else "")
+        + (
+            " QUICK RUN: sf-optimal only, 3 blocks; NumPyro at batch 512 only."
+            if args.quick
+            else ""
+        )
     )
     name = "data_parallel_quick" if args.quick else "data_parallel"
     if args.backend is not None:
         name += f"_{args.backend}"
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
     path = write_results(
-        name, "Data-parallel SVI: samples/s at 1 and 2 workers", rows, list(rows[0]), notes
+        name, "Data-parallel SVI: samples/s at 1 and 2 workers", rows, columns, notes
     )
     print(f"wrote {path}")
 

@@ -21,7 +21,9 @@ replicated: ``numpyro_backend.infer.distributed``); ``--workers N`` runs N proce
 
 Progress is printed by worker 0 only. ``--out DIR``: every worker r writes its final
 parameters (estimator state included) to ``DIR/params_rank{r}.npz`` and its per-step losses
-to ``DIR/losses_rank{r}.npy``. Each worker uses one CPU thread.
+to ``DIR/losses_rank{r}.npy``. Each worker uses one CPU thread; ``--pin-cpu`` gives worker r
+core r of its own (``initialize(pin_cpu=True)``; Pyro's all-reduces are then waited for by
+polling), for as many workers as cores.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="folder for per-rank results")
     parser.add_argument(
         "--timeout", type=positive_float, default=60.0, help="seconds to wait for workers"
+    )
+    parser.add_argument(
+        "--pin-cpu",
+        action="store_true",
+        help="pin worker r to CPU core r (distributed.initialize(pin_cpu=True))",
     )
     parser.add_argument("--rank", type=nonnegative_int, default=None, help="(set by launcher)")
     parser.add_argument("--coordinator", default=None, help="host:port (set by launcher)")
@@ -159,7 +166,11 @@ def run_pyro(rank: int, args, coordinator: str | None) -> None:
     torch.set_num_threads(1)
     if args.workers > 1:
         distributed.initialize(
-            coordinator, num_processes=args.workers, process_id=rank, timeout=args.timeout
+            coordinator,
+            num_processes=args.workers,
+            process_id=rank,
+            timeout=args.timeout,
+            pin_cpu=args.pin_cpu,
         )
     train, _ = load_binarized_digits(args.seed)
     images = torch.as_tensor(train, dtype=torch.float32)
@@ -246,7 +257,11 @@ def run_numpyro(rank: int, args, coordinator: str | None) -> None:
 
     if args.workers > 1:
         distributed.initialize(
-            coordinator, num_processes=args.workers, process_id=rank, timeout=args.timeout
+            coordinator,
+            num_processes=args.workers,
+            process_id=rank,
+            timeout=args.timeout,
+            pin_cpu=args.pin_cpu,
         )
     train, _ = load_binarized_digits(args.seed)
     train = train.astype(np.float32)
