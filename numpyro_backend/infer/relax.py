@@ -108,15 +108,17 @@ def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
 
     Returns ``(init_fn(rng_key, event_size, dtype) -> params, apply_fn(params, x) -> value)``
     with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``. The output
-    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR), as on
-    the Pyro backend; hidden weights start at N(0, 0.1²) and biases at 0 (Pyro's
-    ``nn.Linear`` default draws both uniformly in ±1/√fan_in).
+    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR); the
+    hidden layer's weights and biases start uniform in ±1/√event_size, torch ``nn.Linear``'s
+    default: the same distribution as the Pyro backend's :class:`ControlVariateNet`.
     """
 
     def init_fn(rng_key, event_size, dtype=jnp.float64):
+        bound = 1.0 / math.sqrt(event_size)
+        weight_key, bias_key = random.split(rng_key)
         return {
-            "w1": 0.1 * random.normal(rng_key, (event_size, hidden_dim), dtype),
-            "b1": jnp.zeros(hidden_dim, dtype),
+            "w1": random.uniform(weight_key, (event_size, hidden_dim), dtype, -bound, bound),
+            "b1": random.uniform(bias_key, (hidden_dim,), dtype, -bound, bound),
             "w2": jnp.zeros(hidden_dim, dtype),
             "b2": jnp.zeros((), dtype),
         }
@@ -290,19 +292,22 @@ class REBAR_ELBO(ParticleELBO):
         r_tilde = self._network(net, family, z_tilde, *network_inputs)
         r_tilde_phi = self._network(net, family, lax.stop_gradient(z_tilde), *network_inputs)
         control = eta * (c_z - c_tilde) + r_z - r_tilde
-        if has_mask(fn):  # masked decisions: no score term (log q = 0), so no control terms
-            control = jnp.where(unmasked(fn, hard, mask), control, 0.0)
-        residual = particle.downstream_cost(name) - eta * weight_tilde - r_tilde_phi
+        c_weight = eta * weight_tilde + r_tilde_phi
+        if has_mask(fn):  # masked decisions get no control variate: c ≡ 0 there (as on Pyro)
+            keep = unmasked(fn, hard, mask)
+            control = jnp.where(keep, control, 0.0)
+            c_weight = jnp.where(keep, c_weight, 0.0)
+        residual = particle.downstream_cost(name) - c_weight
         return residual, jnp.sum(control)
 
     def _site_terms(self, particle, name, cv, temperatures, mask):
         """log q of the decisions in ``mask`` (all if None), the score weight f − c(z̃) and
         Σ c(z) − c(z̃), for one control variate: ĝ for θ is the gradient of their surrogate."""
         record, site = particle.records[name], particle.guide_trace[name]
-        if mask is None:
+        if mask is None and not has_mask(site["fn"]):
             log_prob = particle.log_prob(name)
-        else:
-            log_prob = decision_log_prob(site["fn"], site["value"], mask)
+        else:  # the true log q of the decisions, masked or not (the site is sampled from q)
+            log_prob = decision_log_prob(site["fn"], site["value"], mask, apply_masks=False)
         residual, control = self._control_terms(
             particle, name, cv, temperatures, mask, record.logits, record.z, record.z_tilde
         )
@@ -325,7 +330,7 @@ class REBAR_ELBO(ParticleELBO):
             return control, residual
 
         def log_prob(logits):
-            return jnp.sum(decision_log_prob(site["fn"], hard, mask, logits))
+            return jnp.sum(decision_log_prob(site["fn"], hard, mask, logits, apply_masks=False))
 
         leaf = lax.stop_gradient(record.logits)
         (_, residual), grad_control = jax.value_and_grad(control, has_aux=True)(leaf)

@@ -131,6 +131,7 @@ from pyro_reparam_ext.infer.sites import (
     family_of,
     score_function_sites,
     site_options,
+    unmasked_decisions,
 )
 
 __all__ = ["REBAR_ELBO", "RELAX_ELBO"]
@@ -183,6 +184,25 @@ def decision_scores(family, logits, hard, masks, score_function) -> torch.Tensor
         return score_function.unsqueeze(0)
     per_decision = family.decision_log_prob(logits, hard).reshape(score_function.shape + (-1,))
     return per_decision.movedim(-1, 0)[decision_index(masks)]
+
+
+def kept_decisions(site, family, masks, batch_shape):
+    """Whether the site's masks keep each decision ``masks`` selects, (m, *batch) — joint:
+    whether they keep some decision of the element, (1, *batch) — or None if unmasked.
+
+    A masked decision keeps its score term with the true log q(b_j) (the site is still
+    sampled from q), but gets no control variate: where its cost cannot depend on it (the
+    usual case: the site masked in model and guide) f − β = 0 and its whole term vanishes,
+    and elsewhere it is a plain score-function term, unbiased either way.
+    """
+    keep = unmasked_decisions(site, family)
+    if keep is None:
+        return None
+    shape = batch_shape + family.decision_shape(site["fn"])
+    keep = torch.broadcast_to(keep, shape).reshape(batch_shape + (-1,))
+    if masks is None:
+        return keep.any(-1).unsqueeze(0)
+    return keep.movedim(-1, 0)[decision_index(masks)]
 
 
 @dataclass
@@ -504,7 +524,8 @@ class ControlVariateNet(nn.Module):
 
     RELAX feeds it the relaxed logits z and the site's (detached) logits, concatenated:
     ``batch + (event_size,)`` in, ``batch`` out. The output layer starts at zero, so RELAX
-    starts as REBAR.
+    starts as REBAR; the hidden layer keeps ``nn.Linear``'s default init (weights and biases
+    uniform in ±1/√event_size), as NumPyro's ``mlp_control_variate`` draws them.
     """
 
     def __init__(self, event_size: int, hidden_dim: int = 32):
@@ -782,6 +803,9 @@ class REBAR_ELBO(DiscreteLatentELBO):
         c_points = c_points + self._network_term(
             name, family, points, logits, hard, masks, batch_shape, detach
         )
+        keep = kept_decisions(site, family, masks, batch_shape)
+        if keep is not None:  # masked decisions get no control variate: c ≡ 0 there
+            c_points = torch.where(keep, c_points, 0.0)
         return score_surrogate(
             score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
         )
