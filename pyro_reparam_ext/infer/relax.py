@@ -74,6 +74,12 @@ decisions per data point, one particle): encoder-gradient variance 15–17× bel
 TraceGraph_ELBO's decaying-average baseline against 2.4–2.9× with the joint form.
 ``coordinatewise=False`` gives the papers' joint form.
 
+Masked decisions (``poutine.mask``, ``.mask(...)``; inside ``to_event`` a mask selects single
+decisions; :func:`kept_decisions`): the score term keeps the true log q(b_j), as Pyro's
+``score_parts`` leave the score function unmasked, and the control variate is zero there
+(c ≡ 0). Where the cost cannot depend on the masked decision (the site masked in model and
+guide) f − β = 0 and the term vanishes; the NumPyro backend does the same.
+
 Behaviour at sites the relaxation cannot reach:
 
 - a ``Categorical`` site (integer-valued: user code indexes with it), or a site followed in the
