@@ -113,17 +113,15 @@ def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
 
     Returns ``(init_fn(rng_key, event_size, dtype) -> params, apply_fn(params, x) -> value)``
     with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``. The output
-    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR); the
-    hidden layer's weights and biases start uniform in ±1/√event_size, torch ``nn.Linear``'s
-    default: the same distribution as the Pyro backend's :class:`ControlVariateNet`.
+    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR), as on
+    the Pyro backend; hidden weights start at N(0, 0.1²) and biases at 0 (Pyro's
+    ``nn.Linear`` default draws both uniformly in ±1/√fan_in).
     """
 
     def init_fn(rng_key, event_size, dtype=jnp.float64):
-        bound = 1.0 / math.sqrt(event_size)
-        weight_key, bias_key = random.split(rng_key)
         return {
-            "w1": random.uniform(weight_key, (event_size, hidden_dim), dtype, -bound, bound),
-            "b1": random.uniform(bias_key, (hidden_dim,), dtype, -bound, bound),
+            "w1": 0.1 * random.normal(rng_key, (event_size, hidden_dim), dtype),
+            "b1": jnp.zeros(hidden_dim, dtype),
             "w2": jnp.zeros(hidden_dim, dtype),
             "b2": jnp.zeros((), dtype),
         }

@@ -530,8 +530,7 @@ class ControlVariateNet(nn.Module):
 
     RELAX feeds it the relaxed logits z and the site's (detached) logits, concatenated:
     ``batch + (event_size,)`` in, ``batch`` out. The output layer starts at zero, so RELAX
-    starts as REBAR; the hidden layer keeps ``nn.Linear``'s default init (weights and biases
-    uniform in ±1/√event_size), as NumPyro's ``mlp_control_variate`` draws them.
+    starts as REBAR.
     """
 
     def __init__(self, event_size: int, hidden_dim: int = 32):
