@@ -96,24 +96,20 @@ def split_param_map(param_map: dict) -> tuple[dict, dict]:
 # Site log-densities through the wrappers
 
 
-def _follow_wrappers(fn, value, leaf, apply_masks: bool = True) -> jnp.ndarray:
+def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
     """``leaf(base, value)`` for the base distribution of ``fn``, summed, broadcast and masked
-    (unless ``apply_masks`` is False) through its ``Independent`` / ``expand`` / ``mask``
-    wrappers like ``fn.log_prob``."""
+    through its ``Independent`` / ``expand`` / ``mask`` wrappers like ``fn.log_prob``."""
     if isinstance(fn, Independent):
-        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
         return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
     if isinstance(fn, ExpandedDistribution):
         # as ExpandedDistribution.log_prob: the value may carry more batch dims already (a
         # masked prior expanded by a plate, then expanded again)
-        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
         shape = lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(log_prob))
         return jnp.broadcast_to(log_prob, shape)
     if isinstance(fn, MaskedDistribution):
-        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
-        if not apply_masks:  # still broadcast to the mask's batch shape, as fn.log_prob is
-            return jnp.broadcast_to(log_prob, lax.broadcast_shapes(fn.batch_shape, log_prob.shape))
-        return jnp.where(fn._mask, log_prob, 0.0)
+        return jnp.where(fn._mask, _follow_wrappers(fn.base_dist, value, leaf), 0.0)
     return leaf(fn, value)
 
 
@@ -132,16 +128,14 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
     return _follow_wrappers(fn, value, _relaxed_leaf)
 
 
-def decision_log_prob(fn, hard, mask=None, logits=None, *, apply_masks=True) -> jnp.ndarray:
+def decision_log_prob(fn, hard, mask=None, logits=None) -> jnp.ndarray:
     """log q of the decisions selected by ``mask`` (shape ``family.decision_shape(fn)`` plus
     ``family.category_dims`` trailing 1s; None: all), per site element; differentiable in the
     logits: the distribution's, or ``logits``, the site's full logits (``family.logits``) given
     apart (REBAR/RELAX differentiate at a copy of them).
 
     Follows the wrappers of ``fn`` like :func:`relaxed_log_prob`, so a masked site
-    (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does — unless
-    ``apply_masks`` is False: then the true log q of every decision (REBAR/RELAX's score term,
-    as Pyro's ``score_parts`` leave the score function unmasked).
+    (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does.
     """
     family, _ = family_of(fn)
     selected = (
@@ -153,13 +147,13 @@ def decision_log_prob(fn, hard, mask=None, logits=None, *, apply_masks=True) -> 
         per_decision = family.decision_log_prob(at, family.as_relaxed(value, at))
         return jnp.where(selected, per_decision, 0.0)
 
-    return _follow_wrappers(fn, hard, leaf, apply_masks)
+    return _follow_wrappers(fn, hard, leaf)
 
 
 def unmasked(fn, value, mask=None) -> jnp.ndarray:
     """Whether each site element has an unmasked decision among those ``mask`` selects (all
-    if None), per element: where False, REBAR/RELAX give those decisions no control variate
-    (c ≡ 0; their score term keeps the true log q, see ``relax.py``), as on Pyro."""
+    if None), per element: where False, ``.mask(...)`` sets their log q to 0, so they have no
+    score term, and REBAR/RELAX must drop their control-variate terms too (unbiasedness)."""
     family, _ = family_of(fn)
     selected = (
         True if mask is None else mask.reshape(mask.shape[: mask.ndim - family.category_dims])

@@ -42,7 +42,7 @@ import pytest
 
 from tests.infer import numpyro_helpers, pyro_helpers
 from tests.infer.estimator_cases import ESTIMATOR_CASES, TABLE, TABLE_IDS
-from tests.infer.models import MASKED_LIKELIHOOD, MODELS
+from tests.infer.models import MODELS
 from tests.infer.numpyro_helpers import fast_compile  # noqa: F401  (fixture)
 from tests.stats import max_abs_z, num_coordinates, z_threshold
 
@@ -97,39 +97,3 @@ def test_backends_agree(entry, case):
     differences = {n: pyro_estimates[n].minus(numpyro_estimates[n]) for n in pyro_estimates}
     zeros = {n: np.zeros(np.shape(d.mean)) for n, d in differences.items()}
     _assert_matches(differences, zeros, f"Pyro − NumPyro {entry.name} / {case.name}")
-
-
-# ---- masked decisions whose cost depends on them --------------------------------------------
-# On MASKED_LIKELIHOOD point 1's z is masked in p and q but its x is not: its logits' exact
-# gradient is nonzero, so a masked decision must keep its true score term (dropping it, as
-# masking log q did on NumPyro before, gives exactly 0 there against an exact 0.69 / −0.42:
-# |z| = ∞). One case (NumPyro's compile dominates the cost; the joint and coordinate-wise
-# forms on the masked_bernoulli rows of the table above); its own family of 3 checks, each
-# threshold derived as above (ν = 29, 10 coordinates).
-MASKED_CASES = [_CASES["relax-K2"]]
-NUM_MASKED_TESTS = 3 * len(MASKED_CASES)
-
-
-@functools.cache
-def _masked_estimates(case_name: str) -> tuple[dict, dict]:
-    case = _CASES[case_name]
-    with pyroapi.pyro_backend("pyro_reparam_ext"):
-        pyro_estimates = pyro_helpers.case_estimates(case, MASKED_LIKELIHOOD, NUM_CALLS, NUM_DRAWS)
-    return pyro_estimates, numpyro_helpers.case_estimates(case, MASKED_LIKELIHOOD, NUM_SAMPLES)
-
-
-@pytest.mark.parametrize("case", MASKED_CASES, ids=[c.name for c in MASKED_CASES])
-def test_masked_decisions_keep_their_score_term(case):
-    pyro_estimates, numpyro_estimates = _masked_estimates(case.name)
-    exact = MASKED_LIKELIHOOD.exact_grads
-    differences = {n: pyro_estimates[n].minus(numpyro_estimates[n]) for n in pyro_estimates}
-    zeros = {n: np.zeros(np.shape(d.mean)) for n, d in differences.items()}
-    for estimates, reference, what in (
-        (pyro_estimates, exact, "Pyro"),
-        (numpyro_estimates, exact, "NumPyro"),
-        (differences, zeros, "Pyro − NumPyro"),
-    ):
-        dof = min(e.dof for e in estimates.values())
-        threshold = z_threshold(num_coordinates(estimates), dof, NUM_MASKED_TESTS)
-        z, where = max_abs_z(estimates, reference)
-        assert z < threshold, f"{what} masked_likelihood / {case.name}: |z| = {z:.2f} at {where}"
