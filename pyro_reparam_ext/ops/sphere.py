@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from pyro_reparam_ext.ops.bessel import _sum_to_shape, bessel_iv_ratio
+from pyro_reparam_ext.ops.bessel import _ratio_forward, _sum_to_shape
 
 __all__ = [
     "embed_rotate",
@@ -422,7 +422,10 @@ def vmf_marginal_dt_dconcentration(
     """
     # A_d(κ) and the mode on the parameters' own shape (not once per sample)
     kappa = concentration.detach()
-    one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
+    # the ratio's forward directly: κ is detached, so the autograd Function's bookkeeping
+    # (broadcasts, saved tensors) is pure overhead (measured ~30 µs of ~170 µs per call)
+    order = dim / 2 - 1
+    one_minus_a = 1 - _ratio_forward(torch.full_like(kappa, order), kappa, order)
     theta_mode, sin_mode, cos_mode = _angle(_mode_t(kappa, dim))
     t, kappa, one_minus_a, theta_mode, sin_mode, cos_mode = torch.broadcast_tensors(
         t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
