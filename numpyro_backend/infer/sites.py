@@ -7,7 +7,8 @@ The same names on the Pyro backend (``pyro_reparam_ext/infer/sites.py``):
   ``Independent`` / ``expand`` / ``mask`` wrappers) and its base distribution;
 - :func:`score_function_sites` — the non-reparameterized latent guide sites, in order;
 - :func:`check_relaxable` — the ``ValueError`` for a site REBAR, RELAX or DisARM cannot handle;
-- :func:`has_mask` — whether a site's distribution masks its log-density.
+- :func:`has_mask` — whether a site's distribution masks its log-density;
+- :func:`unmasked_decisions` — which decisions of a site its masks keep.
 
 NumPyro only: :func:`guide_sites` traces the guide once (at ``SVI.init`` and at trace time of
 the loss) to find those sites and their options.
@@ -15,6 +16,7 @@ the loss) to find those sites and their options.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from numpyro.distributions import (
     BernoulliLogits,
     BernoulliProbs,
@@ -39,6 +41,7 @@ __all__ = [
     "has_mask",
     "score_function_sites",
     "site_options",
+    "unmasked_decisions",
 ]
 
 #: Prefix of every name the estimators keep in SVI's parameters or mutable state.
@@ -107,6 +110,29 @@ def has_mask(fn) -> bool:
             return True
         fn = fn.base_dist
     return False
+
+
+def unmasked_decisions(site: dict, family):
+    """Which decisions of a site element its masks keep: a boolean array broadcastable to
+    ``batch_shape + family.decision_shape(fn)``, or None when nothing masks the site.
+
+    Combines the ``.mask(...)`` wrappers at any depth (``handlers.mask`` is one, outermost;
+    inside ``to_event`` a mask selects single decisions); a Python bool mask counts as an
+    array of that value.
+    """
+    fn = site["fn"]
+    num_decision_dims = len(family.decision_shape(fn))
+    keep = None
+    event_dims = 0  # decision dims already reinterpreted as event dims above this wrapper
+    while isinstance(fn, WRAPPERS):
+        if isinstance(fn, Independent):
+            event_dims += fn.reinterpreted_batch_ndims
+        if isinstance(fn, MaskedDistribution):
+            mask = jnp.asarray(fn._mask, dtype=bool)
+            mask = mask.reshape(mask.shape + (1,) * (num_decision_dims - event_dims))
+            keep = mask if keep is None else keep & mask
+        fn = fn.base_dist
+    return keep
 
 
 def is_latent(site: dict) -> bool:

@@ -7,14 +7,16 @@ The same names on the NumPyro backend (``numpyro_backend/infer/sites.py``):
   ``Independent`` / ``expand`` / ``mask`` wrappers) and its base distribution;
 - :func:`score_function_sites` — the non-reparameterized latent guide sites, in order;
 - :func:`check_relaxable` — the ``ValueError`` for a site REBAR, RELAX or DisARM cannot handle;
-- :func:`has_mask` — whether a site's distribution masks its log-density.
+- :func:`has_mask` — whether a site's distribution masks its log-density;
+- :func:`unmasked_decisions` — which decisions of a site its masks keep.
 """
 
 from __future__ import annotations
 
+import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import is_identically_zero
-from torch.distributions import Bernoulli, Categorical, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 from pyro_reparam_ext.infer.relaxation import FAMILIES
 
@@ -70,6 +72,35 @@ def has_mask(fn) -> bool:
         fn = fn.base_dist
 
 
+def unmasked_decisions(site: dict, family):
+    """Which decisions of a site element its masks keep: a boolean tensor broadcastable to
+    ``batch_shape + family.decision_shape(fn)``, or None when nothing masks the site.
+
+    Combines ``poutine.mask`` (``site["mask"]``, per element) with ``.mask(...)`` wrappers at
+    any depth (inside ``to_event`` a mask selects single decisions).
+    """
+    fn = site["fn"]
+    num_decision_dims = len(family.decision_shape(fn))
+    masks = []
+    if site["mask"] is not None:
+        mask = torch.as_tensor(site["mask"], dtype=torch.bool)
+        masks.append(mask.reshape(mask.shape + (1,) * num_decision_dims))
+    event_dims = 0  # decision dims already reinterpreted as event dims above this wrapper
+    while hasattr(fn, "base_dist"):
+        if isinstance(fn, Independent):
+            event_dims += fn.reinterpreted_batch_ndims
+        if isinstance(fn, MaskedDistribution) and fn._mask is not True:
+            mask = torch.as_tensor(fn._mask, dtype=torch.bool)
+            masks.append(mask.reshape(mask.shape + (1,) * (num_decision_dims - event_dims)))
+        fn = fn.base_dist
+    if not masks:
+        return None
+    keep = masks[0]
+    for mask in masks[1:]:
+        keep = keep & mask
+    return keep
+
+
 def score_function_sites(guide_trace) -> list[str]:
     """Names of the guide sites with a score-function term, in execution order."""
     return [
@@ -108,4 +139,5 @@ __all__ = [
     "has_mask",
     "score_function_sites",
     "site_options",
+    "unmasked_decisions",
 ]
