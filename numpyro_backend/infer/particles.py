@@ -96,20 +96,24 @@ def split_param_map(param_map: dict) -> tuple[dict, dict]:
 # Site log-densities through the wrappers
 
 
-def _follow_wrappers(fn, value, leaf) -> jnp.ndarray:
+def _follow_wrappers(fn, value, leaf, apply_masks: bool = True) -> jnp.ndarray:
     """``leaf(base, value)`` for the base distribution of ``fn``, summed, broadcast and masked
-    through its ``Independent`` / ``expand`` / ``mask`` wrappers like ``fn.log_prob``."""
+    (unless ``apply_masks`` is False) through its ``Independent`` / ``expand`` / ``mask``
+    wrappers like ``fn.log_prob``."""
     if isinstance(fn, Independent):
-        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
         return log_prob.sum(axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
     if isinstance(fn, ExpandedDistribution):
         # as ExpandedDistribution.log_prob: the value may carry more batch dims already (a
         # masked prior expanded by a plate, then expanded again)
-        log_prob = _follow_wrappers(fn.base_dist, value, leaf)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
         shape = lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(log_prob))
         return jnp.broadcast_to(log_prob, shape)
     if isinstance(fn, MaskedDistribution):
-        return jnp.where(fn._mask, _follow_wrappers(fn.base_dist, value, leaf), 0.0)
+        log_prob = _follow_wrappers(fn.base_dist, value, leaf, apply_masks)
+        if not apply_masks:  # still broadcast to the mask's batch shape, as fn.log_prob is
+            return jnp.broadcast_to(log_prob, lax.broadcast_shapes(fn.batch_shape, log_prob.shape))
+        return jnp.where(fn._mask, log_prob, 0.0)
     return leaf(fn, value)
 
 
@@ -128,14 +132,16 @@ def relaxed_log_prob(fn, value) -> jnp.ndarray:
     return _follow_wrappers(fn, value, _relaxed_leaf)
 
 
-def decision_log_prob(fn, hard, mask=None, logits=None) -> jnp.ndarray:
+def decision_log_prob(fn, hard, mask=None, logits=None, *, apply_masks=True) -> jnp.ndarray:
     """log q of the decisions selected by ``mask`` (shape ``family.decision_shape(fn)`` plus
     ``family.category_dims`` trailing 1s; None: all), per site element; differentiable in the
     logits: the distribution's, or ``logits``, the site's full logits (``family.logits``) given
     apart (REBAR/RELAX differentiate at a copy of them).
 
     Follows the wrappers of ``fn`` like :func:`relaxed_log_prob`, so a masked site
-    (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does.
+    (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does — unless
+    ``apply_masks`` is False: then the true log q of every decision (REBAR/RELAX's score term,
+    as Pyro's ``score_parts`` leave the score function unmasked).
     """
     family, _ = family_of(fn)
     selected = (
@@ -147,24 +153,7 @@ def decision_log_prob(fn, hard, mask=None, logits=None) -> jnp.ndarray:
         per_decision = family.decision_log_prob(at, family.as_relaxed(value, at))
         return jnp.where(selected, per_decision, 0.0)
 
-    return _follow_wrappers(fn, hard, leaf)
-
-
-def unmasked(fn, value, mask=None) -> jnp.ndarray:
-    """Whether each site element has an unmasked decision among those ``mask`` selects (all
-    if None), per element: where False, ``.mask(...)`` sets their log q to 0, so they have no
-    score term, and REBAR/RELAX must drop their control-variate terms too (unbiasedness)."""
-    family, _ = family_of(fn)
-    selected = (
-        True if mask is None else mask.reshape(mask.shape[: mask.ndim - family.category_dims])
-    )
-
-    def leaf(base, value):
-        relaxed = family.as_relaxed(value, base.logits)
-        shape = jnp.shape(family.decision_log_prob(base.logits, relaxed))
-        return jnp.where(selected, jnp.ones(shape), 0.0)
-
-    return _follow_wrappers(fn, value, leaf) > 0
+    return _follow_wrappers(fn, hard, leaf, apply_masks)
 
 
 def bernoulli_log_prob(fn, value) -> jnp.ndarray:
@@ -172,6 +161,21 @@ def bernoulli_log_prob(fn, value) -> jnp.ndarray:
     (:func:`~numpyro_backend.distributions.discrete.bernoulli_logits_log_prob`: stock
     ``BernoulliLogits`` sites of a user's guide get it too)."""
     return _follow_wrappers(fn, value, lambda base, v: bernoulli_logits_log_prob(base.logits, v))
+
+
+def _base_log_prob(base, value):
+    if isinstance(base, BernoulliLogits):
+        return bernoulli_logits_log_prob(base.logits, value)
+    return base.log_prob(value)
+
+
+def score_log_prob(fn, value) -> jnp.ndarray:
+    """log q(value) of a (wrapped) guide site with its masks not applied, per element: the
+    score function of a masked site (``.mask(...)``, ``handlers.mask``), which keeps the true
+    log q as Pyro's ``score_parts`` do — the site is still sampled from q, and its cost may
+    depend on it through unmasked terms. Otherwise as the site's ``log_prob`` (Bernoulli by
+    :func:`bernoulli_log_prob`)."""
+    return _follow_wrappers(fn, value, _base_log_prob, apply_masks=False)
 
 
 # ----------------------------------------------------------------------------------------------

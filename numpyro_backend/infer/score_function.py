@@ -31,6 +31,7 @@ from numpyro_backend.infer.particles import (
     ParticleELBO,
     leave_one_out_mean,
     safe_ratio,
+    score_log_prob,
     split_param_map,
     state_name,
 )
@@ -38,6 +39,7 @@ from numpyro_backend.infer.sites import (
     BASELINES,
     family_of,
     guide_sites,
+    has_mask,
     site_options,
 )
 
@@ -61,6 +63,9 @@ class ScoreFunction_ELBO(ParticleELBO):
     log p − log q terms b can influence; the learning signal, "cost" as in ``particles.py``),
     the gradient estimate is (f − baseline)·∇ log q(b);
     reparameterized sites get the pathwise gradient. The loss value is the usual −ELBO.
+    At a masked guide site (``.mask(...)``, ``handlers.mask``) the score keeps the true
+    log q(b): the mask drops the site's log q from f and the ELBO, but the site is still
+    sampled from q and f may depend on it through unmasked terms (as Pyro's ``score_parts``).
     Baselines:
 
     - ``"optimal"``: per logit coordinate j (s = ∇_η log q(b | η), η the site's logits) the
@@ -179,10 +184,13 @@ class ScoreFunction_ELBO(ParticleELBO):
         sites = {}
         for name in particle.nonreparam:
             cost = particle.downstream_cost(name)
-            site = {"cost": cost, "log_prob": particle.log_prob(name)}
+            guide_site = particle.guide_trace[name]
+            log_prob = particle.log_prob(name)
+            if has_mask(guide_site["fn"]):  # the true log q at masked elements, as on Pyro
+                log_prob = score_log_prob(guide_site["fn"], guide_site["value"])
+            site = {"cost": cost, "log_prob": log_prob}
             baseline, _, family = plan[name]
             if baseline == "optimal":
-                guide_site = particle.guide_trace[name]
                 _, base = family_of(guide_site["fn"])
                 logits = family.logits(guide_site["fn"], base)
                 score = family.score(lax.stop_gradient(logits), guide_site["value"])

@@ -74,6 +74,12 @@ decisions per data point, one particle): encoder-gradient variance 15–17× bel
 TraceGraph_ELBO's decaying-average baseline against 2.4–2.9× with the joint form.
 ``coordinatewise=False`` gives the papers' joint form.
 
+Masked decisions (``poutine.mask``, ``.mask(...)``; inside ``to_event`` a mask selects single
+decisions; :func:`kept_decisions`): the score term keeps the true log q(b_j), as Pyro's
+``score_parts`` leave the score function unmasked, and the control variate is zero there
+(c ≡ 0). Where the cost cannot depend on the masked decision (the site masked in model and
+guide) f − β = 0 and the term vanishes; the NumPyro backend does the same.
+
 Behaviour at sites the relaxation cannot reach:
 
 - a ``Categorical`` site (integer-valued: user code indexes with it), or a site followed in the
@@ -131,6 +137,7 @@ from pyro_reparam_ext.infer.sites import (
     family_of,
     score_function_sites,
     site_options,
+    unmasked_decisions,
 )
 
 __all__ = ["REBAR_ELBO", "RELAX_ELBO"]
@@ -183,6 +190,25 @@ def decision_scores(family, logits, hard, masks, score_function) -> torch.Tensor
         return score_function.unsqueeze(0)
     per_decision = family.decision_log_prob(logits, hard).reshape(score_function.shape + (-1,))
     return per_decision.movedim(-1, 0)[decision_index(masks)]
+
+
+def kept_decisions(site, family, masks, batch_shape):
+    """Whether the site's masks keep each decision ``masks`` selects, (m, *batch) — joint:
+    whether they keep some decision of the element, (1, *batch) — or None if unmasked.
+
+    A masked decision keeps its score term with the true log q(b_j) (the site is still
+    sampled from q), but gets no control variate: where its cost cannot depend on it (the
+    usual case: the site masked in model and guide) f − β = 0 and its whole term vanishes,
+    and elsewhere it is a plain score-function term, unbiased either way.
+    """
+    keep = unmasked_decisions(site, family)
+    if keep is None:
+        return None
+    shape = batch_shape + family.decision_shape(site["fn"])
+    keep = torch.broadcast_to(keep, shape).reshape(batch_shape + (-1,))
+    if masks is None:
+        return keep.any(-1).unsqueeze(0)
+    return keep.movedim(-1, 0)[decision_index(masks)]
 
 
 @dataclass
@@ -782,6 +808,9 @@ class REBAR_ELBO(DiscreteLatentELBO):
         c_points = c_points + self._network_term(
             name, family, points, logits, hard, masks, batch_shape, detach
         )
+        keep = kept_decisions(site, family, masks, batch_shape)
+        if keep is not None:  # masked decisions get no control variate: c ≡ 0 there
+            c_points = torch.where(keep, c_points, 0.0)
         return score_surrogate(
             score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
         )
