@@ -27,6 +27,7 @@ Backpropagation through the void, section 6.1 (f(b) = (b − 0.499)²).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -52,9 +53,13 @@ class EstimatorModel:
     discrete_sites: tuple[str, ...]
     description: str = ""
     notes: dict = field(default_factory=dict)
+    #: computes ``{"loss": ..., "grads": {...}}`` instead of reading the stored reference
+    reference_fn: Callable[[], dict] | None = None
 
     @cached_property
     def _reference(self) -> dict:
+        if self.reference_fn is not None:
+            return self.reference_fn()
         return json.loads(REFERENCE_PATH.read_text())[self.name]
 
     @property
@@ -366,6 +371,76 @@ MASKED_BERNOULLI = EstimatorModel(
     max_plate_nesting=1,
     discrete_sites=("z",),
     description="plate of 4, z: 2 Bernoulli decisions (to_event), point 1 masked in p and q",
+)
+
+
+# 7b. A site masked where its cost still depends on it: MASKED_BERNOULLI with the likelihood
+#     unmasked, z's prior masked by ``.mask`` and the guide's z by ``handlers.mask``. Point 1's
+#     logits then have a nonzero exact gradient (its x depends on its z, sampled from the
+#     unmasked q): a masked decision must keep its true score term. Not in :data:`MODELS`;
+#     its exact reference is computed on use (4 values per point, enumerated in torch).
+
+
+def _masked_likelihood_model(data, init):
+    w = pyro.param("w", init["w"])
+    observed = data["observed"] > 0.5
+    with pyro.plate("data", data["x"].shape[0]):
+        prior = dist.Bernoulli(logits=data["prior_logits"]).to_event(1)
+        z = pyro.sample("z", prior.mask(observed))
+        mean = 2.0 * ops.tanh((z * w).sum(-1) - 0.3)
+        pyro.sample("x", dist.Normal(mean, 0.5), obs=data["x"])
+
+
+def _masked_likelihood_guide(data, init):
+    logits = pyro.param("q_logits", init["q_logits"])
+    observed = data["observed"] > 0.5
+    with pyro.plate("data", data["x"].shape[0]), handlers.mask(mask=observed):
+        pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1))
+
+
+def _masked_likelihood_reference() -> dict:
+    """Exact −ELBO of :data:`MASKED_LIKELIHOOD` and its gradient: every point's 2² values of z
+    weighted by the unmasked q, the masked point's log p(z) − log q(z) left out, its
+    log p(x | z) kept."""
+    import torch
+
+    data = {
+        k: torch.tensor(v, dtype=torch.float64) for k, v in MASKED_BERNOULLI.make_data().items()
+    }
+    init = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        for k, v in MASKED_BERNOULLI.init_params.items()
+    }
+    configs = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    z = configs[:, None, :]  # (4 values, 4 points, 2 decisions)
+
+    def bernoulli(logits):
+        return (z * torch.nn.functional.logsigmoid(logits)).sum(-1) + (
+            (1.0 - z) * torch.nn.functional.logsigmoid(-logits)
+        ).sum(-1)
+
+    log_q, log_prior = bernoulli(init["q_logits"]), bernoulli(data["prior_logits"])
+    mean = 2.0 * torch.tanh((z * init["w"]).sum(-1) - 0.3)
+    log_lik = -0.5 * ((data["x"] - mean) / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))
+    cost = data["observed"] * (log_prior - log_q) + log_lik
+    loss = -(log_q.exp() * cost).sum()
+    grads = torch.autograd.grad(loss, list(init.values()))
+    return {
+        "loss": float(loss.detach()),
+        "grads": {k: g.numpy() for k, g in zip(init, grads, strict=True)},
+    }
+
+
+MASKED_LIKELIHOOD = EstimatorModel(
+    name="masked_likelihood",
+    model=_masked_likelihood_model,
+    guide=_masked_likelihood_guide,
+    make_data=MASKED_BERNOULLI.make_data,
+    init_params=MASKED_BERNOULLI.init_params,
+    max_plate_nesting=1,
+    discrete_sites=("z",),
+    description="MASKED_BERNOULLI with x unmasked; z masked by .mask (p) and handlers.mask (q)",
+    reference_fn=_masked_likelihood_reference,
 )
 
 
