@@ -29,16 +29,18 @@ from collections.abc import Iterator
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.distributions.util import broadcast_shape, is_identically_zero, scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.tracegraph_elbo import _compute_downstream_costs
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated, warn_if_nan
+from torch.distributions import Independent
 
 from pyro_reparam_ext.infer.distributed import EstimatorELBOModule, average_running_state
-from pyro_reparam_ext.infer.sites import PREFIX, family_of
+from pyro_reparam_ext.infer.sites import PREFIX, family_of, has_mask
 
 
 class DiscreteLatentELBO(ELBO):
@@ -337,6 +339,36 @@ def site_log_prob(site: dict, relaxed: bool) -> torch.Tensor:
     return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
+def _unmasked_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
+    """``fn.log_prob(value)`` with the ``.mask(...)`` wrappers at any depth not applied."""
+    if isinstance(fn, MaskedDistribution):
+        log_prob = _unmasked_log_prob(fn.base_dist, value)
+        return log_prob.expand(broadcast_shape(fn.batch_shape, log_prob.shape))
+    if isinstance(fn, Independent):
+        log_prob = _unmasked_log_prob(fn.base_dist, value)
+        return log_prob.sum(tuple(range(-fn.reinterpreted_batch_ndims, 0)))
+    if isinstance(fn, ExpandedDistribution):
+        log_prob = _unmasked_log_prob(fn.base_dist, value)
+        return log_prob.expand(broadcast_shape(fn.batch_shape, log_prob.shape))
+    return fn.log_prob(value)
+
+
+def score_log_prob(site: dict) -> torch.Tensor:
+    """The score function of a guide site with its masks not applied, per element.
+
+    Pyro's ``score_parts`` leave the score function unmasked under ``poutine.mask`` and an
+    outermost tensor ``.mask(...)``, but mask it inside ``to_event`` (``Independent`` builds
+    it from its masked ``log_prob``) and for a Python bool mask. A masked site is still
+    sampled from q, and its cost may depend on it through unmasked terms, so the estimators
+    take the true log q at every mask (as on NumPyro: ``particles.score_log_prob``); an
+    unmasked site's is ``score_parts.score_function`` itself.
+    """
+    score = site["score_parts"].score_function
+    if not has_mask(site["fn"]):
+        return score
+    return _unmasked_log_prob(site["fn"], site["value"]).expand(score.shape)
+
+
 def relaxed_cost(model_trace, guide_trace, nodes, site: dict, skip=()) -> torch.Tensor:
     """Σ over ``nodes`` (but ``skip``) of log p − log q in relaxed traces, kept local to
     ``site``'s plates."""
@@ -364,5 +396,6 @@ __all__ = [
     "relaxed_cost",
     "relaxed_log_prob",
     "running_state",
+    "score_log_prob",
     "sum_decisions",
 ]

@@ -75,9 +75,10 @@ TraceGraph_ELBO's decaying-average baseline against 2.4–2.9× with the joint f
 ``coordinatewise=False`` gives the papers' joint form.
 
 Masked decisions (``poutine.mask``, ``.mask(...)``; inside ``to_event`` a mask selects single
-decisions; :func:`kept_decisions`): the score term keeps the true log q(b_j), as Pyro's
-``score_parts`` leave the score function unmasked, and the control variate is zero there
-(c ≡ 0). Where the cost cannot depend on the masked decision (the site masked in model and
+decisions; :func:`kept_decisions`): the score term keeps the true log q(b_j) (also where
+Pyro's ``score_parts`` mask it: inside ``to_event``, a bool mask; see
+:func:`~pyro_reparam_ext.infer.particles.score_log_prob`), and the control variate is zero
+there (c ≡ 0). Where the cost cannot depend on the masked decision (the site masked in model and
 guide) f − β = 0 and the term vanishes; the NumPyro backend does the same.
 
 Behaviour at sites the relaxation cannot reach:
@@ -128,6 +129,7 @@ from pyro_reparam_ext.infer.particles import (
     downstream_costs,
     pathwise_elbo_and_surrogate,
     relaxed_cost,
+    score_log_prob,
     sum_decisions,
     sum_local_terms,
 )
@@ -784,9 +786,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         fixed = {other: tuple(t.detach() for t in pair) for other, pair in controls.items()}
         fixed_temps = {other: temperature for other, (temperature, _) in fixed.items()}
         hard = draw.family.as_relaxed(draw.value, draw.logits)
-        score = decision_scores(
-            draw.family, draw.logits, hard, masks, site["score_parts"].score_function
-        )
+        score = decision_scores(draw.family, draw.logits, hard, masks, score_log_prob(site))
         term = self._estimate(
             run, name, draw.logits, score, cost, nodes, fixed[name], fixed_temps, masks, True
         )
@@ -863,7 +863,7 @@ class REBAR_ELBO(DiscreteLatentELBO):
         logits = leaf + (draw.logits - draw.logits.detach())
         hard = family.as_relaxed(draw.value, leaf)
         leaf_score = sum_decisions(fn, family, family.decision_log_prob(leaf, hard))
-        score = site["score_parts"].score_function + (leaf_score - leaf_score.detach())
+        score = score_log_prob(site) + (leaf_score - leaf_score.detach())
         term = self._estimate(
             run, name, logits, score.unsqueeze(0), cost, nodes, controls[name], temps, None, False
         )

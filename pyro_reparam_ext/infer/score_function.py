@@ -19,6 +19,7 @@ from pyro_reparam_ext.infer.particles import (
     downstream_costs,
     pathwise_elbo_and_surrogate,
     running_state,
+    score_log_prob,
     update_running_state,
 )
 from pyro_reparam_ext.infer.sites import (
@@ -159,7 +160,7 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
         _check_baseline(baseline, f"site '{site['name']}': infer['reparam_ext']['baseline']")
         decay = options.get("baseline_decay", self.baseline_decay)
         _check_decay(decay, f"site '{site['name']}': infer['reparam_ext']['baseline_decay']")
-        score = site["score_parts"].score_function
+        score = score_log_prob(site)  # the true log q at masked sites, as on NumPyro
         many = self.particle_dim is not None
 
         if baseline == "optimal":
