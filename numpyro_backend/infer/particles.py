@@ -141,7 +141,7 @@ def decision_log_prob(fn, hard, mask=None, logits=None, *, apply_masks=True) -> 
     Follows the wrappers of ``fn`` like :func:`relaxed_log_prob`, so a masked site
     (``.mask(...)``) gets 0 at its masked elements, as ``fn.log_prob`` does — unless
     ``apply_masks`` is False: then the true log q of every decision (REBAR/RELAX's score term,
-    as Pyro's ``score_parts`` leave the score function unmasked).
+    as on Pyro).
     """
     family, _ = family_of(fn)
     selected = (
@@ -171,10 +171,10 @@ def _base_log_prob(base, value):
 
 def score_log_prob(fn, value) -> jnp.ndarray:
     """log q(value) of a (wrapped) guide site with its masks not applied, per element: the
-    score function of a masked site (``.mask(...)``, ``handlers.mask``), which keeps the true
-    log q as Pyro's ``score_parts`` do — the site is still sampled from q, and its cost may
-    depend on it through unmasked terms. Otherwise as the site's ``log_prob`` (Bernoulli by
-    :func:`bernoulli_log_prob`)."""
+    score function of a masked site (``.mask(...)`` at any depth, ``handlers.mask``, a bool
+    mask too), which keeps the true log q — the site is still sampled from q, and its cost
+    may depend on it through unmasked terms; as Pyro's ``particles.score_log_prob``.
+    Otherwise as the site's ``log_prob`` (Bernoulli by :func:`bernoulli_log_prob`)."""
     return _follow_wrappers(fn, value, _base_log_prob, apply_masks=False)
 
 

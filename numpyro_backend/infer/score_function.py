@@ -65,7 +65,7 @@ class ScoreFunction_ELBO(ParticleELBO):
     reparameterized sites get the pathwise gradient. The loss value is the usual −ELBO.
     At a masked guide site (``.mask(...)``, ``handlers.mask``) the score keeps the true
     log q(b): the mask drops the site's log q from f and the ELBO, but the site is still
-    sampled from q and f may depend on it through unmasked terms (as Pyro's ``score_parts``).
+    sampled from q and f may depend on it through unmasked terms (as on Pyro).
     Baselines:
 
     - ``"optimal"``: per logit coordinate j (s = ∇_η log q(b | η), η the site's logits) the

@@ -46,7 +46,11 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
 
     For a guide site with value b ~ q(b | η) and plate-aware downstream cost f (the log p −
     log q terms b can influence, as in Pyro's ``TraceGraph_ELBO``), the gradient estimate is
-    (f − baseline)·∇ log q(b | η); reparameterized sites get the pathwise gradient. Baselines:
+    (f − baseline)·∇ log q(b | η); reparameterized sites get the pathwise gradient. At a
+    masked guide site (``poutine.mask``, ``.mask(...)`` at any depth, a bool mask too) the score
+    keeps the true log q(b) (:func:`~pyro_reparam_ext.infer.particles.score_log_prob`): the
+    mask drops the site's log q from f and the ELBO, but the site is still sampled from q and
+    f may depend on it through unmasked terms (as on NumPyro). Baselines:
 
     - ``"optimal"``: per logit coordinate j (s = ∇_η log q(b | η), η the site's logits) the
       estimate (f − b_j) s_j, chained into upstream parameters by backprop, with b_j close
