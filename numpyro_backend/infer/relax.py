@@ -133,16 +133,19 @@ def mlp_control_variate(hidden_dim: int = 32) -> tuple[Callable, Callable]:
     """RELAX's default r_ρ: a one-hidden-layer tanh network, one scalar per element.
 
     Returns ``(init_fn(rng_key, event_size, dtype) -> params, apply_fn(params, x) -> value)``
-    with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``. The output
-    layer starts at zero, so r_ρ starts as the zero function (RELAX starts as REBAR), as on
-    the Pyro backend; hidden weights start at N(0, 0.1²) and biases at 0 (Pyro's
-    ``nn.Linear`` default draws both uniformly in ±1/√fan_in).
+    with ``x`` of shape ``batch + (event_size,)`` and ``value`` of shape ``batch``.
+    Initialisation, the same on both backends (Pyro's
+    :class:`pyro_reparam_ext.infer.relax.ControlVariateNet`, torch ``nn.Linear``'s default):
+    hidden weights and biases uniform in ±1/√event_size, and the output layer (weights and
+    bias) 0, so r_ρ starts as the zero function and RELAX starts as REBAR.
     """
 
     def init_fn(rng_key, event_size, dtype=jnp.float64):
+        weight_key, bias_key = random.split(rng_key)
+        bound = 1.0 / math.sqrt(event_size)  # nn.Linear's: fan_in = event_size
         return {
-            "w1": 0.1 * random.normal(rng_key, (event_size, hidden_dim), dtype),
-            "b1": jnp.zeros(hidden_dim, dtype),
+            "w1": random.uniform(weight_key, (event_size, hidden_dim), dtype, -bound, bound),
+            "b1": random.uniform(bias_key, (hidden_dim,), dtype, -bound, bound),
             "w2": jnp.zeros(hidden_dim, dtype),
             "b2": jnp.zeros((), dtype),
         }

@@ -531,8 +531,10 @@ class ControlVariateNet(nn.Module):
     """Default r_ρ: a one-hidden-layer tanh MLP from a site element's input to a scalar.
 
     RELAX feeds it the relaxed logits z and the site's (detached) logits, concatenated:
-    ``batch + (event_size,)`` in, ``batch`` out. The output layer starts at zero, so RELAX
-    starts as REBAR.
+    ``batch + (event_size,)`` in, ``batch`` out. Initialisation, the same on both backends
+    (NumPyro's :func:`numpyro_backend.infer.relax.mlp_control_variate`): hidden weights and
+    biases uniform in ±1/√event_size (``nn.Linear``'s default), and the output layer (weights
+    and bias) 0, so r_ρ starts as the zero function and RELAX starts as REBAR.
     """
 
     def __init__(self, event_size: int, hidden_dim: int = 32):
