@@ -159,29 +159,86 @@ _BASIS_TENSORS: dict = {}
 
 
 def _identity_and_e1(dim: int, dtype: torch.dtype, device: torch.device):
-    """I_d and e₁ as tensors, built once per (d, dtype, device)."""
+    """I_d, e₁ and the one-element tensor (1,) as tensors, built once per (d, dtype, device)."""
     key = (dim, dtype, device)
     if key not in _BASIS_TENSORS:
         eye = torch.eye(dim, dtype=dtype, device=device)
-        _BASIS_TENSORS[key] = eye, eye[0].clone()
+        _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone()
     return _BASIS_TENSORS[key]
 
 
-def _rotate_by_matrix(loc, first, radius, direction):
-    """:func:`embed_rotate` for one mean direction (``loc`` has d elements): z = y·R with
-    y = (first, radius·direction) and the symmetric orthogonal R = −s·(I − u uᵀ/u₁), the
-    Householder map of :func:`householder_rotate` (|u|² = 2u₁, u₁ = 1 + |loc₁|) as one d×d
-    matrix. Autograd then needs two matrix products over the samples and a few ops on d×d
-    tensors, instead of a dozen passes over the samples."""
+def _householder_matrix(loc: torch.Tensor):
+    """The symmetric orthogonal R = −s·I + (s/u₁)·u uᵀ with e₁R = l (l = loc/|loc|,
+    s = sign(l₁), u = e₁ + s·l, u₁ = 1 + |l₁|): :func:`householder_rotate`'s map as a d×d
+    matrix, for one mean direction. Returns (R, |loc|, l, u); no autograd (see
+    :func:`_householder_matrix_backward`)."""
     dim = loc.shape[-1]
-    loc = loc.reshape(dim)
-    loc = loc / torch.linalg.vector_norm(loc)
-    eye, e1 = _identity_and_e1(dim, loc.dtype, loc.device)
-    sign = torch.where(loc[:1] >= 0, 1.0, -1.0).to(loc.dtype)
-    u = torch.addcmul(e1, sign, loc)
-    rotation = torch.addcmul(eye * -sign, torch.outer(u, u), -sign / u[:1], value=-1)
-    y = torch.cat([first.unsqueeze(-1), radius.unsqueeze(-1) * direction.detach()], dim=-1)
-    return y @ rotation
+    if loc.dim() != 1:
+        loc = loc.reshape(dim)
+    eye, e1, one = _identity_and_e1(dim, loc.dtype, loc.device)
+    norm = torch.linalg.vector_norm(loc)
+    unit = loc / norm
+    sign = torch.copysign(one, unit[:1])
+    u = torch.addcmul(e1, sign, unit)
+    rotation = torch.outer(u * (sign / u[:1]), u)
+    rotation.diagonal().sub_(sign)
+    return rotation, norm, unit, u
+
+
+def _householder_matrix_backward(d_rotation, norm, unit, u):
+    """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_householder_matrix`: through u,
+    (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
+    the normalization's Jacobian (I − l lᵀ)/|loc|."""
+    w = (d_rotation + d_rotation.T) @ u
+    u1 = u[:1]
+    e1 = _identity_and_e1(u.shape[0], u.dtype, u.device)[1]
+    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / (2 * u1), value=-1) / u1  # uᵀdRu = uᵀw/2
+    return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1) / norm
+
+
+def _embed(first: torch.Tensor, radius: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """y = (first, radius·direction), flattened to (samples, d), without autograd."""
+    y = torch.empty(
+        direction.shape[:-1] + (direction.shape[-1] + 1,), dtype=first.dtype, device=first.device
+    )
+    y[:, 0] = first
+    torch.mul(direction, radius.unsqueeze(-1), out=y[:, 1:])
+    return y
+
+
+class _RotateByMatrix(torch.autograd.Function):
+    """:func:`embed_rotate` for one mean direction (``loc`` has d elements): z = y·R with
+    y = (first, radius·direction) and R from :func:`_householder_matrix`. Hand-written
+    backward: the samples take two matrix products (dy = g·R, dR = yᵀg) and the loc gradient
+    a dozen ops on d-vectors, against some forty small ops for the same expression through
+    autograd."""
+
+    @staticmethod
+    def forward(ctx, loc, first, radius, direction):
+        dim = loc.shape[-1]
+        ctx.shapes = loc.shape, first.shape
+        rotation, norm, unit, u = _householder_matrix(loc)
+        v = direction.reshape(-1, dim - 1)
+        y = _embed(first.reshape(-1), radius.reshape(-1), v)
+        ctx.save_for_backward(norm, unit, u, rotation, y, v)
+        return (y @ rotation).reshape(first.shape + (dim,))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        norm, unit, u, rotation, y, v = ctx.saved_tensors
+        loc_shape, sample_shape = ctx.shapes
+        g = grad.reshape(y.shape)
+        d_loc = d_first = d_radius = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            d_y = g @ rotation  # R is symmetric
+            if ctx.needs_input_grad[1]:
+                d_first = d_y[:, 0].reshape(sample_shape)
+            if ctx.needs_input_grad[2]:
+                d_radius = (d_y[:, 1:] * v).sum(-1).reshape(sample_shape)
+        if ctx.needs_input_grad[0]:
+            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u).reshape(loc_shape)
+        return d_loc, d_first, d_radius, None
 
 
 def embed_rotate(
@@ -200,7 +257,7 @@ def embed_rotate(
     """
     first, radius = torch.broadcast_tensors(first, radius)
     if loc.shape[-1] <= _MATRIX_MAX_DIM and loc.shape[-1] == loc.numel():
-        return _rotate_by_matrix(loc, first, radius, direction)
+        return _RotateByMatrix.apply(loc, first, radius, direction.detach())
     loc = loc / torch.linalg.vector_norm(loc, dim=-1, keepdim=True)
     sign = torch.where(loc[..., :1] >= 0, 1.0, -1.0).to(loc.dtype)
     e1 = torch.zeros_like(loc)
