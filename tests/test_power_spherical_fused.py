@@ -54,6 +54,15 @@ def test_single_direction_function_equals_autograd(dim):
             want = torch.autograd.grad((expected @ a).sum(), [loc, kappa])
             for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12 * w.abs().max().item())
+            # only one of the two requiring a gradient (the Function skips the other's work)
+            for wrt in [loc, kappa]:
+                fixed_loc = loc if wrt is loc else loc.detach()
+                fixed_kappa = kappa if wrt is kappa else kappa.detach()
+                torch.manual_seed(0)
+                z = prx.PowerSpherical(fixed_loc, fixed_kappa, validate_args=False).rsample((64,))
+                (g,) = torch.autograd.grad((z @ a).sum(), [wrt])
+                w = want[0] if wrt is loc else want[1]
+                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12 * w.abs().max().item())
 
 
 def test_dim3_pathwise_derivative_matches_finite_differences():

@@ -10,6 +10,7 @@ from torch.autograd.function import once_differentiable
 from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
 from pyro_reparam_ext.ops.sphere import (
     _embed,
+    _embed_with_tangent,
     _householder_matrix,
     _householder_matrix_backward,
     embed_rotate,
@@ -58,60 +59,62 @@ def _marginal_dim3(concentration, norm_sq, derivatives=False):
 
 class _PowerSphericalByMatrix(torch.autograd.Function):
     """z for one mean direction (``loc`` has d ≤ _FUSED_MAX_DIM elements) in one step, with a
-    hand-written backward: (first, radius) from :func:`_marginal` (``param`` = G_α per
-    sample) or :func:`_marginal_dim3` (``param`` = κ), together with their derivatives in
-    ``param``, then z = y·R as in :func:`~pyro_reparam_ext.ops.sphere.embed_rotate`'s
-    matrix path. About 35 small ops forward and 25 backward, against some 60 and 70 for the
-    same expressions through autograd (at these sizes each op costs a few µs, whatever it
-    computes).
-
-    Derivatives: with G_β = |v|²/2 and T = G_α + G_β, ∂first/∂G_α = 2G_β/T² and
-    ∂radius/∂G_α = −radius·first/(2G_α); for d = 3, with α = κ + 1, q = −|v|²/(2α) and
-    m = expm1(q): ∂first/∂κ = 2∂m/∂κ = −2q(1 + m)/α, and from radius² = −4m(1 + m)/|v|²,
-    ∂radius/∂κ = −first·(∂first/∂κ)/(|v|²·radius)."""
+    hand-written backward. Forward: (first, radius) from :func:`_marginal_dim3` (d = 3) or
+    from :func:`_marginal` with G_α ~ Gamma(κ + β) drawn here (after v, as the batched path
+    draws them), together with their derivatives in κ (forward mode: for d ≠ 3 through
+    dG_α/dα, torch's own ``_standard_gamma_grad``, the derivative autograd would use), then
+    y = (first, radius·v) and its tangent y′ rotated by one product with the matrix R of
+    :func:`~pyro_reparam_ext.ops.sphere._householder_matrix`. Backward: dκ = ⟨g, y′R⟩, one
+    inner product, and d loc from dR = yᵀg. About 35 small ops forward and 15 backward,
+    against some 60 and 70 for the same expressions through autograd (at these sizes each op
+    costs a few µs, whatever it computes)."""
 
     @staticmethod
-    def forward(ctx, loc, param, v, dim3):
+    def forward(ctx, loc, concentration, v):
         dim = loc.shape[-1]
         out_shape = v.shape[:-1] + (dim,)
-        ctx.shapes = loc.shape, param.shape
+        ctx.shapes = loc.shape, concentration.shape
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
         norm_sq = (v * v).sum(-1)
-        if dim3:
+        tangent = ctx.needs_input_grad[1]
+        if dim == 3:
             norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
-            first, radius, d_first, d_radius = _marginal_dim3(param, norm_sq, derivatives=True)
+            marginal = _marginal_dim3(concentration, norm_sq, derivatives=tangent)
         else:
-            gamma_alpha = param if param.dim() == 1 else param.reshape(-1)
-            first, radius, d_first, d_radius = _marginal(gamma_alpha, norm_sq, derivatives=True)
+            alpha = (concentration + (dim - 1) / 2).reshape(1).expand(norm_sq.shape)
+            gamma_alpha = torch._standard_gamma(alpha)
+            marginal = _marginal(gamma_alpha, norm_sq, derivatives=tangent)
+            if tangent:
+                d_gamma = torch._standard_gamma_grad(alpha, gamma_alpha)
+                marginal = marginal[:2] + (marginal[2] * d_gamma, marginal[3] * d_gamma)
         rotation, norm, unit, u = _householder_matrix(loc)
-        y = _embed(first, radius, v)
-        ctx.save_for_backward(norm, unit, u, rotation, y, v, d_first, d_radius)
-        ctx.dim3 = dim3
-        z = y @ rotation
+        if tangent:
+            # z and dz/dκ in one product: the backward's κ gradient is one inner product
+            y = _embed_with_tangent(*marginal, v)
+            z, d_z = y @ rotation
+            y = y[0]
+        else:
+            y = _embed(*marginal, v)
+            z, d_z = y @ rotation, None
+        ctx.save_for_backward(norm, unit, u, y, d_z)
         return z if z.shape == out_shape else z.reshape(out_shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        norm, unit, u, rotation, y, v, d_first, d_radius = ctx.saved_tensors
-        loc_shape, param_shape = ctx.shapes
+        norm, unit, u, y, d_z = ctx.saved_tensors
+        loc_shape, concentration_shape = ctx.shapes
         g = grad if grad.dim() == 2 else grad.reshape(y.shape)
-        d_loc = d_param = None
+        d_loc = d_concentration = None
         if ctx.needs_input_grad[1]:
-            d_y = g @ rotation  # R is symmetric
-            if ctx.dim3:
-                d_param = torch.dot(d_y[:, 0], d_first) + (d_y[:, 1:] * v).sum(-1) @ d_radius
-                d_param = d_param.reshape(param_shape)
-            else:
-                d_param = torch.addcmul(d_y[:, 0] * d_first, (d_y[:, 1:] * v).sum(-1), d_radius)
-                if d_param.shape != param_shape:
-                    d_param = d_param.reshape(param_shape)
+            d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
+            d_concentration = d_concentration.reshape(concentration_shape)
         if ctx.needs_input_grad[0]:
             d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
             if d_loc.shape != loc_shape:
                 d_loc = d_loc.reshape(loc_shape)
-        return d_loc, d_param, None, None
+        return d_loc, d_concentration, None
 
 
 class PowerSpherical(SphereLocConcentration):
@@ -157,16 +160,14 @@ class PowerSpherical(SphereLocConcentration):
         # d = 3 (β = 1) needs no G_α at all (_marginal_dim3).
         v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
         single = self.dim <= _FUSED_MAX_DIM and self.loc.numel() == self.dim
+        if single:
+            return _PowerSphericalByMatrix.apply(self.loc, self.concentration, v)
         if self.dim == 3:
-            if single:
-                return _PowerSphericalByMatrix.apply(self.loc, self.concentration, v, True)
             norm_sq = torch.linalg.vecdot(v, v).clamp(min=torch.finfo(v.dtype).tiny)
             first, radius = _marginal_dim3(self.concentration, norm_sq)
             return embed_rotate(self.loc, first, radius, v)
         alpha, _ = self._alpha_beta()
         gamma_alpha = torch._standard_gamma(alpha.expand(shape[:-1]))
-        if single:
-            return _PowerSphericalByMatrix.apply(self.loc, gamma_alpha, v, False)
         first, radius = _marginal(gamma_alpha, torch.linalg.vecdot(v, v))
         return embed_rotate(self.loc, first, radius, v)
 

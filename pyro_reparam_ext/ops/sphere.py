@@ -196,49 +196,42 @@ def _householder_matrix_backward(d_rotation, norm, unit, u):
     return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1) / norm
 
 
-def _embed(first: torch.Tensor, radius: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """y = (first, radius·direction), flattened to (samples, d), without autograd."""
-    y = torch.empty(
-        direction.shape[:-1] + (direction.shape[-1] + 1,), dtype=first.dtype, device=first.device
-    )
+def _embed(first, radius, direction) -> torch.Tensor:
+    """y = (first, radius·direction), shape (samples, d), without autograd."""
+    samples, rest = direction.shape
+    y = torch.empty((samples, rest + 1), dtype=first.dtype, device=first.device)
     y[:, 0] = first
     torch.mul(direction, radius.unsqueeze(-1), out=y[:, 1:])
     return y
 
 
-class _RotateByMatrix(torch.autograd.Function):
+def _embed_with_tangent(first, radius, d_first, d_radius, direction) -> torch.Tensor:
+    """y = (first, radius·direction) and its tangent y′ = (first′, radius′·direction) stacked
+    as (2, samples, d), without autograd (one matrix product then rotates both)."""
+    samples, rest = direction.shape
+    y = torch.empty((2, samples, rest + 1), dtype=first.dtype, device=first.device)
+    y[:, :, 0] = torch.stack([first, d_first])
+    torch.mul(direction, torch.stack([radius, d_radius]).unsqueeze(-1), out=y[:, :, 1:])
+    return y
+
+
+def _rotate_by_matrix(loc, first, radius, direction):
     """:func:`embed_rotate` for one mean direction (``loc`` has d elements): z = y·R with
-    y = (first, radius·direction) and R from :func:`_householder_matrix`. Hand-written
-    backward: the samples take two matrix products (dy = g·R, dR = yᵀg) and the loc gradient
-    a dozen ops on d-vectors, against some forty small ops for the same expression through
-    autograd."""
-
-    @staticmethod
-    def forward(ctx, loc, first, radius, direction):
-        dim = loc.shape[-1]
-        ctx.shapes = loc.shape, first.shape
-        rotation, norm, unit, u = _householder_matrix(loc)
-        v = direction.reshape(-1, dim - 1)
-        y = _embed(first.reshape(-1), radius.reshape(-1), v)
-        ctx.save_for_backward(norm, unit, u, rotation, y, v)
-        return (y @ rotation).reshape(first.shape + (dim,))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        norm, unit, u, rotation, y, v = ctx.saved_tensors
-        loc_shape, sample_shape = ctx.shapes
-        g = grad.reshape(y.shape)
-        d_loc = d_first = d_radius = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_y = g @ rotation  # R is symmetric
-            if ctx.needs_input_grad[1]:
-                d_first = d_y[:, 0].reshape(sample_shape)
-            if ctx.needs_input_grad[2]:
-                d_radius = (d_y[:, 1:] * v).sum(-1).reshape(sample_shape)
-        if ctx.needs_input_grad[0]:
-            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u).reshape(loc_shape)
-        return d_loc, d_first, d_radius, None
+    y = (first, radius·direction) and the symmetric orthogonal R = −s·(I − u uᵀ/u₁), the
+    Householder map of :func:`householder_rotate` (|u|² = 2u₁, u₁ = 1 + |loc₁|) as one d×d
+    matrix. Autograd then needs two matrix products over the samples and a few ops on d×d
+    tensors, instead of a dozen passes over the samples. (An autograd Function with the
+    backward of :func:`_householder_matrix_backward` measured 2-3% slower here: the Python
+    backward costs what the saved autograd nodes do.)"""
+    dim = loc.shape[-1]
+    loc = loc.reshape(dim)
+    loc = loc / torch.linalg.vector_norm(loc)
+    eye, e1, _ = _identity_and_e1(dim, loc.dtype, loc.device)
+    sign = torch.where(loc[:1] >= 0, 1.0, -1.0).to(loc.dtype)
+    u = torch.addcmul(e1, sign, loc)
+    rotation = torch.addcmul(eye * -sign, torch.outer(u, u), -sign / u[:1], value=-1)
+    y = torch.cat([first.unsqueeze(-1), radius.unsqueeze(-1) * direction.detach()], dim=-1)
+    return y @ rotation
 
 
 def embed_rotate(
@@ -257,7 +250,7 @@ def embed_rotate(
     """
     first, radius = torch.broadcast_tensors(first, radius)
     if loc.shape[-1] <= _MATRIX_MAX_DIM and loc.shape[-1] == loc.numel():
-        return _RotateByMatrix.apply(loc, first, radius, direction.detach())
+        return _rotate_by_matrix(loc, first, radius, direction)
     loc = loc / torch.linalg.vector_norm(loc, dim=-1, keepdim=True)
     sign = torch.where(loc[..., :1] >= 0, 1.0, -1.0).to(loc.dtype)
     e1 = torch.zeros_like(loc)
