@@ -30,11 +30,13 @@ def _marginal(gamma_alpha, norm_sq, derivatives=False):
     ∂first/∂G_α = 2G_β/T² and ∂radius/∂G_α = −radius·first/(2G_α) (T = G_α + G_β)."""
     gamma_beta = norm_sq / 2
     total = gamma_beta + gamma_alpha
-    first = (gamma_alpha - gamma_beta) / total
-    radius = torch.sqrt(2 * gamma_alpha) / total
     if not derivatives:
-        return first, radius
-    return first, radius, 2 * gamma_beta / total.square(), (radius * first) / (-2 * gamma_alpha)
+        return (gamma_alpha - gamma_beta) / total, torch.sqrt(2 * gamma_alpha) / total
+    # no autograd here (the Function's forward): in-place on fresh temporaries
+    first = (gamma_alpha - gamma_beta).div_(total)
+    radius = (2 * gamma_alpha).sqrt_().div_(total)
+    d_first = gamma_beta.mul_(2).div_(total.square_())
+    return first, radius, d_first, (radius * first).div_(gamma_alpha * -2)
 
 
 def _marginal_dim3(concentration, norm_sq, derivatives=False):
@@ -50,11 +52,12 @@ def _marginal_dim3(concentration, norm_sq, derivatives=False):
     m = torch.expm1(q)
     one_plus_m = m + 1
     first = one_plus_m + m
-    radius = torch.sqrt(torch.addcmul(m, m, m) / (-0.25 * norm_sq))
     if not derivatives:
-        return first, radius
-    d_first = (q * one_plus_m) * (-2 / alpha)
-    return first, radius, d_first, (d_first * first) / (-norm_sq * radius)
+        return first, torch.sqrt(torch.addcmul(m, m, m) / (-0.25 * norm_sq))
+    # no autograd here (the Function's forward): in-place on fresh temporaries
+    radius = torch.addcmul(m, m, m).div_(norm_sq * -0.25).sqrt_()
+    d_first = q.mul_(one_plus_m).mul_(-2 / alpha)
+    return first, radius, d_first, (d_first * first).div_(norm_sq.mul(radius).neg_())
 
 
 class _PowerSphericalByMatrix(torch.autograd.Function):
@@ -87,7 +90,8 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
             marginal = _marginal(gamma_alpha, norm_sq, derivatives=tangent)
             if tangent:
                 d_gamma = torch._standard_gamma_grad(alpha, gamma_alpha)
-                marginal = marginal[:2] + (marginal[2] * d_gamma, marginal[3] * d_gamma)
+                marginal[2].mul_(d_gamma)
+                marginal[3].mul_(d_gamma)
         rotation, norm, unit, u = _householder_matrix(loc)
         if tangent:
             # z and dz/dκ in one product: the backward's κ gradient is one inner product

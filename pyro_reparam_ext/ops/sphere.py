@@ -192,8 +192,8 @@ def _householder_matrix_backward(d_rotation, norm, unit, u):
     w = (d_rotation + d_rotation.T) @ u
     u1 = u[:1]
     e1 = _identity_and_e1(u.shape[0], u.dtype, u.device)[1]
-    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / (2 * u1), value=-1) / u1  # uᵀdRu = uᵀw/2
-    return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1) / norm
+    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / (2 * u1), value=-1).div_(u1)  # uᵀdRu = uᵀw/2
+    return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1).div_(norm)
 
 
 def _embed(first, radius, direction) -> torch.Tensor:
