@@ -23,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyro.distributions as dist
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyro_reparam_ext as prx
+from pyro_reparam_ext.ops import gammainc
 
 #: aten ops that make the host wait for the device, and why
 SYNCING_OPS = {
@@ -68,6 +70,12 @@ def _library_frame() -> str:
 class SyncRecorder(TorchDispatchMode):
     """Records every aten op dispatched while active, and the host-synchronizing ones with
     the library line that issued them."""
+
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # nothing is compiled under this mode: without the dynamo guard on
+        # __torch_dispatch__, entering it does not import torch._dynamo (2 s, once)
+        return False
 
     def __init__(self):
         super().__init__()
@@ -150,6 +158,16 @@ def _sphere(cls, dim, batch=(), concentration=(10.0,)):
     return make
 
 
+class _CdfGamma(prx.ImplicitlyReparameterized, dist.Gamma):
+    """ImplicitlyReparameterized's worked example: torch's sampler, gammainc's α-gradient."""
+
+    def sample_detached(self, sample_shape=torch.Size()):
+        return dist.Gamma.rsample(self, sample_shape)
+
+    def implicit_cdf(self, value):
+        return gammainc(self.concentration, self.rate * value)
+
+
 def _uniform(dim):
     def make():
         return lambda: prx.HypersphericalUniform(dim, validate_args=False), []
@@ -209,6 +227,11 @@ CASES = [
         _params(prx.ImplicitGamma, [0.5, 3.0, 40.0], 2.0),
         known_syncs=(GAMMA_NONZERO,),
     ),
+    Case(
+        "ImplicitlyReparameterized",
+        _params(_CdfGamma, [0.5, 3.0], 1.5),
+        known_syncs=(GAMMA_NONZERO,),
+    ),
     Case("ImplicitBeta", _params(prx.ImplicitBeta, [0.5, 3.0], [2.0, 0.7])),
     Case(
         "ImplicitDirichlet",
@@ -225,15 +248,19 @@ CASES = [
         _params(prx.ImplicitVonMises, [0.3, -1.0], [0.5, 20.0]),
         known_syncs=(TORCH_VON_MISES_LOOP,),
     ),
-    # d = 3: inverse CDF; d = 5: Wood's fixed pool + the implicit κ rule in backward
+    # d = 3: inverse CDF; d = 5, 16, 128: Wood's fixed pool + the implicit κ rule in backward;
+    # embed_rotate's d×d matrix path (one loc, d ≤ 16), elementwise and fused paths
     Case("VonMisesFisher-d3", _sphere(prx.VonMisesFisher, 3)),
+    Case("VonMisesFisher-d16", _sphere(prx.VonMisesFisher, 16)),
     Case("VonMisesFisher-d5-batch", _sphere(prx.VonMisesFisher, 5, (2,), (1.0, 50.0))),
     Case("VonMisesFisher-d128", _sphere(prx.VonMisesFisher, 128)),
-    # embed_rotate's paths: d×d matrix (one loc, d ≤ 16), elementwise, fused (d ≥ 128)
+    # one loc, d ≤ 16: the single-direction Function; then embed_rotate's elementwise path
+    # (a batch of locs, or d from 17 to 127) and its fused Function (d ≥ 128)
     Case("PowerSpherical-d2", _sphere(prx.PowerSpherical, 2)),
     Case("PowerSpherical-d3", _sphere(prx.PowerSpherical, 3)),
     Case("PowerSpherical-d16", _sphere(prx.PowerSpherical, 16)),
     Case("PowerSpherical-d3-batch", _sphere(prx.PowerSpherical, 3, (2,), (0.0, 1000.0))),
+    Case("PowerSpherical-d20", _sphere(prx.PowerSpherical, 20)),
     Case("PowerSpherical-d128", _sphere(prx.PowerSpherical, 128)),
     Case("HypersphericalUniform", _uniform(4)),
 ]
