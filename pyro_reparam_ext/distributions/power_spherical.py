@@ -73,14 +73,14 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
     costs a few µs, whatever it computes)."""
 
     @staticmethod
-    def forward(ctx, loc, concentration, v):
+    def forward(ctx, loc, concentration, v, grad_enabled):
         dim = loc.shape[-1]
         out_shape = v.shape[:-1] + (dim,)
         ctx.shapes = loc.shape, concentration.shape
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
         norm_sq = (v * v).sum(-1)
-        tangent = ctx.needs_input_grad[1]
+        tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
         if dim == 3:
             norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
             marginal = _marginal_dim3(concentration, norm_sq, derivatives=tangent)
@@ -118,7 +118,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
             d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
             if d_loc.shape != loc_shape:
                 d_loc = d_loc.reshape(loc_shape)
-        return d_loc, d_concentration, None
+        return d_loc, d_concentration, None, None
 
 
 class PowerSpherical(SphereLocConcentration):
@@ -165,7 +165,9 @@ class PowerSpherical(SphereLocConcentration):
         v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
         single = self.dim <= _FUSED_MAX_DIM and self.loc.numel() == self.dim
         if single:
-            return _PowerSphericalByMatrix.apply(self.loc, self.concentration, v)
+            return _PowerSphericalByMatrix.apply(
+                self.loc, self.concentration, v, torch.is_grad_enabled()
+            )
         if self.dim == 3:
             norm_sq = torch.linalg.vecdot(v, v).clamp(min=torch.finfo(v.dtype).tiny)
             first, radius = _marginal_dim3(self.concentration, norm_sq)
