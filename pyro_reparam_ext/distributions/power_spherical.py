@@ -68,9 +68,10 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
     dG_α/dα, torch's own ``_standard_gamma_grad``, the derivative autograd would use), then
     y = (first, radius·v) and its tangent y′ rotated by one product with the matrix R of
     :func:`~pyro_reparam_ext.ops.sphere._householder_matrix`. Backward: dκ = ⟨g, y′R⟩, one
-    inner product, and d loc from dR = yᵀg. About 35 small ops forward and 15 backward,
-    against some 60 and 70 for the same expressions through autograd (at these sizes each op
-    costs a few µs, whatever it computes)."""
+    inner product, and d loc from dR = yᵀg. At these sizes each op costs a few µs whatever
+    it computes, so the count is what matters: a whole step (construction, rsample of 1024,
+    backward) dispatches 97 aten ops at d = 3 and 98 at d = 16, against 140 on the autograd
+    path with a Gamma draw (measured CPU time per step: −20% at d = 3, −5% at d = 16)."""
 
     @staticmethod
     def forward(ctx, loc, concentration, v, grad_enabled):
@@ -136,7 +137,7 @@ class PowerSpherical(SphereLocConcentration):
     G_α, G_β directly, t = 1 − μᵀz stays precise when κ is large). For d = 3 no Gamma draw
     is needed: s = −expm1(−|v|²/(2α)) exactly (:func:`_marginal_dim3`). One mean direction
     with d ≤ 16 is sampled by a single autograd Function with a hand-written backward
-    (:class:`_PowerSphericalByMatrix`; the step costs about 25% less than through autograd).
+    (:class:`_PowerSphericalByMatrix`).
 
     Example::
 
