@@ -114,7 +114,8 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
         d_loc = d_concentration = None
         if ctx.needs_input_grad[1]:
             d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
-            d_concentration = d_concentration.reshape(concentration_shape)
+            if d_concentration.shape != concentration_shape:
+                d_concentration = d_concentration.reshape(concentration_shape)
         if ctx.needs_input_grad[0]:
             d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
             if d_loc.shape != loc_shape:
