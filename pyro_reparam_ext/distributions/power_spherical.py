@@ -5,11 +5,122 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
-from pyro_reparam_ext.ops.sphere import embed_rotate
+from pyro_reparam_ext.ops.sphere import (
+    _embed,
+    _embed_with_tangent,
+    _householder_matrix,
+    _householder_matrix_backward,
+    embed_rotate,
+)
 
 __all__ = ["PowerSpherical"]
+
+#: ambient dimension up to which one mean direction is sampled by :class:`_PowerSphericalByMatrix`
+#: (as :func:`~pyro_reparam_ext.ops.sphere.embed_rotate`'s d×d matrix path)
+_FUSED_MAX_DIM = 16
+
+
+def _marginal(gamma_alpha, norm_sq, derivatives=False):
+    """(first, radius) of z relative to e₁ from G_α and |v|² (G_β = |v|²/2):
+    (1 − 2s, 2 sqrt(s(1 − s))/|v|) = (G_α − G_β, sqrt(2G_α))/(G_α + G_β), written in G_α, G_β
+    directly so that 1 − first stays precise when κ is large. ``derivatives``: also
+    ∂first/∂G_α = 2G_β/T² and ∂radius/∂G_α = −radius·first/(2G_α) (T = G_α + G_β)."""
+    gamma_beta = norm_sq / 2
+    total = gamma_beta + gamma_alpha
+    if not derivatives:
+        return (gamma_alpha - gamma_beta) / total, torch.sqrt(2 * gamma_alpha) / total
+    # no autograd here (the Function's forward): in-place on fresh temporaries
+    first = (gamma_alpha - gamma_beta).div_(total)
+    radius = (2 * gamma_alpha).sqrt_().div_(total)
+    d_first = gamma_beta.mul_(2).div_(total.square_())
+    return first, radius, d_first, (radius * first).div_(gamma_alpha * -2)
+
+
+def _marginal_dim3(concentration, norm_sq, derivatives=False):
+    """(first, radius) for d = 3, where β = 1: G_β = |v|²/2 ~ Exp(1), so e^{−G_β} is
+    uniform, and inverting the Beta(1, α) CDF 1 − (1 − s)^α gives the exact draw
+    s = 1 − e^{−G_β/α} = −expm1(−|v|²/(2α)), still independent of v/|v|: no Gamma draw, and
+    ds/dκ is the derivative of an explicit map. With q = −|v|²/(2α) and m = expm1(q) = −s:
+    first = 1 + 2m, radius = 2 sqrt(s(1 − s))/|v| = sqrt(−4m(1 + m)/|v|²) (|v|² > 0).
+    ``derivatives``: also ∂first/∂κ = 2∂m/∂κ = −2q(1 + m)/α and, from
+    radius² = −4m(1 + m)/|v|², ∂radius/∂κ = −first·(∂first/∂κ)/(|v|²·radius)."""
+    alpha = concentration + 1
+    q = norm_sq / (-2 * alpha)
+    m = torch.expm1(q)
+    one_plus_m = m + 1
+    first = one_plus_m + m
+    if not derivatives:
+        return first, torch.sqrt(torch.addcmul(m, m, m) / (-0.25 * norm_sq))
+    # no autograd here (the Function's forward): in-place on fresh temporaries
+    radius = torch.addcmul(m, m, m).div_(norm_sq * -0.25).sqrt_()
+    d_first = q.mul_(one_plus_m).mul_(-2 / alpha)
+    return first, radius, d_first, (d_first * first).div_(norm_sq.mul(radius).neg_())
+
+
+class _PowerSphericalByMatrix(torch.autograd.Function):
+    """z for one mean direction (``loc`` has d ≤ _FUSED_MAX_DIM elements) in one step, with a
+    hand-written backward. Forward: (first, radius) from :func:`_marginal_dim3` (d = 3) or
+    from :func:`_marginal` with G_α ~ Gamma(κ + β) drawn here (after v, as the batched path
+    draws them), together with their derivatives in κ (forward mode: for d ≠ 3 through
+    dG_α/dα, torch's own ``_standard_gamma_grad``, the derivative autograd would use), then
+    y = (first, radius·v) and its tangent y′ rotated by one product with the matrix R of
+    :func:`~pyro_reparam_ext.ops.sphere._householder_matrix`. Backward: dκ = ⟨g, y′R⟩, one
+    inner product, and d loc from dR = yᵀg. At these sizes each op costs a few µs whatever
+    it computes, so the count is what matters: a whole step (construction, rsample of 1024,
+    backward) dispatches 97 aten ops at d = 3 and 98 at d = 16, against 140 on the autograd
+    path with a Gamma draw (measured CPU time per step: −20% at d = 3, −5% at d = 16)."""
+
+    @staticmethod
+    def forward(ctx, loc, concentration, v, grad_enabled):
+        dim = loc.shape[-1]
+        out_shape = v.shape[:-1] + (dim,)
+        ctx.shapes = loc.shape, concentration.shape
+        if v.dim() != 2:
+            v = v.reshape(-1, dim - 1)
+        norm_sq = (v * v).sum(-1)
+        tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
+        if dim == 3:
+            norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
+            marginal = _marginal_dim3(concentration, norm_sq, derivatives=tangent)
+        else:
+            alpha = (concentration + (dim - 1) / 2).reshape(1).expand(norm_sq.shape)
+            gamma_alpha = torch._standard_gamma(alpha)
+            marginal = _marginal(gamma_alpha, norm_sq, derivatives=tangent)
+            if tangent:
+                d_gamma = torch._standard_gamma_grad(alpha, gamma_alpha)
+                marginal[2].mul_(d_gamma)
+                marginal[3].mul_(d_gamma)
+        rotation, norm, unit, u = _householder_matrix(loc)
+        if tangent:
+            # z and dz/dκ in one product: the backward's κ gradient is one inner product
+            y = _embed_with_tangent(*marginal, v)
+            z, d_z = y @ rotation
+            y = y[0]
+        else:
+            y = _embed(*marginal, v)
+            z, d_z = y @ rotation, None
+        ctx.save_for_backward(norm, unit, u, y, d_z)
+        return z if z.shape == out_shape else z.reshape(out_shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        norm, unit, u, y, d_z = ctx.saved_tensors
+        loc_shape, concentration_shape = ctx.shapes
+        g = grad if grad.dim() == 2 else grad.reshape(y.shape)
+        d_loc = d_concentration = None
+        if ctx.needs_input_grad[1]:
+            d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
+            if d_concentration.shape != concentration_shape:
+                d_concentration = d_concentration.reshape(concentration_shape)
+        if ctx.needs_input_grad[0]:
+            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
+            if d_loc.shape != loc_shape:
+                d_loc = d_loc.reshape(loc_shape)
+        return d_loc, d_concentration, None, None
 
 
 class PowerSpherical(SphereLocConcentration):
@@ -24,7 +135,10 @@ class PowerSpherical(SphereLocConcentration):
     ``rsample`` is fully reparameterized: ``s = (1 − μᵀz)/2 ~ Beta(β, α)`` is G_β/(G_β + G_α)
     with G_β = |v|²/2 from the same Gaussian vector v whose direction is the tangent part, and
     G_α a reparameterized Gamma draw (one Gamma per sample instead of a Beta's two; written in
-    G_α, G_β directly, t = 1 − μᵀz stays precise when κ is large).
+    G_α, G_β directly, t = 1 − μᵀz stays precise when κ is large). For d = 3 no Gamma draw
+    is needed: s = −expm1(−|v|²/(2α)) exactly (:func:`_marginal_dim3`). One mean direction
+    with d ≤ 16 is sampled by a single autograd Function with a hand-written backward
+    (:class:`_PowerSphericalByMatrix`).
 
     Example::
 
@@ -46,18 +160,24 @@ class PowerSpherical(SphereLocConcentration):
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        alpha, _ = self._alpha_beta()
         # s = (1 − μᵀz)/2 ~ Beta(β, α) as G_β/(G_β + G_α): with v ~ N(0, I_{d−1}), |v|²/2 is
         # the Gamma(β = (d−1)/2) draw and v/|v| the uniform tangent, independent of each
         # other, so one Gaussian vector gives both; only G_α depends on κ (reparameterized).
+        # d = 3 (β = 1) needs no G_α at all (_marginal_dim3).
         v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
-        norm_sq = torch.linalg.vecdot(v, v)
-        gamma_beta = norm_sq / 2
+        single = self.dim <= _FUSED_MAX_DIM and self.loc.numel() == self.dim
+        if single:
+            return _PowerSphericalByMatrix.apply(
+                self.loc, self.concentration, v, torch.is_grad_enabled()
+            )
+        if self.dim == 3:
+            norm_sq = torch.linalg.vecdot(v, v).clamp(min=torch.finfo(v.dtype).tiny)
+            first, radius = _marginal_dim3(self.concentration, norm_sq)
+            return embed_rotate(self.loc, first, radius, v)
+        alpha, _ = self._alpha_beta()
         gamma_alpha = torch._standard_gamma(alpha.expand(shape[:-1]))
-        total = gamma_beta + gamma_alpha
-        # z relative to e₁: (1 − 2s, 2 sqrt(s(1 − s))·v/|v|) = (G_α − G_β, sqrt(2G_α)·v)/(G_α + G_β)
-        first = (gamma_alpha - gamma_beta) / total
-        return embed_rotate(self.loc, first, torch.sqrt(2 * gamma_alpha) / total, v)
+        first, radius = _marginal(gamma_alpha, torch.linalg.vecdot(v, v))
+        return embed_rotate(self.loc, first, radius, v)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C(κ, d) = −[(α+β) log 2 + β log π + log Γ(α) − log Γ(α+β)]  ([1, eq. 6])."""

@@ -53,9 +53,44 @@ class SphereLocConcentration(TorchDistribution):
             )
         concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
         batch_shape = _batch_shape(tuple(loc.shape), tuple(concentration.shape))
-        self.loc = loc.expand(batch_shape + loc.shape[-1:])
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        # (no expand where the shape is already right: each expand is an autograd node)
+        loc_shape = batch_shape + loc.shape[-1:]
+        self.loc = loc if loc.shape == loc_shape else loc.expand(loc_shape)
+        self.concentration = (
+            concentration
+            if concentration.shape == batch_shape
+            else concentration.expand(batch_shape)
+        )
+        # torch's generic validation reads each argument's check back to the host separately;
+        # _check_arguments reads both at once (one host synchronization instead of two)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=False)
+        if validate_args is None:
+            del self._validate_args  # back to the class-wide default
+        else:
+            self._validate_args = validate_args
+        if self._validate_args:
+            self._check_arguments()
+
+    def _check_arguments(self):
+        """ValueError naming the argument if ``loc`` is not on the sphere or κ < 0. Both checks
+        have the batch shape, so one ``all`` and one host read cover the pair."""
+        loc_constraint = self.arg_constraints["loc"]
+        concentration_constraint = self.arg_constraints["concentration"]
+        loc_ok = loc_constraint.check(self.loc.detach())
+        concentration_ok = concentration_constraint.check(self.concentration)  # no graph: bool
+        if torch.logical_and(loc_ok, concentration_ok).all():  # the one host read
+            return
+        for name, constraint, ok in [
+            ("loc", loc_constraint, loc_ok),
+            ("concentration", concentration_constraint, concentration_ok),
+        ]:
+            if not ok.all():
+                value = getattr(self, name)
+                raise ValueError(
+                    f"Expected parameter {name} ({type(value).__name__} of shape "
+                    f"{tuple(value.shape)}) of distribution {type(self).__name__} to satisfy "
+                    f"the constraint {constraint!r}, but found invalid values:\n{value}"
+                )
 
     @staticmethod
     def infer_shapes(loc, concentration):
