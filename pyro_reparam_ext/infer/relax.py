@@ -194,6 +194,8 @@ class SiteDraw:
     u: torch.Tensor
     v: torch.Tensor
     value: torch.Tensor
+    #: the logits-free parts of (z, z̃) of a family with ``_points``, cached by relaxed_points
+    point_noise: tuple | None = None
 
 
 def relaxed_points(draw: SiteDraw, logits: torch.Tensor):
@@ -201,6 +203,11 @@ def relaxed_points(draw: SiteDraw, logits: torch.Tensor):
     or a detached copy) and a conditional draw given b."""
     family = draw.family
     hard = family.as_relaxed(draw.value, logits)
+    points = getattr(family, "_points", None)
+    if points is not None:  # Bernoulli: the noise's part computed once for both estimates
+        if draw.point_noise is None:
+            draw.point_noise = family._point_noise(draw.u, draw.v, hard)
+        return points(logits, draw.point_noise), hard
     z = family.relaxed_logits(logits, draw.u)
     z_tilde = family.conditional_relaxed_logits(logits, hard, draw.v)
     return torch.stack([z, z_tilde]), hard
