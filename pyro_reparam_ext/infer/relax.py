@@ -155,11 +155,19 @@ def decision_masks(family, logits, batch_shape, coordinatewise: bool):
     if not coordinatewise or size <= 1:
         return None
     masks = torch.eye(size, dtype=torch.bool, device=logits.device)
-    return masks.reshape((size,) + (1,) * len(batch_shape) + shape + (1,) * family.category_dims)
+    masks = masks.reshape((size,) + (1,) * len(batch_shape) + shape + (1,) * family.category_dims)
+    masks._decision_index = slice(None)  # all D in order: indexing by it is a view
+    return masks
 
 
-def decision_index(masks) -> torch.Tensor:
-    """The decision each mask selects: (m,) indices into an element's D decisions."""
+def decision_index(masks) -> torch.Tensor | slice:
+    """The decision each mask selects: (m,) indices into an element's D decisions, or
+    ``slice(None)`` for the D masks of :func:`decision_masks` (in order), so that indexing
+    by it is a view, not a gather. Known without a search for the masks of
+    :func:`decision_masks` and :func:`variance_masks`, which record it."""
+    index = getattr(masks, "_decision_index", None)
+    if index is not None:
+        return index
     return masks.reshape(masks.shape[0], -1).to(torch.uint8).argmax(-1)
 
 
@@ -173,7 +181,10 @@ def variance_masks(masks, num: int):
     if masks is None or masks.shape[0] <= num:
         return masks, 1.0
     chosen = torch.randperm(masks.shape[0], device=masks.device)[:num]
-    return masks[chosen], masks.shape[0] / num
+    subset = masks[chosen]
+    if isinstance(getattr(masks, "_decision_index", None), slice):
+        subset._decision_index = chosen
+    return subset, masks.shape[0] / num
 
 
 def decision_scores(family, logits, hard, masks, score_function) -> torch.Tensor:
@@ -225,12 +236,14 @@ def relaxed_copies(soft, hard, masks, batch_shape) -> torch.Tensor:
     if masks is None:
         return soft.unsqueeze(1)
     index = decision_index(masks)
-    num = masks[0].numel()
+    size, num = masks.shape[0], math.prod(masks.shape[1:])
     flat_hard = hard.reshape(batch_shape + (num, -1))
-    copies = flat_hard.expand((2, len(index)) + flat_hard.shape).clone()
+    copies = flat_hard.expand((2, size) + flat_hard.shape).clone()
     relaxed = soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
-    copies[:, torch.arange(len(index), device=index.device), ..., index, :] = relaxed.movedim(-2, 0)
-    return copies.reshape((2, len(index)) + hard.shape)
+    positions = torch.arange(size, device=masks.device)
+    put = positions if isinstance(index, slice) else index
+    copies[:, positions, ..., put, :] = relaxed.movedim(-2, 0)
+    return copies.reshape((2, size) + hard.shape)
 
 
 def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide_site):
