@@ -516,6 +516,26 @@ def score_surrogate(score, cost, c_points, baseline) -> torch.Tensor:
     return (score * (cost - shift) + score.detach() * shift).sum() + (c_z - c_z_tilde).sum()
 
 
+def score_surrogate_gradient(score, logits, cost, c_points, baseline) -> torch.Tensor | None:
+    """∂/∂``logits`` of :func:`score_surrogate`, differentiable in φ (``create_graph``).
+
+    ĝ_ℓ = Σ (f − c(z̃) − β)·∂score/∂ℓ + ∂[Σ c(z) − c(z̃)]/∂ℓ: one backward pass, the
+    residual f − c(z̃) − β the vector of the score's vector–Jacobian product. The surrogate's
+    other paths from ℓ — through c(z̃) and β inside the residual — carry a gradient of
+    exactly zero there (score − score.detach()), so the same ĝ_ℓ comes without following
+    them, here or in the second derivative of Σ ĝ_ℓ². None if nothing depends on ``logits``.
+    """
+    c_z, c_z_tilde = c_points.unbind(0)
+    residual = cost - (c_z_tilde + baseline(cost - c_z_tilde))
+    outputs = list(torch.broadcast_tensors(score, residual))
+    control = (c_z - c_z_tilde).sum()
+    if control.requires_grad:
+        outputs.append(control)
+    vectors = [outputs.pop(1)] + [torch.ones_like(control)] * (len(outputs) - 1)
+    (grad,) = torch.autograd.grad(outputs, [logits], vectors, create_graph=True, allow_unused=True)
+    return grad
+
+
 # ---- control variate networks -------------------------------------------------------------
 
 
@@ -791,6 +811,14 @@ class REBAR_ELBO(DiscreteLatentELBO):
     def _estimate(self, run, name, logits, score, cost, nodes, control, temps, masks, detach):
         """Σ over the decisions in ``masks`` of the surrogate whose gradient is ĝ ([2] eq. (8)),
         with c evaluated at the relaxed copies of those decisions at ``logits``."""
+        site = run.guide_trace.nodes[name]
+        c_points = self._control_points(run, name, logits, nodes, control, temps, masks, detach)
+        return score_surrogate(
+            score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
+        )
+
+    def _control_points(self, run, name, logits, nodes, control, temps, masks, detach):
+        """c at z and z̃ for the decisions in ``masks`` at ``logits``: (2, m or 1, *batch)."""
         site, draw = run.guide_trace.nodes[name], run.records[name]
         family, batch_shape = draw.family, site["score_parts"].score_function.shape
         temperature, eta = control
@@ -799,11 +827,8 @@ class REBAR_ELBO(DiscreteLatentELBO):
         own_cost = partial(separable_own_cost, family, soft, hard, masks, batch_shape)
         copies = relaxed_copies(soft, hard, masks, batch_shape)
         c_points = eta * relaxed_costs(run, name, copies, temps, nodes, own_cost)
-        c_points = c_points + self._network_term(
+        return c_points + self._network_term(
             name, family, points, logits, hard, masks, batch_shape, detach
-        )
-        return score_surrogate(
-            score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
         )
 
     def _variance_term(self, run, name, cost, nodes, controls, temps, masks) -> torch.Tensor:
@@ -828,10 +853,12 @@ class REBAR_ELBO(DiscreteLatentELBO):
             score = score.unsqueeze(0)
         else:
             score = decision_scores(family, logits, hard, masks, site["score_parts"].score_function)
-        term = self._estimate(
-            run, name, logits, score, cost, nodes, controls[name], temps, masks, False
+        c_points = self._control_points(
+            run, name, logits, nodes, controls[name], temps, masks, False
         )
-        (g_logits,) = torch.autograd.grad(term, logits, create_graph=True, allow_unused=True)
+        g_logits = score_surrogate_gradient(
+            score, logits, cost, c_points, lambda residual: self._residual_baseline(site, residual)
+        )
         phi = estimator_leaves()
         if g_logits is None or not phi:
             return torch.zeros((), dtype=logits.dtype, device=logits.device)
