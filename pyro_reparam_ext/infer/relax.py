@@ -251,8 +251,10 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
 
     The density factorizes over the decisions of an element, so copy (p, j) — decision j at
     ``soft[p]``, the others at b — costs Σ_k t_k(b) − t_j(b) + t_j(soft[p]) without evaluating
-    the density at each copy. None when a replayed density's logits changed shape (they
-    depend on relaxed values): the copies are then evaluated one by one.
+    the density at each copy; t_j(soft[p]) − t_j(b) is affine in the value (the continuous
+    extension is linear in it), ``_log_prob_change`` of the family. None when a replayed
+    density's logits changed shape (they depend on relaxed values): the copies are then
+    evaluated one by one.
     """
     total = 0.0
     for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
@@ -261,13 +263,12 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
         if logits.shape != hard.shape:
             return None
         at_hard = family.decision_log_prob(logits, hard).reshape(batch_shape + (-1,))
-        at_soft = family.decision_log_prob(logits, soft).reshape((2,) + batch_shape + (-1,))
-        at_hard, at_soft = at_hard.movedim(-1, 0), at_soft.movedim(-1, 1)
+        change = family._log_prob_change(logits, hard, soft).reshape((2,) + batch_shape + (-1,))
+        at_hard, change = at_hard.movedim(-1, 0), change.movedim(-1, 1)
         if masks is None:
-            own = at_soft.sum(1, keepdim=True)
+            own = at_hard.sum(0) + change.sum(1, keepdim=True)
         else:
-            index = decision_index(masks)
-            own = at_hard.sum(0) - at_hard[index] + at_soft[:, index]
+            own = at_hard.sum(0) + change[:, decision_index(masks)]
         total = total + sign * scale_and_mask(own, site["scale"], site["mask"])
     return total
 

@@ -145,6 +145,12 @@ class BernoulliRelaxation:
     #: log q of each decision at a hard value (the continuous extension is exact there)
     decision_log_prob = log_prob
 
+    @staticmethod
+    def _log_prob_change(logits, hard, value) -> torch.Tensor:
+        """log_prob(logits, value) − log_prob(logits, hard) per decision: the continuous
+        extension b·ℓ + log σ(−ℓ) is affine in the value, so ℓ·(value − hard)."""
+        return logits * (value - hard)
+
     # ---- DisARM's binary decisions ----------------------------------------------------------
 
     @staticmethod
@@ -218,6 +224,12 @@ class OneHotCategoricalRelaxation:
         return (value * torch.log_softmax(logits, dim=-1)).sum(-1)
 
     decision_log_prob = log_prob
+
+    @staticmethod
+    def _log_prob_change(logits, hard, value) -> torch.Tensor:
+        """log_prob(logits, value) − log_prob(logits, hard) per decision: one-hot · log π is
+        linear in the value, so (value − hard) · log π."""
+        return ((value - hard) * torch.log_softmax(logits, dim=-1)).sum(-1)
 
     # ---- DisARM's binary decisions ----------------------------------------------------------
 
