@@ -207,6 +207,8 @@ class SiteDraw:
     value: torch.Tensor
     #: the logits-free parts of (z, z̃) of a family with ``_points``, cached by relaxed_points
     point_noise: tuple | None = None
+    #: the random-number state right after the draw, where a replay sets it instead of drawing
+    rng_after: dict | None = None
 
 
 def relaxed_points(draw: SiteDraw, logits: torch.Tensor):
@@ -279,8 +281,9 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
 class _RelaxationNoise(Messenger):
     """Samples every discrete guide site as b = H(z), z = ℓ + noise, recording a SiteDraw.
 
-    In replay mode (``target`` set) it draws the same amount of noise as the recorded run, so
-    the random-number stream stays aligned, gives the target the relaxed value
+    In replay mode (``target`` set) it sets the random-number state to where the recorded
+    run's draw left it (the same stream as drawing that noise again, without the draw), so
+    the stream stays aligned for later continuous sites, gives the target the relaxed value
     ``target_value`` (which may carry extra leading copy dims), later discrete sites their own
     relaxed values σ_λ(ℓ' + noise) with the recorded noise, and earlier ones their sampled
     values.
@@ -307,10 +310,10 @@ class _RelaxationNoise(Messenger):
         if self.target is None:
             u, v = family.noise(logits)
             value = family.hard(family.relaxed_logits(logits, u))
-            self.records[name] = SiteDraw(family, logits, u, v, value)
+            self.records[name] = SiteDraw(family, logits, u, v, value, rng_after=_rng_state())
         else:
             record = self.records[name]
-            record.family.noise(record.logits)  # the recorded run's draws, whatever the shape
+            _set_rng_state(record.rng_after)  # as if the recorded run's draws were repeated
             if name == self.target:
                 value = self.target_value
                 self._seen_target = True
