@@ -623,9 +623,14 @@ def factored_network(
     # layout (*batch, m, hidden): decisions next to the hidden units, no copies by movedim
     shared = F.linear(flat_logits, w_logits) + F.linear(hard_flat, w_hard) + bias
     own_hard = hard_flat.reshape(batch_shape + (num, per))[..., index, :]
-    removed = torch.einsum("...dk,hdk->...dh", own_hard, w_hard.reshape(-1, num, per)[:, index])
-    # shared + (W_e,j − W_b,j b_j), in place: one (*batch, m, hidden) tensor allocated, not 3
-    base = removed.neg_().add_(w_position.T[index]).add_(shared.unsqueeze(-2))  # same at z, z̃
+    # shared + W_e,j − W_b,j b_j (the same at z, z̃): one (*batch, m, hidden) tensor allocated,
+    # W_b,j b_j subtracted in place (one fused pass for one logit per decision)
+    base = shared.unsqueeze(-2) + w_position.T[index]
+    if per == 1:
+        base = base.addcmul_(own_hard, w_hard.T[index], value=-1.0)
+    else:
+        w_own_hard = w_hard.reshape(-1, num, per)[:, index]
+        base = base.sub_(torch.einsum("...dk,hdk->...dh", own_hard, w_own_hard))
     own = points.reshape((2,) + batch_shape + (num, per))[..., index, :]  # z_j: (2, *batch, m, k)
     if detach:
         out = _linearized_network(base, own, w_own, out_weight, out_bias)
