@@ -1012,8 +1012,21 @@ class RELAX_ELBO(REBAR_ELBO):
         self.control_variate = control_variate
         self.hidden_dim = int(hidden_dim)
         self._networks: dict[str, nn.Module] = {}
+        self._step_networks: dict[str, nn.Module] = {}  # registered in this step
+
+    def _begin_step(self) -> None:
+        super()._begin_step()
+        self._step_networks = {}
 
     def _network(self, name: str, event_size: int, like: torch.Tensor) -> nn.Module:
+        """The site's network, registered with ``pyro.module`` once per step (the θ estimate
+        and φ's variance term share it)."""
+        net = self._step_networks.get(name)
+        if net is None:
+            net = self._step_networks[name] = self._register_network(name, event_size, like)
+        return net
+
+    def _register_network(self, name: str, event_size: int, like: torch.Tensor) -> nn.Module:
         if isinstance(self.control_variate, nn.Module):
             return pyro.module("reparam_ext.relax", self.control_variate, update_module_params=True)
         net = self._networks.get(name)
