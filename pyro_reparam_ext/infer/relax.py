@@ -211,29 +211,49 @@ class SiteDraw:
     rng_after: dict | None = None
 
 
-def relaxed_points(draw: SiteDraw, logits: torch.Tensor):
+def relaxed_points(draw: SiteDraw, logits: torch.Tensor, select=None):
     """(z, z̃) stacked: the relaxed logits of the draw's noise at ``logits`` (the draw's own,
-    or a detached copy) and a conditional draw given b."""
+    or a detached copy) and a conditional draw given b; and b (all of it).
+
+    ``select`` (see :func:`decision_selector`): (z, z̃) at the selected decisions only,
+    (2, *batch, m, k), computed from the selected logits and noise (elementwise per decision).
+    """
     family = draw.family
     hard = family.as_relaxed(draw.value, logits)
+    keep = (lambda t: t) if select is None else select
     points = getattr(family, "_points", None)
     if points is not None:  # Bernoulli: the noise's part computed once for both estimates
         if draw.point_noise is None:
             draw.point_noise = family._point_noise(draw.u, draw.v, hard)
-        return points(logits, draw.point_noise), hard
-    z = family.relaxed_logits(logits, draw.u)
-    z_tilde = family.conditional_relaxed_logits(logits, hard, draw.v)
+        return points(keep(logits), tuple(keep(t) for t in draw.point_noise)), hard
+    z = family.relaxed_logits(keep(logits), keep(draw.u))
+    z_tilde = family.conditional_relaxed_logits(keep(logits), keep(hard), keep(draw.v))
     return torch.stack([z, z_tilde]), hard
 
 
-def relaxed_copies(soft, hard, masks, batch_shape) -> torch.Tensor:
+def decision_selector(logits, batch_shape, masks):
+    """t ↦ t at the decisions ``masks`` select, (*lead, *batch, m, k), for a tensor t shaped
+    ``lead + logits.shape`` (k: the logits per decision)."""
+    index = decision_index(masks)
+    num = math.prod(masks.shape[1:])
+    dims = logits.dim()
+
+    def select(t):
+        lead = tuple(t.shape[: t.dim() - dims])
+        return t.reshape(lead + tuple(batch_shape) + (num, -1))[..., index, :]
+
+    return select
+
+
+def relaxed_copies(soft, hard, masks, batch_shape, selected: bool = False) -> torch.Tensor:
     """The relaxed values c is evaluated at: (2, m or 1, *value_shape).
 
     ``soft`` (2, *value_shape) holds σ_λ(z), σ_λ(z̃). Copy (p, i) relaxes the decision mask i
     selects at point p and holds the element's other decisions at their sampled values
     (coordinate-wise), or relaxes the whole value (joint). The relaxed entries are written
     into copies of b, so the backward pass gathers m entries per element instead of
-    reducing over the (2, m, *value_shape) copies.
+    reducing over the (2, m, *value_shape) copies. ``selected``: ``soft`` holds the selected
+    decisions only, (2, *batch, m, k) (:func:`decision_selector`).
     """
     if masks is None:
         return soft.unsqueeze(1)
@@ -241,14 +261,16 @@ def relaxed_copies(soft, hard, masks, batch_shape) -> torch.Tensor:
     size, num = masks.shape[0], math.prod(masks.shape[1:])
     flat_hard = hard.reshape(batch_shape + (num, -1))
     copies = flat_hard.expand((2, size) + flat_hard.shape).clone()
-    relaxed = soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
+    relaxed = soft if selected else soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
     positions = torch.arange(size, device=masks.device)
     put = positions if isinstance(index, slice) else index
     copies[:, positions, ..., put, :] = relaxed.movedim(-2, 0)
     return copies.reshape((2, size) + hard.shape)
 
 
-def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide_site):
+def separable_own_cost(
+    family, soft, hard, masks, batch_shape, model_site, guide_site, selected: bool = False
+):
     """The target site's own relaxed log p − log q at every copy, (2, D or 1, *batch).
 
     The density factorizes over the decisions of an element, so copy (p, j) — decision j at
@@ -256,8 +278,9 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
     the density at each copy; t_j(soft[p]) − t_j(b) is affine in the value (the continuous
     extension is linear in it), ``_log_prob_change`` of the family. None when a replayed
     density's logits changed shape (they depend on relaxed values): the copies are then
-    evaluated one by one.
+    evaluated one by one. ``selected``: ``soft`` holds the selected decisions only.
     """
+    select = decision_selector(hard, batch_shape, masks) if selected else None
     total = 0.0
     for site, sign in ((model_site, 1.0), (guide_site, -1.0)):
         site_family, base = family_of(site["fn"])
@@ -265,12 +288,16 @@ def separable_own_cost(family, soft, hard, masks, batch_shape, model_site, guide
         if logits.shape != hard.shape:
             return None
         at_hard = family.decision_log_prob(logits, hard).reshape(batch_shape + (-1,))
-        change = family._log_prob_change(logits, hard, soft).reshape((2,) + batch_shape + (-1,))
+        if selected:  # the change at the selected decisions only: (2, *batch, m)
+            change = family._log_prob_change(select(logits), select(hard), soft)
+        else:
+            change = family._log_prob_change(logits, hard, soft)
+        change = change.reshape((2,) + batch_shape + (-1,))
         at_hard, change = at_hard.movedim(-1, 0), change.movedim(-1, 1)
         if masks is None:
             own = at_hard.sum(0) + change.sum(1, keepdim=True)
         else:
-            own = at_hard.sum(0) + change[:, decision_index(masks)]
+            own = at_hard.sum(0) + (change if selected else change[:, decision_index(masks)])
         total = total + sign * scale_and_mask(own, site["scale"], site["mask"])
     return total
 
@@ -570,19 +597,25 @@ def _own_relaxed_logits(family, points, masks, batch_shape) -> torch.Tensor:
     return own if family.category_dims else own.unsqueeze(-1)
 
 
-def network_input(family, points, logits, hard, masks, batch_shape) -> torch.Tensor:
+def network_input(
+    family, points, logits, hard, masks, batch_shape, selected: bool = False
+) -> torch.Tensor:
     """RELAX's network input at both points: (2, D or 1, *batch, input_size).
 
     Joint: [z, ℓ]. Coordinate-wise, for decision j: [z_j, ℓ, b with decision j zeroed, one-hot
     of j]. ℓ is detached (a fixed function of z for the identity behind ĝ; it carries what
-    the guide conditions on, e.g. the data point in a VAE).
+    the guide conditions on, e.g. the data point in a VAE). ``selected``: ``points`` hold the
+    selected decisions only, (2, *batch, m, k).
     """
     flat_logits = logits.detach().reshape(batch_shape + (-1,))
     if masks is None:
         parts = [points.reshape((2, 1) + batch_shape + (-1,)), flat_logits]
     else:
         num = masks.shape[0]  # the selected decisions
-        own = _own_relaxed_logits(family, points, masks, batch_shape)
+        if selected:
+            own = points.movedim(-2, 1)
+        else:
+            own = _own_relaxed_logits(family, points, masks, batch_shape)
         others = (hard * ~masks).reshape((num,) + batch_shape + (-1,))
         position = masks.reshape(num, -1).to(points.dtype)
         position = position.reshape((num,) + (1,) * len(batch_shape) + (-1,))
@@ -597,7 +630,7 @@ def num_decisions(family, logits, batch_shape) -> int:
 
 
 def factored_network(
-    net, family, points, logits, hard, masks, batch_shape, detach: bool = False
+    net, family, points, logits, hard, masks, batch_shape, detach: bool = False, selected=False
 ) -> torch.Tensor:
     """:class:`ControlVariateNet` at the coordinate-wise inputs without building them.
 
@@ -607,7 +640,8 @@ def factored_network(
     has 2·size + D + k numbers per decision). Equal to ``net(network_input(...))`` at the
     decisions ``masks`` selects, (2, m, *batch). ``detach``: with the network's parameters
     held constant, evaluated by :func:`_linearized_network` (same value and first
-    derivative in ``points``).
+    derivative in ``points``). ``selected``: ``points`` hold the selected decisions only,
+    (2, *batch, m, k).
     """
     num = num_decisions(family, logits, batch_shape)
     index = decision_index(masks)
@@ -631,7 +665,9 @@ def factored_network(
     else:
         w_own_hard = w_hard.reshape(-1, num, per)[:, index]
         base = base.sub_(torch.einsum("...dk,hdk->...dh", own_hard, w_own_hard))
-    own = points.reshape((2,) + batch_shape + (num, per))[..., index, :]  # z_j: (2, *batch, m, k)
+    if not selected:  # z_j: (2, *batch, m, k)
+        points = points.reshape((2,) + batch_shape + (num, per))[..., index, :]
+    own = points
     if detach:
         out = _linearized_network(base, own, w_own, out_weight, out_bias)
     else:
@@ -749,9 +785,11 @@ class REBAR_ELBO(DiscreteLatentELBO):
         eta = self._scalar(f"{name}.eta", float(options.get("eta", self.eta)), self.learn_eta, like)
         return log_temp.exp(), eta
 
-    def _network_term(self, name, family, points, logits, hard, masks, batch_shape, detach):
-        """r_ρ at both points, (2, m or 1, *batch) (``detach``: ρ held constant): zero for
-        REBAR."""
+    def _network_term(
+        self, name, family, points, logits, hard, masks, batch_shape, detach, selected=False
+    ):
+        """r_ρ at both points, (2, m or 1, *batch) (``detach``: ρ held constant; ``selected``:
+        ``points`` at the selected decisions only): zero for REBAR."""
         return 0.0
 
     def _learns(self) -> bool:
@@ -826,18 +864,29 @@ class REBAR_ELBO(DiscreteLatentELBO):
             score, cost, c_points, lambda residual: self._residual_baseline(site, residual)
         )
 
-    def _control_points(self, run, name, logits, nodes, control, temps, masks, detach):
-        """c at z and z̃ for the decisions in ``masks`` at ``logits``: (2, m or 1, *batch)."""
+    def _control_points(
+        self, run, name, logits, nodes, control, temps, masks, detach, selected=False
+    ):
+        """c at z and z̃ for the decisions in ``masks`` at ``logits``: (2, m or 1, *batch).
+
+        ``selected`` (coordinate-wise): z, z̃ and their relaxed values are computed at the
+        selected decisions only (:func:`decision_selector`), not at all D and then gathered —
+        the same numbers, and, for φ's variance term (one decision of D), D times smaller
+        tensors in its forward pass and both derivatives.
+        """
         site, draw = run.guide_trace.nodes[name], run.records[name]
         family, batch_shape = draw.family, site["score_parts"].score_function.shape
         temperature, eta = control
-        points, hard = relaxed_points(draw, logits)
+        select = decision_selector(logits, batch_shape, masks) if selected else None
+        points, hard = relaxed_points(draw, logits, select)
         soft = family.soft(points, temperature)
-        own_cost = partial(separable_own_cost, family, soft, hard, masks, batch_shape)
-        copies = relaxed_copies(soft, hard, masks, batch_shape)
+        own_cost = partial(
+            separable_own_cost, family, soft, hard, masks, batch_shape, selected=selected
+        )
+        copies = relaxed_copies(soft, hard, masks, batch_shape, selected)
         c_points = eta * relaxed_costs(run, name, copies, temps, nodes, own_cost)
         return c_points + self._network_term(
-            name, family, points, logits, hard, masks, batch_shape, detach
+            name, family, points, logits, hard, masks, batch_shape, detach, selected
         )
 
     def _variance_term(self, run, name, cost, nodes, controls, temps, masks) -> torch.Tensor:
@@ -860,10 +909,13 @@ class REBAR_ELBO(DiscreteLatentELBO):
         if masks is None:
             score = sum_decisions(site["fn"], family, family.decision_log_prob(logits, hard))
             score = score.unsqueeze(0)
-        else:
-            score = decision_scores(family, logits, hard, masks, site["score_parts"].score_function)
+        else:  # log q of the selected decisions, (m, *batch), from their logits only
+            batch_shape = site["score_parts"].score_function.shape
+            select = decision_selector(logits, batch_shape, masks)
+            score = family.decision_log_prob(select(logits), select(hard))
+            score = score.reshape(batch_shape + (-1,)).movedim(-1, 0)
         c_points = self._control_points(
-            run, name, logits, nodes, controls[name], temps, masks, False
+            run, name, logits, nodes, controls[name], temps, masks, False, masks is not None
         )
         g_logits = score_surrogate_gradient(
             score, logits, cost, c_points, lambda residual: self._residual_baseline(site, residual)
@@ -1042,16 +1094,18 @@ class RELAX_ELBO(REBAR_ELBO):
     def _learns(self) -> bool:
         return True  # the network
 
-    def _network_term(self, name, family, points, logits, hard, masks, batch_shape, detach):
+    def _network_term(
+        self, name, family, points, logits, hard, masks, batch_shape, detach, selected=False
+    ):
         if masks is not None:
             size = logits[(0,) * len(batch_shape)].numel()
             num = num_decisions(family, logits, batch_shape)
             net = self._network(name, size // num + 2 * size + num, points)
             if type(net) is ControlVariateNet:
                 return factored_network(
-                    net, family, points, logits, hard, masks, batch_shape, detach
+                    net, family, points, logits, hard, masks, batch_shape, detach, selected
                 )
-        inputs = network_input(family, points, logits, hard, masks, batch_shape)
+        inputs = network_input(family, points, logits, hard, masks, batch_shape, selected)
         net = self._network(name, inputs.shape[-1], points)
         if not detach:
             return net(inputs)
