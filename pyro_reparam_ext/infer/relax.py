@@ -262,10 +262,31 @@ def relaxed_copies(soft, hard, masks, batch_shape, selected: bool = False) -> to
     flat_hard = hard.reshape(batch_shape + (num, -1))
     copies = flat_hard.expand((2, size) + flat_hard.shape).clone()
     relaxed = soft if selected else soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
+    if isinstance(index, slice) and size == num:  # all D: copy j's decision j, a diagonal
+        return _DiagonalCopies.apply(relaxed, flat_hard).reshape((2, size) + hard.shape)
+    copies = flat_hard.expand((2, size) + flat_hard.shape).clone()
     positions = torch.arange(size, device=masks.device)
     put = positions if isinstance(index, slice) else index
     copies[:, positions, ..., put, :] = relaxed.movedim(-2, 0)
     return copies.reshape((2, size) + hard.shape)
+
+
+class _DiagonalCopies(torch.autograd.Function):
+    """(2, D, *batch, D, k) copies of ``hard`` (*batch, D, k) with copy j's decision j set from
+    ``relaxed`` (2, *batch, D, k): written through a diagonal view, and the backward pass
+    takes the gradient's diagonal (a view; index_put's backward gathers it, and autograd's
+    in-place copy into a view would clone the whole gradient first). Differentiable again:
+    the backward is ``diagonal``."""
+
+    @staticmethod
+    def forward(ctx, relaxed, hard):
+        copies = hard.expand((2, hard.shape[-2]) + hard.shape).clone()
+        copies.diagonal(dim1=1, dim2=-2).copy_(relaxed.movedim(-2, -1))
+        return copies
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.diagonal(dim1=1, dim2=-2).movedim(-1, -2), None
 
 
 def separable_own_cost(
