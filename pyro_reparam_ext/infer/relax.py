@@ -286,7 +286,8 @@ class _DiagonalCopies(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.diagonal(dim1=1, dim2=-2).movedim(-1, -2), None
+        # copied out, so that the (2, D, *batch, D, k) gradient is freed at once
+        return grad.diagonal(dim1=1, dim2=-2).movedim(-1, -2).contiguous(), None
 
 
 def separable_own_cost(
