@@ -43,6 +43,17 @@ at 32. What is left is mostly the model itself at the 2·D copies (its float64 l
 and matrix products, forward and backward) and, on this VM, page faults of the fresh large
 tensors (with glibc's ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` set to 1e9 a
 D = 32 RELAX step took 31 ms against 46 ms, REBAR 25 against 30, measured once each).
+Later speed-ups, each leaving the estimate equal up to float rounding: Bernoulli
+log-densities as one fused op; the conditional draw z̃ in five elementwise ops (and more
+accurate); the decision index known rather than searched (views, not gathers); the site's
+own cost from the affine continuous extension; φ's variance term at its one selected
+decision only, from one vector–Jacobian product; the replays' random-number state set rather
+than redrawn; the all-decision copies written and read through a diagonal; the linearized
+network's two points in one buffer. D = 32, alternating runs against the code before them at
+load 3–7: REBAR 3.2–3.9× → 2.9–3.4× and RELAX 3.9–4.6× → 3.5–3.9× in processes whose heap
+is faulted in again each step (2,000–5,000 minor faults per step), REBAR 3.2× → 2.4–2.7×
+and RELAX 3.9× → 2.9–3.3× in processes whose heap is not (about 1); D = 16: REBAR
+2.3–2.5× → 1.7–2.1×, RELAX 2.8–2.9× → 2.2–2.4×.
 
 How f(σ_λ(z)) is evaluated ("the relaxed replay"): the guide is re-run from the random-number
 state of the original run, so every continuous (reparameterized) site draws the same noise
