@@ -10,9 +10,14 @@ backward pass. Reported: the median ``SVI.step`` time (Adam) of each estimator a
 ratio to TraceGraph_ELBO's (with Pyro's decaying-average baseline) in the same run, one
 intra-op thread, timed round-robin. Times are CPU time of this process
 (``time.process_time``): on a shared machine wall time mostly measures the other processes,
-while one-thread CPU time does not.
+while one-thread CPU time does not. Also reported: the median number of minor page faults
+per step (``getrusage``). The step's large temporaries (the model at the 2·D relaxed copies)
+come from the heap, which glibc may give back to the system at the end of a step and fault
+in again on the next, or not, depending on the process's heap layout: a process lands in one
+regime or the other (e.g. about 2,000 faults per D = 32 REBAR step against about 1), and the
+step time with it (about 10% at D = 32), whatever the estimator's code.
 
-    python benchmarks/coordinatewise.py [--quick]
+    python benchmarks/coordinatewise.py [--quick] [--latents 32]
 
 writes ``benchmarks/results/coordinatewise.md`` and ``.json``.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -90,11 +96,14 @@ ESTIMATORS = {
 }
 
 
-def cpu_time(fn) -> float:
-    """CPU time in seconds of one call of ``fn()`` (this process, one thread)."""
+def cpu_time(fn) -> tuple[float, int]:
+    """CPU time in seconds of one call of ``fn()`` (this process, one thread) and the minor
+    page faults it took."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.process_time()
     fn()
-    return time.process_time() - start
+    elapsed = time.process_time() - start
+    return elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def run(num_latents: int, repeats: int, warmup: int = 2) -> list[dict]:
@@ -112,13 +121,21 @@ def run(num_latents: int, repeats: int, warmup: int = 2) -> list[dict]:
                 svi.step(x)
         steps[name] = (svi, state)
     times = {name: [] for name in steps}
+    faults = {name: [] for name in steps}
     for _ in range(repeats):
         for name, (svi, state) in steps.items():
             with pyro.get_param_store().scope(state) as state:
-                times[name].append(cpu_time(lambda svi=svi: svi.step(x)))
+                elapsed, step_faults = cpu_time(lambda svi=svi: svi.step(x))
+            times[name].append(elapsed)
+            faults[name].append(step_faults)
             steps[name] = (svi, state)
     rows = [
-        {"latents": num_latents, "estimator": name, "step_ms": 1e3 * statistics.median(t)}
+        {
+            "latents": num_latents,
+            "estimator": name,
+            "step_ms": 1e3 * statistics.median(t),
+            "page_faults_per_step": statistics.median(faults[name]),
+        }
         for name, t in times.items()
     ]
     reference = rows[0]["step_ms"]
@@ -130,23 +147,33 @@ def run(num_latents: int, repeats: int, warmup: int = 2) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke test)")
+    parser.add_argument(
+        "--latents",
+        type=int,
+        nargs="+",
+        default=[16, 32],
+        help="numbers of latents D to run (default: 16 32)",
+    )
     args = parser.parse_args(argv)
+    if any(d < 1 for d in args.latents):
+        parser.error(f"--latents must be >= 1, got {args.latents}")
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     rows = []
     load_before = os.getloadavg()[0]
-    for num_latents in (16, 32):
+    for num_latents in args.latents:
         rows += run(num_latents, repeats=5 if args.quick else 21)
     load = f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     path = write_results(
         "coordinatewise",
         "Coordinate-wise REBAR/RELAX step time vs TraceGraph_ELBO (Pyro, 128-point binary VAE)",
         rows,
-        ["latents", "estimator", "step_ms", "step_time_vs_tracegraph"],
+        ["latents", "estimator", "step_ms", "step_time_vs_tracegraph", "page_faults_per_step"],
         notes=(
             f"{NUM_POINTS} points x {NUM_PIXELS} pixels, K = {NUM_PARTICLES} vectorized "
             "particles, float64, one thread; step_ms: median SVI.step CPU time, estimators "
-            f"timed round-robin (one step of each in turn); {load} (2-core shared machine)."
+            "timed round-robin (one step of each in turn); page_faults_per_step: median minor "
+            f"page faults of a step (getrusage); {load} (2-core shared machine)."
         ),
     )
     print(path.read_text())
