@@ -95,8 +95,12 @@ def categorical_relaxed_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.T
 
 
 def categorical_hard(z: torch.Tensor) -> torch.Tensor:
-    """One-hot of argmax(z) along the last dimension, in z's dtype."""
-    return F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
+    """One-hot of argmax(z) along the last dimension, in z's dtype.
+
+    Scattered into zeros rather than ``F.one_hot``, which reads the indices' range back to
+    the host (a device synchronization on every draw).
+    """
+    return torch.zeros_like(z).scatter_(-1, z.argmax(-1, keepdim=True), 1.0)
 
 
 def categorical_soft(z: torch.Tensor, temperature) -> torch.Tensor:
