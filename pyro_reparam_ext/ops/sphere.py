@@ -339,51 +339,57 @@ _RULE_TENSORS: dict = {}
 
 def _rule_tensors(dtype: torch.dtype, device: torch.device):
     """The constant parts of the rule as tensors, built once per dtype and device: the
-    Gauss–Legendre nodes on [0, 1] and their weights, and the geometric exponents of the panel
-    ends (float64's rule for dtypes other than float32)."""
+    Gauss–Legendre nodes on [0, 1] and their weights (float64's rule for dtypes other than
+    float32)."""
     key = (dtype, device)
     if key not in _RULE_TENSORS:
-        panels, panel_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
+        _, panel_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
         nodes, weights = _unit_gauss_legendre(panel_nodes)
-        powers = [float(k) for k in range(panels - 1, -1, -1)]
         _RULE_TENSORS[key] = tuple(
-            torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights, powers)
+            torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights)
         )
     return _RULE_TENSORS[key]
 
 
-def _panels(a, b, span, tiny, powers):
+def _panels(a, b, span, tiny, panels: int):
     """Panel starts and widths (last axis) of the geometric rule on [0, min(span, u_cut)] for
     an integrand ≈ exp(−a u − b u²/2): u_cut solves a u + b u²/2 = _LOG_DROP, the first panel
-    ends at half the decay length ℓ = 1/(a + √b), the others grow geometrically to u_cut."""
+    ends at half the decay length ℓ = 1/(a + √b), the others grow geometrically to u_cut (the
+    panel ends are first·q^k, q = (u_cut/first)^{1/(P−1)}, by one cumulative product)."""
     u_cut = 2 * _LOG_DROP / (a + torch.sqrt(torch.add(a * a, b, alpha=2 * _LOG_DROP)))
     u_cut = torch.minimum(u_cut, span).clamp_(min=tiny)
     first = torch.minimum(0.5 / (a + torch.sqrt(b)), u_cut)
-    ratio = (first / u_cut) ** (1 / (powers.shape[0] - 1))
-    edges = u_cut.unsqueeze(-1) * ratio.unsqueeze(-1) ** powers  # panel ends, increasing
-    lo = torch.cat([torch.zeros_like(u_cut).unsqueeze(-1), edges[..., :-1]], dim=-1)
+    growth = (u_cut / first) ** (1 / (panels - 1))
+    factors = torch.stack([first] + [growth] * (panels - 1), dim=-1)
+    edges = factors.cumprod_(-1)  # panel ends, increasing
+    lo = torch.nn.functional.pad(edges[..., :-1], (1, 0))
     return lo, edges - lo
 
 
-def _weighted_integral(half_delta, weights, columns, dim):
-    """Σ_j w_j (cos φ_j − A) exp(L(φ_j) − L(θ)) for φ_j = θ + 2·half_delta_j, from the
-    half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
+def _weighted_integral(half_delta, panel_weights, node_weights, columns, dim):
+    """Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ)) for φ_pk = θ + 2·half_delta_pk,
+    from the half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
     cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
     sin φ / sin θ = 1 + 2Q with Q = s c cot θ − s², so that
     L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
-    ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and offset = cos θ − A = (1 − A) − t, each with
-    a trailing axis of 1; the score is offset − 2P (precise near 1)."""
+    ``half_delta``: (..., panels, nodes), overwritten; ``panel_weights`` W: (..., panels);
+    ``node_weights`` ω: (nodes,). ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and
+    offset = cos θ − A = (1 − A) − t, each with two trailing axes of 1; the score is
+    offset − 2P (precise near 1). Written in place on three buffers of the grid's size: fresh
+    large temporaries cost a page fault per 4 KiB each call, more than the arithmetic."""
     two_sin, two_cos, two_cot, minus_kappa, offset = columns
-    s, c = torch.sin(half_delta), torch.cos(half_delta)
-    s2, sc = s * s, s * c
-    two_p = torch.addcmul(s2 * two_cos, sc, two_sin)
-    step = two_p * minus_kappa
+    s = torch.sin(half_delta)
+    sc = half_delta.cos_().mul_(s)
+    s2 = s.square_()
+    two_p = torch.mul(s2, two_cos).addcmul_(sc, two_sin)
     if dim > 2:
         # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
-        two_q = torch.add(sc * two_cot, s2, alpha=-2).clamp_(min=-1.0)
-        step = torch.add(step, torch.log1p(two_q), alpha=dim - 2)
-    score = offset - two_p
-    return torch.linalg.vecdot(score * torch.exp(step.clamp_(max=60.0)), weights)
+        log_ratio = sc.mul_(two_cot).add_(s2, alpha=-2).clamp_(min=-1.0).log1p_()
+        step = torch.mul(two_p, minus_kappa, out=s2).add_(log_ratio, alpha=dim - 2)
+    else:
+        step = torch.mul(two_p, minus_kappa, out=s2)
+    integrand = two_p.neg_().add_(offset).mul_(step.clamp_(max=60.0).exp_())
+    return torch.linalg.vecdot(integrand @ node_weights, panel_weights)
 
 
 def _angle(t: torch.Tensor):
@@ -431,7 +437,8 @@ def vmf_marginal_dt_dconcentration(
         t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
     )
     tiny = torch.finfo(t.dtype).tiny
-    nodes, node_weights, powers = _rule_tensors(t.dtype, t.device)
+    nodes, node_weights = _rule_tensors(t.dtype, t.device)
+    panels = _RULE_SIZES.get(t.dtype, _RULE_SIZES[torch.float64])[0]
     m = dim - 2
     theta, sin_t, cos_t = _angle(t)
     cot_t = cos_t / sin_t.clamp(min=tiny)
@@ -444,16 +451,17 @@ def vmf_marginal_dt_dconcentration(
     span = torch.where(upper, theta0, math.pi - theta0)
     slope = sigma * (kappa * sin0 - m * cos0 / sin0)  # −σ L′(θ₀) ≥ 0
     curvature = torch.addcmul(m / (sin0 * sin0).clamp_(min=tiny), kappa, cos0)  # −L″(θ₀)
-    lo, width = _panels(slope.clamp_(min=0.0), curvature.clamp_(min=0.0), span, tiny, powers)
+    lo, width = _panels(slope.clamp_(min=0.0), curvature.clamp_(min=0.0), span, tiny, panels)
     # every node as a half offset from θ, panel by panel: the tail panels θ₀ + σu, u ∈
     # [lo, lo + width], and one panel across the mode from θ to θ₀ (empty unless across_mode)
     half_sigma, half_gap = (sigma / 2).unsqueeze(-1), ((theta0 - theta) / 2).unsqueeze(-1)
     start = torch.cat([torch.addcmul(half_gap, half_sigma, lo), torch.zeros_like(half_gap)], -1)
     half_width = torch.cat([half_sigma * width, half_gap], dim=-1)
-    half_delta = torch.addcmul(start.unsqueeze(-1), half_width.unsqueeze(-1), nodes).flatten(-2)
-    weights = (torch.cat([width, -2 * half_gap], dim=-1).unsqueeze(-1) * node_weights).flatten(-2)
+    half_delta = torch.addcmul(start.unsqueeze(-1), half_width.unsqueeze(-1), nodes)
+    panel_weights = torch.cat([width, -2 * half_gap], dim=-1)
     columns = (2 * sin_t, 2 * cos_t, 2 * cot_t, -kappa, one_minus_a - t)
-    integral = _weighted_integral(half_delta, weights, [x.unsqueeze(-1) for x in columns], dim)
+    columns = [x[..., None, None] for x in columns]
+    integral = _weighted_integral(half_delta, panel_weights, node_weights, columns, dim)
     result = sin_t * sigma * integral
     return torch.where(sin_t > 0, result, 0.0)
 
