@@ -528,3 +528,57 @@ def vmf_marginal_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()
     if not concentration.requires_grad:
         return t
     return _ImplicitVMFMarginal.apply(t, concentration, dim)
+
+
+class _WoodTangentCoordinates(torch.autograd.Function):
+    """(first, radius) = (1 − t, sqrt(t(2 − t)/|v|²)) of a Wood sample t, differentiable in
+    κ through the implicit dt/dκ: one node in place of the half dozen autograd would record
+    (and replay backward) for the same expression, a visible share of a small-d step."""
+
+    @staticmethod
+    def forward(ctx, t, concentration, norm_sq, dim):
+        square = t * (2 - t)
+        tiny = torch.finfo(t.dtype).tiny
+        radius = torch.sqrt(square.clamp(min=tiny) / norm_sq)
+        ctx.save_for_backward(t, concentration, square, radius, norm_sq)
+        ctx.dim = dim
+        return 1 - t, radius
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_first, grad_radius):
+        t, concentration, square, radius, norm_sq = ctx.saved_tensors
+        # d radius/dt = (1 − t)/(radius·|v|²) where t(2 − t) is above the clamp, 0 below
+        grad_t = grad_radius * (1 - t) / (radius * norm_sq)
+        grad_t = torch.where(square >= torch.finfo(t.dtype).tiny, grad_t, 0.0) - grad_first
+        dt = vmf_marginal_dt_dconcentration(t, concentration, ctx.dim)
+        return None, _sum_to_shape(grad_t * dt, concentration.shape), None, None
+
+
+def _vmf_tangent_coordinates(concentration: torch.Tensor, dim: int, sample_shape=()):
+    """The coordinates of z ~ vMF(e₁, κ) that :func:`embed_rotate` takes: first = μᵀz = 1 − t
+    (:func:`vmf_marginal_sample_t`), and radius and direction with
+    radius·direction = sqrt(t(2 − t))·v/|v| for a standard normal v (uniform direction;
+    1/|v| goes into the radius, so v is never normalized). Torch only: with a differentiable
+    κ and d ≠ 3, one autograd node (:class:`_WoodTangentCoordinates`) covers all of it.
+
+    :param torch.Tensor concentration: κ ≥ 0, shape ``batch``.
+    :param int dim: ambient dimension d ≥ 2.
+    :returns: first and radius with shape ``sample_shape + batch``, and direction (no
+        gradient) with shape ``sample_shape + batch + (dim − 1,)``.
+    """
+    shape = torch.Size(sample_shape) + concentration.shape
+    fused = dim != 3 and concentration.requires_grad
+    if fused:
+        t = wood_sample_t(concentration, dim, sample_shape)
+    else:
+        t = vmf_marginal_sample_t(concentration, dim, sample_shape)
+    dtype, device = concentration.dtype, concentration.device
+    direction = torch.randn(shape + (dim - 1,), dtype=dtype, device=device)
+    norm_sq = torch.linalg.vecdot(direction, direction)
+    if fused:
+        first, radius = _WoodTangentCoordinates.apply(t, concentration, norm_sq, dim)
+    else:
+        tiny = torch.finfo(t.dtype).tiny
+        first, radius = 1 - t, torch.sqrt((t * (2 - t)).clamp(min=tiny) / norm_sq)
+    return first, radius, direction
