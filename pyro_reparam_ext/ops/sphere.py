@@ -492,8 +492,17 @@ class _ImplicitVMFMarginal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         t, concentration = ctx.saved_tensors
-        dt = vmf_marginal_dt_dconcentration(t, concentration, ctx.dim)
+        dt = _dt_dconcentration_untracked(t, concentration, ctx.dim)
         return None, _sum_to_shape(grad * dt, concentration.shape), None
+
+
+def _dt_dconcentration_untracked(t, concentration, dim):
+    """:func:`vmf_marginal_dt_dconcentration` under ``torch.inference_mode`` (no version
+    counters or autograd bookkeeping on its ~100 small ops: measured ~60 µs of ~650 µs at
+    d = 16, 1024 samples). For backward passes only: the result is an inference tensor,
+    which the caller multiplies into an ordinary tensor before returning it."""
+    with torch.inference_mode():
+        return vmf_marginal_dt_dconcentration(t, concentration, dim)
 
 
 def _inverse_cdf_t_dim3(concentration: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -551,7 +560,7 @@ class _WoodTangentCoordinates(torch.autograd.Function):
         # d radius/dt = (1 − t)/(radius·|v|²) where t(2 − t) is above the clamp, 0 below
         grad_t = grad_radius * (1 - t) / (radius * norm_sq)
         grad_t = torch.where(square >= torch.finfo(t.dtype).tiny, grad_t, 0.0) - grad_first
-        dt = vmf_marginal_dt_dconcentration(t, concentration, ctx.dim)
+        dt = _dt_dconcentration_untracked(t, concentration, ctx.dim)
         return None, _sum_to_shape(grad_t * dt, concentration.shape), None, None
 
 
