@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from pyro_reparam_ext.ops.bessel import _ratio_forward, _sum_to_shape
+from pyro_reparam_ext.ops.bessel import DEBYE_MIN_ORDER, _ratio_forward, _sum_to_shape
 
 __all__ = [
     "embed_rotate",
@@ -340,12 +340,16 @@ def _unit_gauss_legendre(num_nodes: int) -> tuple[list[float], list[float]]:
     return ((x + 1) / 2).tolist(), (w / 2).tolist()
 
 
-def _mode_t(kappa: torch.Tensor, dim: int) -> torch.Tensor:
-    """1 − cos θ_m at the mode θ_m of L (κ sin²θ = (d−2) cos θ), without cancellation:
-    cos θ_m = 2κ/(m + r), r = sqrt(m² + 4κ²), m = d − 2, and r − 2κ = m²/(r + 2κ)."""
+def _mode_angle(kappa: torch.Tensor, dim: int):
+    """θ_m, sin θ_m and cos θ_m at the mode of L (κ sin²θ = (d−2) cos θ), without
+    cancellation: with m = d − 2 and r = sqrt(m² + 4κ²), cos θ_m = 2κ/(m + r) and
+    sin²θ_m = ((m + r)² − 4κ²)/(m + r)² = 2m/(m + r)."""
     m = dim - 2
-    r = torch.sqrt(m * m + 4 * kappa * kappa)
-    return (m + m * m / (r + 2 * kappa)) / (m + r)
+    two_kappa = kappa + kappa
+    m_plus_r = torch.sqrt(two_kappa * two_kappa + m * m) + m
+    cos = two_kappa / m_plus_r
+    sin = torch.sqrt((2 * m) / m_plus_r)
+    return torch.atan2(sin, cos), sin, cos
 
 
 _RULE_TENSORS: dict = {}
@@ -354,13 +358,15 @@ _RULE_TENSORS: dict = {}
 def _rule_tensors(dtype: torch.dtype, device: torch.device):
     """The constant parts of the rule as tensors, built once per dtype and device: the
     Gauss–Legendre nodes on [0, 1] and their weights (float64's rule for dtypes other than
-    float32)."""
+    float32), and the signs ∓1, ∓½ as 0-dim tensors (a Python number in torch.where is made
+    a tensor and converted on every call)."""
     key = (dtype, device)
     if key not in _RULE_TENSORS:
         _, panel_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
         nodes, weights = _unit_gauss_legendre(panel_nodes)
+        signs = [-1.0, 1.0, -0.5, 0.5]
         _RULE_TENSORS[key] = tuple(
-            torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights)
+            torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights, *signs)
         )
     return _RULE_TENSORS[key]
 
@@ -407,9 +413,11 @@ def _weighted_integral(half_delta, panel_weights, node_weights, columns, dim):
 
 
 def _angle(t: torch.Tensor):
-    """θ = arccos(1 − t), sin θ and cos θ, precise for small t."""
-    sin = torch.sqrt((t * (2 - t)).clamp(min=0.0))
-    return 2 * torch.asin(torch.sqrt(t / 2).clamp(max=1.0)), sin, 1 - t
+    """θ = arccos(1 − t), sin θ and cos θ, precise for small t (θ = atan2(sin θ, cos θ) from
+    sin θ = sqrt(t(2 − t)) and cos θ = 1 − t, both exact in relative terms)."""
+    sin = torch.sqrt((t * (2 - t)).clamp_(min=0.0))
+    cos = 1 - t
+    return torch.atan2(sin, cos), sin, cos
 
 
 def vmf_marginal_dt_dconcentration(
@@ -445,36 +453,40 @@ def vmf_marginal_dt_dconcentration(
     # the ratio's forward directly: κ is detached, so the autograd Function's bookkeeping
     # (broadcasts, saved tensors) is pure overhead (measured ~30 µs of ~170 µs per call)
     order = dim / 2 - 1
-    one_minus_a = 1 - _ratio_forward(torch.full_like(kappa, order), kappa, order)
-    theta_mode, sin_mode, cos_mode = _angle(_mode_t(kappa, dim))
+    v = kappa if order < DEBYE_MIN_ORDER else torch.full_like(kappa, order)  # (unused below 10)
+    one_minus_a = 1 - _ratio_forward(v, kappa, order)
+    theta_mode, sin_mode, cos_mode = _mode_angle(kappa, dim)
     t, kappa, one_minus_a, theta_mode, sin_mode, cos_mode = torch.broadcast_tensors(
         t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
     )
     tiny = torch.finfo(t.dtype).tiny
-    nodes, node_weights = _rule_tensors(t.dtype, t.device)
+    nodes, node_weights, minus_one, one, minus_half, half = _rule_tensors(t.dtype, t.device)
     panels = _RULE_SIZES.get(t.dtype, _RULE_SIZES[torch.float64])[0]
     m = dim - 2
     theta, sin_t, cos_t = _angle(t)
     cot_t = cos_t / sin_t.clamp(min=tiny)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
-    sigma = torch.where(upper, -1.0, 1.0).to(t.dtype)
+    sigma = torch.where(upper, minus_one, one)
     across_mode = upper & (theta > theta_mode)
     theta0 = torch.where(across_mode, theta_mode, theta)
     sin0 = torch.where(across_mode, sin_mode, sin_t).clamp_(min=tiny)
     cos0 = torch.where(across_mode, cos_mode, cos_t)
     span = torch.where(upper, theta0, math.pi - theta0)
-    slope = sigma * (kappa * sin0 - m * cos0 / sin0)  # −σ L′(θ₀) ≥ 0
-    curvature = torch.addcmul(m / (sin0 * sin0).clamp_(min=tiny), kappa, cos0)  # −L″(θ₀)
+    inv_sin0 = sin0.reciprocal()
+    # −σ L′(θ₀) = σ(κ sin θ₀ − m cot θ₀) ≥ 0 and −L″(θ₀) = κ cos θ₀ + m/sin²θ₀
+    slope = torch.addcmul(kappa * sin0, cos0, inv_sin0, value=-m).mul_(sigma)
+    curvature = torch.addcmul(kappa * cos0, inv_sin0, inv_sin0, value=m)
     lo, width = _panels(slope.clamp_(min=0.0), curvature.clamp_(min=0.0), span, tiny, panels)
     # every node as a half offset from θ, panel by panel: the tail panels θ₀ + σu, u ∈
     # [lo, lo + width], and one panel across the mode from θ to θ₀ (empty unless across_mode)
-    half_sigma, half_gap = (sigma / 2).unsqueeze(-1), ((theta0 - theta) / 2).unsqueeze(-1)
+    half_sigma = torch.where(upper, minus_half, half).unsqueeze(-1)
+    half_gap = torch.sub(theta0, theta).mul_(0.5).unsqueeze(-1)
     start = torch.cat([torch.addcmul(half_gap, half_sigma, lo), torch.zeros_like(half_gap)], -1)
     half_width = torch.cat([half_sigma * width, half_gap], dim=-1)
     half_delta = torch.addcmul(start.unsqueeze(-1), half_width.unsqueeze(-1), nodes)
-    panel_weights = torch.cat([width, -2 * half_gap], dim=-1)
-    columns = (2 * sin_t, 2 * cos_t, 2 * cot_t, -kappa, one_minus_a - t)
-    columns = [x[..., None, None] for x in columns]
+    panel_weights = torch.cat([width, half_gap * -2], dim=-1)
+    columns = (sin_t + sin_t, cos_t + cos_t, cot_t + cot_t, -kappa, one_minus_a - t)
+    columns = [x.view(x.shape + (1, 1)) for x in columns]
     integral = _weighted_integral(half_delta, panel_weights, node_weights, columns, dim)
     result = sin_t * sigma * integral
     return torch.where(sin_t > 0, result, 0.0)
