@@ -255,12 +255,15 @@ def _log_density_step(sin_t, cos_t, cot_t, kappa, dim, delta):
     return step, dcos
 
 
-def _mode_t(kappa, dim: int):
-    """1 − cos θ_m at the mode θ_m of L (κ sin²θ = (d−2) cos θ), without cancellation:
-    cos θ_m = 2κ/(m + r), r = sqrt(m² + 4κ²), m = d − 2, and r − 2κ = m²/(r + 2κ)."""
+def _mode_angle(kappa, dim: int):
+    """θ_m, sin θ_m and cos θ_m at the mode of L (κ sin²θ = (d−2) cos θ), without
+    cancellation: with m = d − 2 and r = sqrt(m² + 4κ²), cos θ_m = 2κ/(m + r) and
+    sin²θ_m = ((m + r)² − 4κ²)/(m + r)² = 2m/(m + r)."""
     m = dim - 2
-    r = jnp.sqrt(m * m + 4 * kappa * kappa)
-    return (m + m * m / (r + 2 * kappa)) / (m + r)
+    m_plus_r = jnp.sqrt(4 * kappa * kappa + m * m) + m
+    cos = 2 * kappa / m_plus_r
+    sin = jnp.sqrt(2 * m / m_plus_r)
+    return jnp.arctan2(sin, cos), sin, cos
 
 
 def _tail_grid(a, b, span, tiny, panels: int, panel_nodes: int):
@@ -281,9 +284,12 @@ def _tail_grid(a, b, span, tiny, panels: int, panel_nodes: int):
 
 
 def _angle(t):
-    """θ = arccos(1 − t), sin θ and cos θ, precise for small t."""
+    """θ = arccos(1 − t), sin θ and cos θ, precise for small t (θ = atan2(sin θ, cos θ) from
+    sin θ = sqrt(t(2 − t)) and cos θ = 1 − t, both exact in relative terms; 2·arcsin(sqrt(t/2))
+    would lose half the digits as t → 2)."""
     sin = jnp.sqrt(jnp.maximum(t * (2 - t), 0.0))
-    return 2 * jnp.arcsin(jnp.minimum(jnp.sqrt(t / 2), 1.0)), sin, 1 - t
+    cos = 1 - t
+    return jnp.arctan2(sin, cos), sin, cos
 
 
 @partial(jax.jit, static_argnames=("dim",))
@@ -315,9 +321,9 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     # A_d(κ) and the mode on the parameters' own shape (not once per sample)
     kappa = lax.stop_gradient(concentration)
     one_minus_a = 1 - bessel_iv_ratio(dim / 2 - 1, kappa)
-    t_mode = _mode_t(kappa, dim)
-    t, kappa, one_minus_a, t_mode = jnp.broadcast_arrays(
-        lax.stop_gradient(t), kappa, one_minus_a, t_mode
+    theta_mode, sin_mode, cos_mode = _mode_angle(kappa, dim)
+    t, kappa, one_minus_a, theta_mode, sin_mode, cos_mode = jnp.broadcast_arrays(
+        lax.stop_gradient(t), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
     )
     dtype = t.dtype
     tiny = jnp.finfo(dtype).tiny
@@ -327,7 +333,6 @@ def vmf_marginal_dt_dconcentration(t, concentration, dim: int) -> jnp.ndarray:
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
     one = jnp.ones((), dtype)
     sigma = jnp.where(upper, -one, one)
-    theta_mode, sin_mode, cos_mode = _angle(t_mode)
     across_mode = upper & (theta > theta_mode)
     theta0 = jnp.where(across_mode, theta_mode, theta)
     sin0 = jnp.maximum(jnp.where(across_mode, sin_mode, sin_t), tiny)

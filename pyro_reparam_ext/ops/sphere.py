@@ -414,7 +414,8 @@ def _weighted_integral(half_delta, panel_weights, node_weights, columns, dim):
 
 def _angle(t: torch.Tensor):
     """θ = arccos(1 − t), sin θ and cos θ, precise for small t (θ = atan2(sin θ, cos θ) from
-    sin θ = sqrt(t(2 − t)) and cos θ = 1 − t, both exact in relative terms)."""
+    sin θ = sqrt(t(2 − t)) and cos θ = 1 − t, both exact in relative terms; 2·arcsin(sqrt(t/2))
+    would lose half the digits as t → 2)."""
     sin = torch.sqrt((t * (2 - t)).clamp_(min=0.0))
     cos = 1 - t
     return torch.atan2(sin, cos), sin, cos
