@@ -295,20 +295,24 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
     # per parameter: b, and the acceptance log-ratio c₀ − κt + (d−1)·log1p(g·t) with
     # c₀ = 2κb/(1+b) + (d−1)·log((1+b)/2) and g = (1−b)/(2b), from
     # (d−1)·log((2b + (1−b)t)(1+b)/(4b)) = (d−1)·log((1+b)/2 + (1−b²)t/(4b))
-    b = _wood_envelope(kappa, dim)
-    one_minus_b = 1 - b
-    c0 = 2 * kappa * b / (1 + b) + (dim - 1) * torch.log((1 + b) / 2)
-    g = one_minus_b / (2 * b)
-    tiny = torch.finfo(kappa.dtype).tiny
-    uniforms = torch.rand((3,) + pool, dtype=kappa.dtype, device=kappa.device).clamp(min=tiny)
-    x = _symmetric_beta((dim - 1) / 2, uniforms[0], uniforms[1])
-    t_prop = (2 * b) * x / (1 - one_minus_b * x)
-    log_ratio = torch.add(c0 - kappa * t_prop, torch.log1p(g * t_prop), alpha=dim - 1)
-    rejected = log_ratio < torch.log(uniforms[2])
-    position = _stable_partition_positions(rejected)
-    # scatter each proposal to its place and keep the first n places
-    t = torch.empty_like(t_prop).scatter_(0, position, t_prop)[:num_samples]
-    return t.reshape(sample_shape + kappa.shape)
+    samples = torch.empty(pool, dtype=kappa.dtype, device=kappa.device)
+    # no autograd bookkeeping on the sampler's ~40 small ops; the result is written into an
+    # ordinary tensor (which autograd may then save), not returned as an inference tensor
+    with torch.inference_mode():
+        b = _wood_envelope(kappa, dim)
+        one_minus_b = 1 - b
+        c0 = torch.add(2 * kappa * b / (1 + b), torch.log((1 + b) / 2), alpha=dim - 1)
+        g = one_minus_b / (2 * b)
+        tiny = torch.finfo(kappa.dtype).tiny
+        uniforms = torch.rand((3,) + pool, dtype=kappa.dtype, device=kappa.device)
+        uniforms.clamp_(min=tiny)
+        x = _symmetric_beta((dim - 1) / 2, uniforms[0], uniforms[1])
+        t_prop = (2 * b) * x / (1 - one_minus_b * x)
+        log_ratio = torch.add(c0 - kappa * t_prop, torch.log1p(g * t_prop), alpha=dim - 1)
+        rejected = log_ratio < torch.log(uniforms[2])
+        # each proposal scattered to its place; the first n places are the samples
+        samples.scatter_(0, _stable_partition_positions(rejected), t_prop)
+    return samples[:num_samples].reshape(sample_shape + kappa.shape)
 
 
 def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
