@@ -461,9 +461,7 @@ def vmf_marginal_dt_dconcentration(
     v = kappa if order < DEBYE_MIN_ORDER else torch.full_like(kappa, order)  # (unused below 10)
     one_minus_a = 1 - _ratio_forward(v, kappa, order)
     theta_mode, sin_mode, cos_mode = _mode_angle(kappa, dim)
-    t, kappa, one_minus_a, theta_mode, sin_mode, cos_mode = torch.broadcast_tensors(
-        t.detach(), kappa, one_minus_a, theta_mode, sin_mode, cos_mode
-    )
+    t = t.detach()  # (the per-parameter tensors broadcast against t in each op)
     tiny = torch.finfo(t.dtype).tiny
     nodes, node_weights, minus_one, one, minus_half, half = _rule_tensors(t.dtype, t.device)
     panels = _RULE_SIZES.get(t.dtype, _RULE_SIZES[torch.float64])[0]
@@ -493,8 +491,7 @@ def vmf_marginal_dt_dconcentration(
     columns = (sin_t + sin_t, cos_t + cos_t, cot_t + cot_t, -kappa, one_minus_a - t)
     columns = [x.view(x.shape + (1, 1)) for x in columns]
     integral = _weighted_integral(half_delta, panel_weights, node_weights, columns, dim)
-    result = sin_t * sigma * integral
-    return torch.where(sin_t > 0, result, 0.0)
+    return integral.mul_(sin_t).mul_(sigma).masked_fill_(sin_t == 0, 0.0)
 
 
 class _ImplicitVMFMarginal(torch.autograd.Function):
@@ -576,7 +573,7 @@ class _WoodTangentCoordinates(torch.autograd.Function):
         t, concentration, square, radius, norm_sq = ctx.saved_tensors
         # d radius/dt = (1 − t)/(radius·|v|²) where t(2 − t) is above the clamp, 0 below
         grad_t = grad_radius * (1 - t) / (radius * norm_sq)
-        grad_t = torch.where(square >= torch.finfo(t.dtype).tiny, grad_t, 0.0) - grad_first
+        grad_t = grad_t.masked_fill_(square < torch.finfo(t.dtype).tiny, 0.0).sub_(grad_first)
         dt = _dt_dconcentration_untracked(t, concentration, ctx.dim)
         return None, _sum_to_shape(grad_t * dt, concentration.shape), None, None
 
