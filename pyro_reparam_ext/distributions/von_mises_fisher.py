@@ -9,7 +9,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 
 from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv
-from pyro_reparam_ext.ops.sphere import embed_rotate, uniform_tangent, vmf_marginal_sample_t
+from pyro_reparam_ext.ops.sphere import _vmf_tangent_coordinates, embed_rotate, uniform_tangent
 
 __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
 
@@ -156,14 +156,11 @@ class VonMisesFisher(SphereLocConcentration):
     """
 
     def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
-        t = vmf_marginal_sample_t(self.concentration, self.dim, sample_shape)
-        # z = (1 − t, sqrt(t(2 − t))·v/|v|) relative to e₁, v a standard normal vector (its
-        # direction is uniform); 1/|v| goes into the radius, so v is never normalized
-        v = torch.randn(shape[:-1] + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
-        tiny = torch.finfo(t.dtype).tiny
-        radius = torch.sqrt((t * (2 - t)).clamp(min=tiny) / torch.linalg.vecdot(v, v))
-        return embed_rotate(self.loc, 1 - t, radius, v)
+        # z = (1 − t, sqrt(t(2 − t))·v/|v|) relative to e₁, rotated to loc
+        first, radius, direction = _vmf_tangent_coordinates(
+            self.concentration, self.dim, sample_shape
+        )
+        return embed_rotate(self.loc, first, radius, direction)
 
     def log_normalizer(self) -> torch.Tensor:
         """log C_d(κ) = (d/2−1) log κ − (d/2) log 2π − log I_{d/2−1}(κ); −log|S^{d−1}| at κ = 0."""
