@@ -590,7 +590,8 @@ def test_torch_gamma_sampling_and_gradient_never_synchronize():
     assert set(cpu.calls) == {"tolist", "nonzero"}
     (grad,) = torch.autograd.grad(z.sum(), concentration)
     expected = gamma_ops._select_regimes(alpha, z.detach(), gamma_ops._regimes(alpha, z.detach()))
-    # the same elementwise formulas on the same values: equal up to a last-bit difference of
-    # vectorized vs scalar transcendental functions
-    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-14)
+    # two evaluations of the same regimes: the CPU groups' division-free forms with each
+    # group's term count against the accelerator path's forms with the most terms; each
+    # truncates at ≤ 1e-14 relative (tests/make_gamma_terms.py), rounding adds a few eps
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=2.5e-14)
     assert torch.isfinite(selected).all()

@@ -32,8 +32,8 @@ data-dependent iteration counts):
 
 On the CPU each element runs only its own regime, in groups (one stable argsort of a
 per-element uint8 code): the series by ceil(4√x), the continued fraction by half octaves of
-α and of x - α, each group with the fewest terms that its worst point needs (truncation ≤ eps
-of the dtype, tests/make_gamma_terms.py); large α by octaves of α, each with the coefficient
+α and of x - α, each group with the fewest terms that its worst point needs (truncation ≤ 1e-14
+relative in float64, tests/make_gamma_terms.py); large α by octaves of α, each with the coefficient
 table cut at its smallest α. The series and the continued fraction are evaluated there in
 division-free forms (products over a common denominator; five and eight fused passes per
 term), ψ(α+N+1) of the series by its asymptotic expansion. Accelerators run every regime
@@ -66,11 +66,11 @@ __all__ = ["gammainc", "gammainc_grad_a", "standard_gamma_grad"]
 LARGE_CONCENTRATION = 4.0
 #: terms of the accelerator path (every element gets its regime's most): the largest
 #: float64 entries of the CPU path's tables (_SERIES_TERMS for x ≤ 6.25 > α + 2 and for all
-#: x < 22, _FRACTION_TERMS), whose truncation is ≤ 2.2e-16 relative at every group's worst
+#: x < 22, _FRACTION_TERMS), whose truncation is ≤ 1e-14 relative at every group's worst
 #: point (tests/make_gamma_terms.py)
-NUM_SERIES_TERMS = 33
-NUM_FRACTION_TERMS = 51
-NUM_LONG_SERIES_TERMS = 52
+NUM_SERIES_TERMS = 31
+NUM_FRACTION_TERMS = 42
+NUM_LONG_SERIES_TERMS = 49
 #: log of the integrand's drop at the edge of the quadrature window
 _WINDOW_LOG_DROP = 45.0
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(32)
@@ -300,14 +300,14 @@ _CHUNK = 1 << 14
 # CPU: term counts chosen per element group, division-free recurrences, float64 arithmetic
 #
 # Term counts (tests/make_gamma_terms.py derives them): the smallest N whose truncation
-# error of dx/dα is ≤ eps of the table's dtype relative, at the worst point of each group,
-# measured against 300 (series) / 500 (continued fraction) terms in 80-bit arithmetic.
+# error of dx/dα is ≤ 1e-14 (float64) / 4 eps (float32) relative at the worst point of each
+# group, measured against 300 (series) / 500 (continued fraction) terms in 80-bit arithmetic.
 #: series groups k = ceil(4√x), x ∈ ((k-1)²/16, k²/16] (k = 1..19 covers x < α + 2 < 22);
 #: worst point of group k: x = k²/16 at the regime edge α = x - 2 (or α → 0)
 _SERIES_BINS = 19
 _SERIES_TERMS = {
-    torch.float64: (8, 12, 15, 18, 21, 24, 26, 28, 31, 33, 35, 37, 40, 42, 44, 46, 48, 50, 52),
-    torch.float32: (4, 6, 8, 10, 13, 15, 16, 18, 19, 20, 22, 23, 25, 26, 28, 29, 30, 32, 33),
+    torch.float64: (8, 11, 14, 17, 20, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49),
+    torch.float32: (4, 6, 8, 10, 12, 14, 15, 17, 18, 19, 21, 22, 24, 25, 26, 28, 29, 30, 31),
 }
 #: continued-fraction groups (c, j): c = clamp(ceil(2 log2 α) + 6, 0, 14) (half octaves of
 #: α, c = 0 for α ≤ 1/8, c = 14 for α > 2^3.5), j = clamp(ceil(2 log2((x - α)/2)), 0, 11)
@@ -316,24 +316,24 @@ _SERIES_TERMS = {
 # fmt: off
 _FRACTION_TERMS = {
     torch.float64: (
-        (51, 51, 38, 28, 21, 16, 13, 10, 8, 7, 6, 5), (47, 47, 36, 27, 20, 16, 12, 10, 8, 7, 6, 5),
-        (46, 46, 35, 26, 20, 16, 12, 10, 8, 7, 6, 5), (44, 44, 33, 26, 20, 15, 12, 10, 8, 7, 6, 5),
-        (41, 41, 32, 24, 19, 15, 12, 9, 8, 7, 6, 5), (36, 36, 28, 22, 17, 14, 11, 9, 7, 6, 5, 5),
-        (35, 35, 28, 22, 17, 14, 11, 9, 7, 6, 5, 4), (33, 33, 27, 21, 17, 13, 11, 9, 7, 6, 5, 5),
-        (28, 28, 23, 19, 15, 12, 10, 8, 7, 6, 5, 4), (25, 25, 21, 18, 14, 12, 10, 8, 7, 6, 5, 4),
-        (21, 21, 18, 15, 13, 11, 9, 8, 7, 6, 5, 4), (18, 18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 5),
-        (15, 15, 14, 13, 11, 10, 9, 8, 7, 7, 6, 6), (14, 14, 14, 13, 12, 11, 11, 10, 9, 8, 7, 6),
-        (18, 18, 18, 18, 17, 16, 15, 14, 12, 10, 9, 8),
+        (42, 42, 31, 23, 18, 14, 11, 9, 7, 6, 5, 4), (39, 39, 29, 22, 17, 13, 10, 8, 7, 6, 5, 4),
+        (38, 38, 28, 22, 17, 13, 10, 8, 7, 6, 5, 4), (36, 36, 27, 21, 16, 13, 10, 8, 7, 6, 5, 4),
+        (33, 33, 26, 20, 15, 12, 10, 8, 7, 6, 5, 4), (29, 29, 23, 18, 14, 11, 9, 7, 6, 5, 5, 4),
+        (29, 29, 23, 18, 14, 11, 9, 7, 6, 5, 4, 4), (27, 27, 22, 17, 14, 11, 9, 7, 6, 5, 4, 4),
+        (23, 23, 19, 15, 12, 10, 8, 7, 6, 5, 4, 4), (20, 20, 17, 14, 12, 10, 8, 7, 6, 5, 4, 4),
+        (17, 17, 15, 13, 11, 9, 8, 6, 6, 5, 4, 4), (15, 15, 13, 12, 10, 9, 8, 7, 6, 5, 5, 4),
+        (13, 13, 12, 11, 10, 9, 8, 7, 7, 6, 6, 5), (13, 13, 12, 12, 11, 11, 10, 9, 8, 7, 6, 6),
+        (17, 17, 17, 17, 16, 15, 14, 12, 11, 9, 8, 7),
     ),
     torch.float32: (
-        (12, 12, 9, 7, 6, 4, 4, 3, 2, 2, 2, 2), (11, 11, 9, 7, 5, 4, 3, 3, 2, 2, 2, 2),
-        (11, 11, 8, 7, 5, 4, 3, 3, 2, 2, 2, 2), (10, 10, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1),
-        (9, 9, 7, 6, 5, 4, 3, 3, 2, 2, 2, 1), (8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 2, 1),
-        (8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1), (8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1),
-        (7, 7, 5, 5, 4, 3, 3, 2, 2, 2, 1, 1), (6, 6, 5, 4, 4, 3, 3, 2, 2, 2, 2, 2),
-        (6, 6, 5, 4, 4, 4, 3, 3, 3, 2, 2, 2), (6, 6, 5, 5, 5, 4, 4, 3, 3, 3, 2, 2),
-        (7, 7, 7, 6, 6, 5, 5, 4, 3, 3, 2, 2), (9, 9, 8, 8, 7, 6, 6, 5, 4, 3, 3, 2),
-        (12, 12, 11, 11, 10, 9, 7, 6, 5, 4, 3, 3),
+        (11, 11, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1), (10, 10, 7, 6, 5, 4, 3, 2, 2, 2, 2, 1),
+        (9, 9, 7, 6, 4, 4, 3, 2, 2, 2, 1, 1), (9, 9, 7, 5, 4, 3, 3, 2, 2, 2, 1, 1),
+        (8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1), (7, 7, 5, 4, 4, 3, 2, 2, 2, 2, 1, 1),
+        (7, 7, 5, 4, 4, 3, 2, 2, 2, 1, 1, 1), (7, 7, 5, 4, 4, 3, 2, 2, 2, 1, 1, 1),
+        (6, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1), (5, 5, 5, 4, 3, 3, 2, 2, 2, 2, 2, 1),
+        (5, 5, 4, 4, 4, 3, 3, 3, 2, 2, 2, 2), (5, 5, 5, 5, 5, 4, 4, 3, 3, 2, 2, 2),
+        (7, 7, 7, 6, 6, 5, 4, 4, 3, 3, 2, 2), (8, 8, 8, 7, 7, 6, 5, 4, 4, 3, 2, 2),
+        (11, 11, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2),
     ),
 }
 # fmt: on
