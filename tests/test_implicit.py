@@ -133,6 +133,41 @@ def test_gamma_asymptotic_regime_edges_match_mpmath(backend):
     np.testing.assert_allclose(_standard_gamma_grad(backend, a, x), expected, rtol=GAMMA_RTOL)
 
 
+def test_torch_cpu_gamma_groups_match_mpmath_at_their_worst_points():
+    """The torch CPU path's element groups where their term counts are tightest: each series
+    group's largest x on the regime edge α = x - 2, the continued fraction's smallest x - α
+    for small and moderate α, and the large-α tables at the smallest α they serve (octave
+    edges) on both edges |η| = 0.6. Bounds: series and fraction truncate at ≤ 1e-14
+    (tests/make_gamma_terms.py), and their ~5N passes round at ≤ ~30 eps ≈ 7e-15 after
+    cancellation (ψ(α+N+1)·A - A'): rtol 5e-14, which 3 terms fewer than the tables give
+    already exceed (4e-13 to 4e-12, measured); a large-α table drops only coefficients below
+    50 eps at its cell's edge, at most 139 of them: rtol 2e-12."""
+    from pyro_reparam_ext.ops import gamma as torch_gamma
+
+    points = []
+    for k in (1, 4, 8, 12, 16, 19):
+        x = min(k**2 / 16, 21.99)
+        points.append((min(max(1e-4, x - 2) * (1 + 1e-9), 19.99), x * (1 - 1e-12)))
+    for alpha in (1e-3, 0.3, 3.0, 15.0):
+        for gap in (2.0, 2 * 2**0.5, 4.0):
+            points.append((alpha, alpha + gap * (1 + 1e-12)))
+    for alpha in (20.0, 32.0, 1024.0):
+        for lam, side in (
+            (torch_gamma._ASYMPTOTIC_LAMBDA_LOW, 1),
+            (torch_gamma._ASYMPTOTIC_LAMBDA_HIGH, -1),
+        ):
+            points.append((alpha, alpha * lam * (1 + side * 1e-9)))
+    a, x = (np.array(column) for column in zip(*points, strict=True))
+    expected = np.array([gamma_dz_dalpha(ai, xi) for ai, xi in points])
+    # one call per point: together, small groups would run merged with larger ones
+    actual = np.concatenate(
+        [_standard_gamma_grad("pyro", a[i : i + 1], x[i : i + 1]) for i in range(len(a))]
+    )
+    small = a < torch_gamma.ASYMPTOTIC_CONCENTRATION
+    np.testing.assert_allclose(actual[small], expected[small], rtol=5e-14)
+    np.testing.assert_allclose(actual[~small], expected[~small], rtol=2e-12)
+
+
 def test_torch_builtin_gamma_gradient_is_less_accurate():
     """Documents the motivation: torch's own Gamma gradient misses the reference by >1e-5."""
     points = REFERENCE["gamma"]
