@@ -406,24 +406,26 @@ def _series_product_ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> t
     term, no division (the division-bound Horner of :func:`_series_ratio` costs ~1.3x more
     per term); ψ(α+N+1) from its asymptotic series. Every step is scaled by s =
     _SERIES_SCALE (w = s(α+k), x̃ = s x; the derivatives carry one factor s less), which
-    keeps B within float32's range: s^N (α+1)_N ∈ [4e-3, 5e13] for α < 20, N ≤ 33.
+    keeps B within float32's range: s^N (α+1)_N ∈ [4e-3, 5e13] for α < 20, N ≤ 33 (float64
+    needs no scaling, s = 1: B_0 ≤ (21)_49 < 1e81).
     """
-    scale = _SERIES_SCALE
-    scaled_a = a * scale
-    scaled_x = x * scale
-    b = scaled_a + scale * num_terms
+    scale = _SERIES_SCALE if x.dtype != torch.float64 else 1.0
+    scaled_a = a * scale if scale != 1 else a
+    scaled_x = x * scale if scale != 1 else x
+    steps = _scalars(x.dtype, tuple(scale * k for k in range(num_terms, 0, -1)))
+    b = scaled_a + steps[0]
     db = torch.ones_like(x)
     s = b + scaled_x
     ds = torch.ones_like(x)
     w = torch.empty_like(x)
-    steps = _scalars(x.dtype, tuple(scale * k for k in range(num_terms - 1, 0, -1)))
-    for step in steps:
+    for step in steps[1:]:
         torch.add(scaled_a, step, out=w)
         torch.addcmul(b, w, db, out=db)
         b.mul_(w)
         torch.addcmul(b, scaled_x, s, out=s)
         torch.addcmul(db, scaled_x, ds, out=ds)
-    shift = _digamma_large(a + (num_terms + 1), num_terms + 1).sub_(torch.log(x))
+    z = a + _scalars(x.dtype, (num_terms + 1,))[0]
+    shift = _digamma_large(z, num_terms + 1).sub_(torch.log(x))
     return s.mul_(shift).sub_(ds, alpha=scale).mul_(x).div_(b.mul_(a))
 
 
