@@ -159,13 +159,17 @@ def test_torch_cpu_gamma_groups_match_mpmath_at_their_worst_points():
             points.append((alpha, alpha * lam * (1 + side * 1e-9)))
     a, x = (np.array(column) for column in zip(*points, strict=True))
     expected = np.array([gamma_dz_dalpha(ai, xi) for ai, xi in points])
-    # one call per point: together, small groups would run merged with larger ones
-    actual = np.concatenate(
-        [_standard_gamma_grad("pyro", a[i : i + 1], x[i : i + 1]) for i in range(len(a))]
-    )
-    small = a < torch_gamma.ASYMPTOTIC_CONCENTRATION
-    np.testing.assert_allclose(actual[small], expected[small], rtol=5e-14)
-    np.testing.assert_allclose(actual[~small], expected[~small], rtol=2e-12)
+    # one call per point (together, small groups would run merged with larger ones): alone
+    # (one α: the constant-α series) and with an element of α = 1000 (another group)
+    for pair in (False, True):
+        actual = []
+        for ai, xi in points:
+            a_call, x_call = ([ai, 1e3], [xi, 1e3]) if pair else ([ai], [xi])
+            actual.append(_standard_gamma_grad("pyro", np.array(a_call), np.array(x_call))[0])
+        actual = np.array(actual)
+        small = a < torch_gamma.ASYMPTOTIC_CONCENTRATION
+        np.testing.assert_allclose(actual[small], expected[small], rtol=5e-14)
+        np.testing.assert_allclose(actual[~small], expected[~small], rtol=2e-12)
 
 
 def test_torch_builtin_gamma_gradient_is_less_accurate():
