@@ -504,6 +504,40 @@ def _fraction_product_ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) ->
     return shift.mul_(far).add_(dfar).div_(near)
 
 
+def _constant_fraction_ratio(alpha: float):
+    """_fraction_product_ratio for elements that all have concentration ``alpha``: e_i and
+    ψ(α) are numbers, seven fused passes per term instead of eight."""
+    digamma_alpha = torch.digamma(torch.tensor(alpha, dtype=torch.float64)).item()
+
+    def ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> torch.Tensor:
+        inverse = torch.reciprocal(x)
+        minus_inverse = -inverse
+        inverse_sq = inverse * inverse
+        offset = torch.mul(inverse, 1 - alpha).add_(1)  # b_k/x = offset + 2k/x
+        far = torch.ones_like(x)  # p_{k+2}
+        near = torch.add(offset, inverse, alpha=2 * num_terms)  # p_{k+1}
+        dfar = torch.zeros_like(x)
+        dnear = minus_inverse.clone()
+        scaled_b = torch.empty_like(x)
+        new = torch.empty_like(x)
+        dnew = torch.empty_like(x)
+        for k in range(num_terms - 1, -1, -1):
+            i = k + 1
+            e = i * (alpha - i)
+            torch.add(offset, inverse, alpha=2 * k, out=scaled_b)
+            torch.mul(near, minus_inverse, out=dnew)
+            dnew.addcmul_(inverse_sq, far, value=i).addcmul_(scaled_b, dnear)
+            dnew.addcmul_(inverse_sq, dfar, value=e)
+            torch.mul(scaled_b, near, out=new).addcmul_(inverse_sq, far, value=e)
+            far, near, new = near, new, far
+            dfar, dnear, dnew = dnear, dnew, dfar
+        ratio = dnear / near  # p_0'/p_0
+        shift = torch.log(x).sub_(digamma_alpha).sub_(ratio)
+        return shift.mul_(far).add_(dfar).div_(near)
+
+    return ratio
+
+
 def _group_codes(a: torch.Tensor, x: torch.Tensor, large: bool) -> torch.Tensor:
     """One uint8 code per element (1-D inputs), _CHUNK elements at a time (in the cache):
     0 for x ≤ _TINY (:func:`_tiny_ratio`), k = ceil(4√x - 4√_TINY) ≤ _SERIES_BINS for the
@@ -591,7 +625,7 @@ def _gather_groups(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         elif code <= _SERIES_BINS:
             series.append([_SERIES_TERMS[dtype][code - 1], index])
         elif code == _FRACTION_CODE:
-            _fraction_groups(a, x, index, dtype, target)
+            _fraction_groups(a, x, index, dtype, target, low if low == high else None)
         else:
             _large_group(a, x, index, _octave_concentration(code - _LARGE_CODE), target)
     # one α for all elements (a scalar concentration expanded, or equal values): the
@@ -658,8 +692,10 @@ def _apply(function, a, x, index, target: _Scatter, *args) -> None:
         target.write(part, function(a_part, x_part, *args))
 
 
-def _fraction_groups(a, x, index, dtype, target: _Scatter) -> None:
-    """The continued-fraction elements, regrouped by term count (_FRACTION_TERMS)."""
+def _fraction_groups(a, x, index, dtype, target: _Scatter, alpha: float | None) -> None:
+    """The continued-fraction elements, regrouped by term count (_FRACTION_TERMS); ``alpha``:
+    the concentration of every element, if they all have the same."""
+    function = _fraction_product_ratio if alpha is None else _constant_fraction_ratio(alpha)
     a_group = a.index_select(0, index).to(dtype)
     x_group = x.index_select(0, index).to(dtype)
     table = _FRACTION_TERMS[dtype]
@@ -670,7 +706,7 @@ def _fraction_groups(a, x, index, dtype, target: _Scatter) -> None:
     sub_target = _Scatter(target.result, index, dtype)
     groups = _sorted_groups(terms, max(map(max, table)) + 1)
     for count, sub in _merge_groups(groups, lambda count: count):
-        _apply(_fraction_product_ratio, a_group, x_group, sub, sub_target, count)
+        _apply(function, a_group, x_group, sub, sub_target, count)
 
 
 def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
