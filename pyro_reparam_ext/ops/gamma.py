@@ -538,17 +538,21 @@ def _constant_fraction_ratio(alpha: float):
     return ratio
 
 
-def _group_codes(a: torch.Tensor, x: torch.Tensor, large: bool) -> torch.Tensor:
+def _group_codes(
+    a: torch.Tensor, x: torch.Tensor, large: bool, constant: float | None = None
+) -> torch.Tensor:
     """One uint8 code per element (1-D inputs), _CHUNK elements at a time (in the cache):
     0 for x ≤ _TINY (:func:`_tiny_ratio`), k = ceil(4√x - 4√_TINY) ≤ _SERIES_BINS for the
     series (α < 20, x < α + 2; the shift moves the group edges by < 1e-8 relative),
     _FRACTION_CODE for the continued fraction (α < 20, x ≥ α + 2), _LARGE_CODE + j for
-    α ≥ 20 in octave j (``large``: some α may be ≥ 20)."""
+    α ≥ 20 in octave j (``large``: some α may be ≥ 20; ``constant``: every α, if all equal)."""
     codes = torch.empty(x.shape, dtype=torch.uint8)
     for start in range(0, x.numel(), _CHUNK):
         a_part, x_part = a[start : start + _CHUNK], x[start : start + _CHUNK]
-        code = torch.sqrt(x_part).mul_(4).sub_(_TINY_SHIFT).ceil_().clamp_(max=_SERIES_BINS)
-        code.masked_fill_(x_part >= a_part + 2, _FRACTION_CODE)
+        # no clamp: x < α + 2 < 22 gives ≤ _SERIES_BINS, larger x are overwritten
+        code = torch.sqrt(x_part).mul_(4).sub_(_TINY_SHIFT).ceil_()
+        edge = a_part + 2 if constant is None else constant + 2
+        code.masked_fill_(x_part >= edge, _FRACTION_CODE)
         if large:
             octave = _octaves(a_part).add_(_LARGE_CODE)
             code = torch.where(a_part >= ASYMPTOTIC_CONCENTRATION, octave.to(code.dtype), code)
@@ -619,19 +623,20 @@ def _gather_groups(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             _large_group(a, x, index, _octave_concentration(octave), target)
         return result
     series = []
-    codes = _group_codes(a, x, not high < ASYMPTOTIC_CONCENTRATION)
+    constant = low if low == high else None
+    codes = _group_codes(a, x, not high < ASYMPTOTIC_CONCENTRATION, constant)
     for code, index in _sorted_groups(codes, _NUM_CODES):
         if code == 0:
             _apply(_tiny_ratio, a, x, index, target)
         elif code <= _SERIES_BINS:
             series.append([_SERIES_TERMS[dtype][code - 1], index])
         elif code == _FRACTION_CODE:
-            _fraction_groups(a, x, index, dtype, target, low if low == high else None)
+            _fraction_groups(a, x, index, dtype, target, constant)
         else:
             _large_group(a, x, index, _octave_concentration(code - _LARGE_CODE), target)
     # one α for all elements (a scalar concentration expanded, or equal values): the
     # α-only products of the series are scalars
-    series_ratio = _series_product_ratio if low != high else _constant_series_ratio(low)
+    series_ratio = _series_product_ratio if constant is None else _constant_series_ratio(low)
     for terms, index in _merge_groups(series, lambda terms: terms):
         _apply(series_ratio, a, x, index, target, terms)
     return result
