@@ -11,7 +11,7 @@ data-dependent iteration counts):
 
 * **series** (α < 20, x < α + 2): P = x^α e^(-x) / Γ(α+1) · S with S = Σ_n x^n / (α+1)_n
   ([2], eq. 6.5.29), summed by Horner's rule from its last term and differentiated alongside
-  (28 terms below α = 4, 48 from there on);
+  (with the number of terms its truncation bound needs, per group of elements on the CPU);
 * **continued fraction** (α < 20, x ≥ α + 2): Q = 1 - P = x^α e^(-x) / Γ(α) · C with the
   Legendre continued fraction C ([2], eq. 6.5.31; modified Lentz), differentiated in forward
   mode;
@@ -30,8 +30,21 @@ data-dependent iteration counts):
   carries no sign change of log t - ψ(α) is integrated (the left tail for x < e^ψ(α), the
   right tail otherwise), so the sum never cancels.
 
+On the CPU each element runs only its own regime, in groups (one stable argsort of a
+per-element uint8 code): the series by ceil(4√x), the continued fraction by half octaves
+of α and of x - α, each group with the fewest terms that its worst point needs (truncation
+≤ 1e-14 relative in float64, tests/make_gamma_terms.py); large α by octaves of α, each with
+the coefficient table cut at its smallest α. The series and the continued fraction are
+evaluated there in division-free forms (products over a common denominator; five and eight
+fused passes per term), ψ(α+N+1) of the series by its asymptotic expansion; x ≤ 1e-17 by
+the series' first term alone (products of tiny x would be subnormal, ~100x slower); when
+all α are equal, the α-only factors are numbers (two passes per series term). Host reads
+there: the range of α and the group sizes (``tolist``), the quadrature's elements among
+α ≥ 20 (``nonzero``). Accelerators run every regime on every element with its most terms
+and pick with torch.where (no host synchronization).
+
 Relative accuracy of dx/dα against mpmath is ≤ 1e-12 over α ∈ [1e-4, 1e4] and quantiles
-[0.01, 0.99] in float64 (tests/test_implicit.py).
+[0.01, 0.99] in float64 (tests/test_implicit.py; measured ≤ 1e-14 on the CPU).
 
 References:
     [1] M. Figurnov, S. Mohamed, A. Mnih (2018). Implicit Reparameterization Gradients.
@@ -52,20 +65,16 @@ import torch
 
 __all__ = ["gammainc", "gammainc_grad_a", "standard_gamma_grad"]
 
-#: below this concentration the series has NUM_SERIES_TERMS terms, above it (up to
-#: ASYMPTOTIC_CONCENTRATION) NUM_LONG_SERIES_TERMS
+#: below this concentration the accelerator path's series has NUM_SERIES_TERMS terms, above
+#: it (up to ASYMPTOTIC_CONCENTRATION) NUM_LONG_SERIES_TERMS
 LARGE_CONCENTRATION = 4.0
-#: terms of the series and of the continued fraction (enough for α < LARGE_CONCENTRATION:
-#: measured truncation error ≤ 3e-13 (series) and ≤ 6e-12 (fraction, worst at x = α + 2)
-#: relative, against 32/40 terms on 2e5 random points of each regime). The fraction
-#: converges faster for larger α: for 4 ≤ α ≤ 20 its 28 terms equal 150 terms to the last bit
-#: (2e5 random points with x ≥ α + 2; 20 terms already within 2e-16)
-NUM_SERIES_TERMS = 28
-NUM_FRACTION_TERMS = 28
-#: series terms for LARGE_CONCENTRATION ≤ α < ASYMPTOTIC_CONCENTRATION, x < α + 2: measured
-#: truncation ≤ 1.5e-14 relative against 90 terms (2e5 random points, worst at α = 20,
-#: x = 22), 8x less work per element than the quadrature it replaces there
-NUM_LONG_SERIES_TERMS = 48
+#: terms of the accelerator path (every element gets its regime's most): the largest
+#: float64 entries of the CPU path's tables (_SERIES_TERMS for x ≤ 6.25 > α + 2 and for all
+#: x < 22, _FRACTION_TERMS), whose truncation is ≤ 1e-14 relative at every group's worst
+#: point (tests/make_gamma_terms.py)
+NUM_SERIES_TERMS = 31
+NUM_FRACTION_TERMS = 42
+NUM_LONG_SERIES_TERMS = 49
 #: log of the integrand's drop at the edge of the quadrature window
 _WINDOW_LOG_DROP = 45.0
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(32)
@@ -141,15 +150,21 @@ _ASYMPTOTIC_LAMBDA_LOW, _ASYMPTOTIC_LAMBDA_HIGH = _lambda_bounds(ASYMPTOTIC_ETA)
 
 
 @functools.cache
-def _asymptotic_rows(dtype: torch.dtype) -> tuple[tuple[float, ...], ...]:
+def _asymptotic_rows(
+    dtype: torch.dtype,
+    eta: float = ASYMPTOTIC_ETA,
+    min_concentration: float = ASYMPTOTIC_CONCENTRATION,
+) -> tuple[tuple[float, ...], ...]:
     """The rows of _ASYMPTOTIC_COEFFICIENTS cut to the terms that matter at ``dtype``:
-    |d_jn| η^n α^-j > 50 eps at the regime's edge (η = 0.6, α = 20); float64 keeps 101 of
-    the 139 coefficients (truncation ≤ 5e-14 relative, measured), float32 12."""
+    |d_jn| η^n α^-j > 50 eps at the edge of the cell |η| ≤ ``eta``, α ≥ ``min_concentration``
+    (by default the regime's edge η = 0.6, α = 20: float64 keeps 101 of the 139
+    coefficients (truncation ≤ 5e-14 relative, measured), float32 12). Smaller cells
+    (:data:`_ASYMPTOTIC_CELLS`) keep fewer terms under the same rule."""
     tolerance = 50 * torch.finfo(dtype).eps
     rows = []
     for j, row in enumerate(_ASYMPTOTIC_COEFFICIENTS):
-        scale = ASYMPTOTIC_CONCENTRATION**-j
-        kept = [n for n, c in enumerate(row) if abs(c) * ASYMPTOTIC_ETA**n * scale > tolerance]
+        scale = min_concentration**-j
+        kept = [n for n, c in enumerate(row) if abs(c) * eta**n * scale > tolerance]
         if not kept:
             break
         rows.append(row[: kept[-1] + 1])
@@ -244,23 +259,33 @@ def _quadrature_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _asymptotic_row_tensors(dtype: torch.dtype, device: torch.device):
-    """_asymptotic_rows as 0-dim tensors, so that each Horner step is one fused addcmul."""
+def _asymptotic_row_tensors(dtype: torch.dtype, device: torch.device, cell: tuple = ()):
+    """_asymptotic_rows(dtype, *cell) as 0-dim tensors, so that each Horner step is one fused
+    addcmul."""
     return tuple(
         tuple(torch.tensor(c, dtype=dtype, device=device) for c in row)
-        for row in _asymptotic_rows(dtype)
+        for row in _asymptotic_rows(dtype, *cell)
     )
 
 
-def _asymptotic_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _asymptotic_ratio(a: torch.Tensor, x: torch.Tensor, cell: tuple = ()) -> torch.Tensor:
     """dx/dα for large α and |η| ≤ ASYMPTOTIC_ETA: λ Σ_j α^-j Σ_n d_jn η^n (Horner in η for
     each j, one fused pass per coefficient, then in 1/α), with λ = x/α and
-    η = sign(λ - 1) √(2(λ - 1 - log λ))."""
+    η = sign(λ - 1) √(2(λ - 1 - log λ)). ``cell`` = (η_max, α_min) cuts the table to a
+    smaller cell (:func:`_asymptotic_rows`)."""
+    return _asymptotic_values(a, x, _asymptotic_row_tensors(x.dtype, x.device, tuple(cell)))[0]
+
+
+def _asymptotic_values(a: torch.Tensor, x: torch.Tensor, rows) -> tuple:
+    """(_asymptotic_ratio with the 0-dim coefficient tensors ``rows``, mask |η| > ASYMPTOTIC_ETA
+    (or x = 0), where the value is not used)."""
     w = x / a - 1  # λ - 1
-    eta = torch.copysign((w - torch.log1p(w)).mul_(2).clamp_(min=0).sqrt_(), w)
+    half_eta_sq = w - torch.log1p(w)
+    tail = half_eta_sq > ASYMPTOTIC_ETA**2 / 2
+    eta = torch.copysign(half_eta_sq.mul_(2).clamp_(min=0).sqrt_(), w)
     inverse_a = torch.reciprocal(a)
     total = None
-    for row in reversed(_asymptotic_row_tensors(x.dtype, x.device)):
+    for row in reversed(rows):
         if len(row) == 1:
             value = row[0].expand_as(x).clone()
         else:
@@ -268,12 +293,444 @@ def _asymptotic_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         for coefficient in reversed(row[:-2]):
             torch.addcmul(coefficient, value, eta, out=value)
         total = value if total is None else value.addcmul_(total, inverse_a)
-    return total.mul_(w.add_(1))
+    return total.mul_(w.add_(1)), tail
 
 
-#: elements per chunk on the CPU (64k float64 = 512 KiB per array: the regimes' working set
-#: stays in the cache; measured 4.5x faster for the series at 1e6 draws than one pass)
-_CHUNK = 1 << 16
+#: elements per chunk on the CPU (16k float64 = 128 KiB per array: the working set of the
+#: series, ~7 arrays, stays in the L2 cache; measured fastest of 8k-64k)
+_CHUNK = 1 << 14
+
+# ---------------------------------------------------------------------------------------
+# CPU: term counts chosen per element group, division-free recurrences, float64 arithmetic
+#
+# Term counts (tests/make_gamma_terms.py derives them): the smallest N whose truncation
+# error of dx/dα is ≤ 1e-14 (float64) / 4 eps (float32) relative at the worst point of each
+# group, measured against 300 (series) / 500 (continued fraction) terms in 80-bit arithmetic.
+#: series groups k = ceil(4√x), x ∈ ((k-1)²/16, k²/16] (k = 1..19 covers x < α + 2 < 22);
+#: worst point of group k: x = k²/16 at the regime edge α = x - 2 (or α → 0)
+_SERIES_BINS = 19
+_SERIES_TERMS = {
+    torch.float64: (8, 11, 14, 17, 20, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49),
+    torch.float32: (4, 6, 8, 10, 12, 14, 15, 17, 18, 19, 21, 22, 24, 25, 26, 28, 29, 30, 31),
+}
+#: continued-fraction groups (c, j): c = clamp(ceil(2 log2 α) + 6, 0, 14) (half octaves of
+#: α, c = 0 for α ≤ 1/8, c = 14 for α > 2^3.5), j = clamp(ceil(2 log2((x - α)/2)), 0, 11)
+#: (half octaves of x - α ≥ 2, j = 11 for x - α > 2^6.5); worst point: the smallest x - α of
+#: the group, the maximum over 5 values of α spread over the group
+# fmt: off
+_FRACTION_TERMS = {
+    torch.float64: (
+        (42, 42, 31, 23, 18, 14, 11, 9, 7, 6, 5, 4), (39, 39, 29, 22, 17, 13, 10, 8, 7, 6, 5, 4),
+        (38, 38, 28, 22, 17, 13, 10, 8, 7, 6, 5, 4), (36, 36, 27, 21, 16, 13, 10, 8, 7, 6, 5, 4),
+        (33, 33, 26, 20, 15, 12, 10, 8, 7, 6, 5, 4), (29, 29, 23, 18, 14, 11, 9, 7, 6, 5, 5, 4),
+        (29, 29, 23, 18, 14, 11, 9, 7, 6, 5, 4, 4), (27, 27, 22, 17, 14, 11, 9, 7, 6, 5, 4, 4),
+        (23, 23, 19, 15, 12, 10, 8, 7, 6, 5, 4, 4), (20, 20, 17, 14, 12, 10, 8, 7, 6, 5, 4, 4),
+        (17, 17, 15, 13, 11, 9, 8, 6, 6, 5, 4, 4), (15, 15, 13, 12, 10, 9, 8, 7, 6, 5, 5, 4),
+        (13, 13, 12, 11, 10, 9, 8, 7, 7, 6, 6, 5), (13, 13, 12, 12, 11, 11, 10, 9, 8, 7, 6, 6),
+        (17, 17, 17, 17, 16, 15, 14, 12, 11, 9, 8, 7),
+    ),
+    torch.float32: (
+        (11, 11, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1), (10, 10, 7, 6, 5, 4, 3, 2, 2, 2, 2, 1),
+        (9, 9, 7, 6, 4, 4, 3, 2, 2, 2, 1, 1), (9, 9, 7, 5, 4, 3, 3, 2, 2, 2, 1, 1),
+        (8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1), (7, 7, 5, 4, 4, 3, 2, 2, 2, 2, 1, 1),
+        (7, 7, 5, 4, 4, 3, 2, 2, 2, 1, 1, 1), (7, 7, 5, 4, 4, 3, 2, 2, 2, 1, 1, 1),
+        (6, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1), (5, 5, 5, 4, 3, 3, 2, 2, 2, 2, 2, 1),
+        (5, 5, 4, 4, 4, 3, 3, 3, 2, 2, 2, 2), (5, 5, 5, 5, 5, 4, 4, 3, 3, 2, 2, 2),
+        (7, 7, 7, 6, 6, 5, 4, 4, 3, 3, 2, 2), (8, 8, 8, 7, 7, 6, 5, 4, 4, 3, 2, 2),
+        (11, 11, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2),
+    ),
+}
+# fmt: on
+#: α ≥ 20 runs in groups by octave of α, [2^(j+4), 2^(j+5)) (j = 0..6, the first from α = 20,
+#: the last open), each with the coefficient table cut at its smallest α (rounded down to a
+#: quarter octave from 20; :func:`_asymptotic_rows`); |η| > ASYMPTOTIC_ETA: the quadrature
+_CONCENTRATION_OCTAVES = 7
+#: group codes: 0 (x ≤ _TINY, x = 0 included), 1.._SERIES_BINS (series), _FRACTION_CODE (the
+#: continued fraction, regrouped by :func:`_fraction_groups`), _LARGE_CODE + j (α ≥ 20)
+_FRACTION_CODE = _SERIES_BINS + 1
+_LARGE_CODE = _SERIES_BINS + 2
+_NUM_CODES = _LARGE_CODE + _CONCENTRATION_OCTAVES
+#: x ≤ _TINY (α < 20): the series' first term alone (:func:`_tiny_ratio`)
+_TINY = 1e-17
+_TINY_SHIFT = 4 * math.sqrt(_TINY)
+#: the series' scale factor per term (see :func:`_series_product_ratio`)
+_SERIES_SCALE = 1 / 16
+#: a group smaller than this many element-terms below the next larger group runs with it
+#: (one group costs ~1 µs of dispatch per pass, an element-term ~2-4 ns)
+_MERGE_WORK = 1 << 14
+#: ψ(z) - log z + 1/(2z) = -Σ_k B_2k / (2k z^2k), k = 1..8 (error < 1e-16 for z ≥ 9)
+_DIGAMMA_ASYMPTOTIC = (
+    -1 / 12,
+    1 / 120,
+    -1 / 252,
+    1 / 240,
+    -1 / 132,
+    691 / 32760,
+    -1 / 12,
+    3617 / 8160,
+)
+
+
+@functools.cache
+def _scalars(dtype: torch.dtype, values: tuple) -> tuple:
+    """0-dim CPU tensors of ``values``: an op with a tensor operand dispatches ~2x faster
+    than with a Python number, which torch wraps into a new tensor on every call."""
+    return tuple(torch.tensor(v, dtype=dtype) for v in values)
+
+
+def _digamma_large(z: torch.Tensor, min_z: float) -> torch.Tensor:
+    """ψ(z) for z ≥ min_z ≥ 5 by its asymptotic series, cut after the last term above
+    eps/8 at min_z (float64: 8 terms at z = 9, 5 from z = 29): one log, one reciprocal and a
+    few fused passes instead of torch.digamma (~10x the cost)."""
+    tolerance = torch.finfo(z.dtype).eps / 8
+    kept = [
+        c for k, c in enumerate(_DIGAMMA_ASYMPTOTIC, 1) if abs(c) * min_z ** (-2 * k) > tolerance
+    ]
+    coefficients = _scalars(z.dtype, tuple(kept) or (0.0,))
+    inverse = torch.reciprocal(z)
+    inverse_sq = inverse * inverse
+    total = coefficients[-1].expand_as(z).clone()
+    for coefficient in reversed(coefficients[:-1]):
+        torch.addcmul(coefficient, total, inverse_sq, out=total)
+    return total.mul_(inverse_sq).sub_(inverse, alpha=0.5).add_(torch.log(z))
+
+
+def _digamma_number(z: float) -> float:
+    """ψ(z) of a Python number z > 0 (no tensor, no host read): the recurrence
+    ψ(z) = ψ(z + m) - Σ_{j<m} 1/(z + j) up to z + m ≥ 10, then the asymptotic series of
+    :func:`_digamma_large` (all 8 terms: < 1e-17 at 10)."""
+    shift = 0.0
+    while z < 10:
+        shift -= 1 / z
+        z += 1
+    inverse_sq = 1 / (z * z)
+    total = 0.0
+    for coefficient in reversed(_DIGAMMA_ASYMPTOTIC):
+        total = total * inverse_sq + coefficient
+    return math.log(z) - 0.5 / z + total * inverse_sq + shift
+
+
+def _series_product_ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> torch.Tensor:
+    """dx/dα in the series regime without a division per term (CPU).
+
+    dx/dα = (x/α) Σ_n t_n (ψ(α+n+1) - log x) with t_n = x^n/(α+1)_n (the series of
+    :func:`_series_ratio`, with ψ(α+1) + Σ_{j≤n} 1/(α+j) = ψ(α+n+1)). Over the common
+    denominator B_0 = (α+1)_N: t_n = x^n B_n/B_0 with B_n = Π_{n<j≤N} (α+j), and
+    ψ(α+n+1) = ψ(α+N+1) - B_n'/B_n (' = ∂/∂α), so with A = Σ x^n B_n, A' = Σ x^n B_n',
+
+        dx/dα = x (A (ψ(α+N+1) - log x) - A') / (α B_0).
+
+    Horner from the top: B_{k-1} = (α+k) B_k, B_{k-1}' = B_k + (α+k) B_k',
+    A_{k-1} = B_{k-1} + x A_k, A_{k-1}' = B_{k-1}' + x A_k': five fused multiply-adds per
+    term, no division (the division-bound Horner of :func:`_series_ratio` costs ~1.3x more
+    per term); ψ(α+N+1) from its asymptotic series. Every step is scaled by s =
+    _SERIES_SCALE (w = s(α+k), x̃ = s x; the derivatives carry one factor s less), which
+    keeps B within float32's range: s^N (α+1)_N ∈ [4e-3, 5e13] for α < 20, N ≤ 33 (float64
+    needs no scaling, s = 1: B_0 ≤ (21)_49 < 1e81).
+    """
+    scale = _SERIES_SCALE if x.dtype != torch.float64 else 1.0
+    scaled_a = a * scale if scale != 1 else a
+    scaled_x = x * scale if scale != 1 else x
+    steps = _scalars(x.dtype, tuple(scale * k for k in range(num_terms, 0, -1)))
+    b = scaled_a + steps[0]
+    db = torch.ones_like(x)
+    s = b + scaled_x
+    ds = torch.ones_like(x)
+    w = torch.empty_like(x)
+    for step in steps[1:]:
+        torch.add(scaled_a, step, out=w)
+        torch.addcmul(b, w, db, out=db)
+        b.mul_(w)
+        torch.addcmul(b, scaled_x, s, out=s)
+        torch.addcmul(db, scaled_x, ds, out=ds)
+    z = a + _scalars(x.dtype, (num_terms + 1,))[0]
+    shift = _digamma_large(z, num_terms + 1).sub_(torch.log(x))
+    return s.mul_(shift).sub_(ds, alpha=scale).mul_(x).div_(b.mul_(a))
+
+
+def _constant_series_ratio(alpha: float):
+    """_series_product_ratio for elements that all have concentration ``alpha``: B_k, B_k'
+    and ψ(α+N+1) are then numbers (the same float64 operations in Python; float32 carries
+    the same scale factors), and each term costs two fused passes instead of five."""
+
+    def ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> torch.Tensor:
+        scale = _SERIES_SCALE if x.dtype != torch.float64 else 1.0
+        b, db = scale * (alpha + num_terms), 1.0
+        steps = []
+        for k in range(num_terms - 1, 0, -1):
+            w = scale * alpha + scale * k
+            db = b + w * db
+            b = w * b
+            steps.append((b, db))
+        coefficients = _scalars(x.dtype, tuple(v for step in steps for v in step))
+        scaled_x = x * scale if scale != 1 else x
+        s = scaled_x + scale * (alpha + num_terms)
+        ds = torch.ones_like(x)
+        for k in range(len(steps)):
+            torch.addcmul(coefficients[2 * k], scaled_x, s, out=s)
+            torch.addcmul(coefficients[2 * k + 1], scaled_x, ds, out=ds)
+        psi = _digamma_number(alpha + num_terms + 1)
+        shift = torch.log(x).neg_().add_(psi)
+        return s.mul_(shift).sub_(ds, alpha=scale).mul_(x).div_(alpha * b)
+
+    return ratio
+
+
+def _tiny_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dx/dα = (x/α)(ψ(α+1) - log x) for x ≤ _TINY: the series' first term, the next one is
+    ≤ 2x relative; 0 at x = 0. A few passes instead of the series, whose products of tiny x
+    would run into subnormal numbers (~100x slower arithmetic on x86)."""
+    return torch.digamma(a + 1).mul_(x).sub_(torch.xlogy(x, x)).div_(a).add_(0.0)  # +0 at 0
+
+
+def _fraction_product_ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> torch.Tensor:
+    """dx/dα in the continued-fraction regime without a division per term (CPU, float64).
+
+    The convergent of :func:`_continued_fraction_ratio` as a ratio of solutions of the
+    three-term recurrence P_k = b_k P_{k+1} + e_{k+1} P_{k+2} (t_k = P_k/P_{k+1},
+    P_{N+1} = 1, P_N = b_N), scaled by x^(N+1-k) so that it cannot overflow for large x
+    (p_k = P_k/x^(N+1-k): p_k/p_{k+1} ≤ 1 + (2N+1)/x, so p_0 < 52^51 < 1e88), and
+    differentiated in α (∂b_k/∂α = -1, ∂e_i/∂α = i): eight fused passes per term
+    (float32: p_0 < 13^12, no overflow either). With
+    C = p_1/(x p_0):  dx/dα = (p_1 (log x - ψ(α) - p_0'/p_0) + p_1') / p_0.
+    """
+    inverse = torch.reciprocal(x)
+    minus_inverse = -inverse
+    inverse_sq = inverse * inverse
+    a_inverse_sq = a * inverse_sq
+    offset = torch.addcmul(torch.ones_like(x), 1 - a, inverse)  # b_k/x = offset + 2k/x
+    far = torch.ones_like(x)  # p_{k+2}
+    near = torch.add(offset, inverse, alpha=2 * num_terms)  # p_{k+1}
+    dfar = torch.zeros_like(x)
+    dnear = minus_inverse.clone()
+    scaled_b = torch.empty_like(x)
+    scaled_e = torch.empty_like(x)
+    new = torch.empty_like(x)
+    dnew = torch.empty_like(x)
+    for k in range(num_terms - 1, -1, -1):
+        i = k + 1
+        torch.add(offset, inverse, alpha=2 * k, out=scaled_b)
+        torch.sub(a_inverse_sq, inverse_sq, alpha=i, out=scaled_e)  # e_i / (i x²)
+        torch.mul(near, minus_inverse, out=dnew)
+        dnew.addcmul_(inverse_sq, far, value=i).addcmul_(scaled_b, dnear)
+        dnew.addcmul_(scaled_e, dfar, value=i)
+        torch.mul(scaled_b, near, out=new).addcmul_(scaled_e, far, value=i)
+        far, near, new = near, new, far
+        dfar, dnear, dnew = dnear, dnew, dfar
+    ratio = dnear / near  # p_0'/p_0
+    shift = torch.log(x).sub_(torch.digamma(a)).sub_(ratio)
+    return shift.mul_(far).add_(dfar).div_(near)
+
+
+def _constant_fraction_ratio(alpha: float):
+    """_fraction_product_ratio for elements that all have concentration ``alpha``: e_i and
+    ψ(α) are numbers, seven fused passes per term instead of eight."""
+    digamma_alpha = _digamma_number(alpha)
+
+    def ratio(a: torch.Tensor, x: torch.Tensor, num_terms: int) -> torch.Tensor:
+        inverse = torch.reciprocal(x)
+        minus_inverse = -inverse
+        inverse_sq = inverse * inverse
+        offset = torch.mul(inverse, 1 - alpha).add_(1)  # b_k/x = offset + 2k/x
+        far = torch.ones_like(x)  # p_{k+2}
+        near = torch.add(offset, inverse, alpha=2 * num_terms)  # p_{k+1}
+        dfar = torch.zeros_like(x)
+        dnear = minus_inverse.clone()
+        scaled_b = torch.empty_like(x)
+        new = torch.empty_like(x)
+        dnew = torch.empty_like(x)
+        for k in range(num_terms - 1, -1, -1):
+            i = k + 1
+            e = i * (alpha - i)
+            torch.add(offset, inverse, alpha=2 * k, out=scaled_b)
+            torch.mul(near, minus_inverse, out=dnew)
+            dnew.addcmul_(inverse_sq, far, value=i).addcmul_(scaled_b, dnear)
+            dnew.addcmul_(inverse_sq, dfar, value=e)
+            torch.mul(scaled_b, near, out=new).addcmul_(inverse_sq, far, value=e)
+            far, near, new = near, new, far
+            dfar, dnear, dnew = dnear, dnew, dfar
+        ratio = dnear / near  # p_0'/p_0
+        shift = torch.log(x).sub_(digamma_alpha).sub_(ratio)
+        return shift.mul_(far).add_(dfar).div_(near)
+
+    return ratio
+
+
+def _group_codes(
+    a: torch.Tensor, x: torch.Tensor, large: bool, constant: float | None = None
+) -> torch.Tensor:
+    """One uint8 code per element (1-D inputs), _CHUNK elements at a time (in the cache):
+    0 for x ≤ _TINY (:func:`_tiny_ratio`), k = ceil(4√x - 4√_TINY) ≤ _SERIES_BINS for the
+    series (α < 20, x < α + 2; the shift moves the group edges by < 1e-8 relative),
+    _FRACTION_CODE for the continued fraction (α < 20, x ≥ α + 2), _LARGE_CODE + j for
+    α ≥ 20 in octave j (``large``: some α may be ≥ 20; ``constant``: every α, if all equal)."""
+    codes = torch.empty(x.shape, dtype=torch.uint8)
+    for start in range(0, x.numel(), _CHUNK):
+        a_part, x_part = a[start : start + _CHUNK], x[start : start + _CHUNK]
+        # no clamp: x < α + 2 < 22 gives ≤ _SERIES_BINS, larger x are overwritten
+        code = torch.sqrt(x_part).mul_(4).sub_(_TINY_SHIFT).ceil_()
+        edge = a_part + 2 if constant is None else constant + 2
+        code.masked_fill_(x_part >= edge, _FRACTION_CODE)
+        if large:
+            octave = _octaves(a_part).add_(_LARGE_CODE)
+            code = torch.where(a_part >= ASYMPTOTIC_CONCENTRATION, octave.to(code.dtype), code)
+        codes[start : start + _CHUNK] = code
+    return codes
+
+
+def _octaves(a: torch.Tensor) -> torch.Tensor:
+    """j = clamp(floor(log2 α) - 4, 0, _CONCENTRATION_OCTAVES - 1), from α's binary exponent."""
+    return torch.frexp(a).exponent.clamp_(5, 4 + _CONCENTRATION_OCTAVES).sub_(5)
+
+
+def _octave_concentration(octave: int) -> float:
+    return ASYMPTOTIC_CONCENTRATION if octave == 0 else 2.0 ** (octave + 4)
+
+
+def _table_concentration(low: float) -> float:
+    """``low`` rounded down to 20·2^(k/4) (a finite set of tables)."""
+    return ASYMPTOTIC_CONCENTRATION * 2 ** (
+        math.floor(4 * math.log2(low / ASYMPTOTIC_CONCENTRATION)) / 4
+    )
+
+
+def _sorted_groups(codes: torch.Tensor, num_codes: int):
+    """[code, indices] of each code present, indices in increasing order: one stable argsort
+    of the codes (one pass for all groups, cheaper than one ``nonzero`` per group; numpy's
+    radix sort of 8-bit keys, ~1.5x faster than torch.argsort, the same order) and one
+    host read of the group sizes."""
+    order = torch.from_numpy(np.argsort(codes.numpy(), kind="stable"))
+    counts = torch.bincount(codes, minlength=num_codes).tolist()
+    parts = order.split(counts)
+    return [[code, part] for code, part in enumerate(parts) if counts[code]]
+
+
+def _merge_groups(groups: list, work) -> list:
+    """Groups [param, indices] in increasing order of cost, each one runnable with the next
+    one's parameter: a group that ``work(param)`` makes less than _MERGE_WORK element-terms
+    cheaper runs with the next larger group (fewer, larger groups dispatch fewer passes)."""
+    merged = []
+    for param, index in reversed(groups):
+        if merged and len(index) * (work(merged[-1][0]) - work(param)) < _MERGE_WORK:
+            merged[-1][1].append(index)
+        else:
+            merged.append([param, [index]])
+    return [(param, parts[0] if len(parts) == 1 else torch.cat(parts)) for param, parts in merged]
+
+
+def _gather_groups(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """CPU: each element group on its own elements only, with the fewest terms that its
+    worst point needs (_SERIES_TERMS, _FRACTION_TERMS, the asymptotic cells), in float64 or
+    float32 (lower precisions in float32), _CHUNK elements at a time so that the elementwise
+    passes stay in the cache; index_select / index_copy_ per chunk (``a[mask]`` /
+    ``result[mask] = ...`` cost ~10x more on the CPU, measured)."""
+    a, x = a.reshape(-1), x.reshape(-1)
+    dtype = x.dtype if x.dtype in _SERIES_TERMS else torch.float32
+    result = torch.zeros_like(x)
+    target = _Scatter(result, None, dtype)
+    low, high = torch.stack(torch.aminmax(a)).tolist() if a.numel() else (0.0, 0.0)
+    if low >= ASYMPTOTIC_CONCENTRATION:  # α ≥ 20 only: no codes of α < 20 needed
+        octave_low, octave_high = (_octaves(torch.tensor([low, high]))).tolist()
+        if octave_low == octave_high:
+            _large_group(a, x, None, _table_concentration(low), target)
+            return result
+        codes = torch.empty(x.shape, dtype=torch.uint8)
+        for start in range(0, x.numel(), _CHUNK):
+            codes[start : start + _CHUNK] = _octaves(a[start : start + _CHUNK])
+        for octave, index in _sorted_groups(codes, _CONCENTRATION_OCTAVES):
+            _large_group(a, x, index, _octave_concentration(octave), target)
+        return result
+    series = []
+    constant = low if low == high else None
+    codes = _group_codes(a, x, not high < ASYMPTOTIC_CONCENTRATION, constant)
+    for code, index in _sorted_groups(codes, _NUM_CODES):
+        if code == 0:
+            _apply(_tiny_ratio, a, x, index, target)
+        elif code <= _SERIES_BINS:
+            series.append([_SERIES_TERMS[dtype][code - 1], index])
+        elif code == _FRACTION_CODE:
+            _fraction_groups(a, x, index, dtype, target, constant)
+        else:
+            _large_group(a, x, index, _octave_concentration(code - _LARGE_CODE), target)
+    # one α for all elements (a scalar concentration expanded, or equal values): the
+    # α-only products of the series are scalars
+    series_ratio = _series_product_ratio if constant is None else _constant_series_ratio(low)
+    for terms, index in _merge_groups(series, lambda terms: terms):
+        _apply(series_ratio, a, x, index, target, terms)
+    return result
+
+
+def _large_group(a, x, index, min_concentration: float, target: _Scatter) -> None:
+    """α ≥ min_concentration (the elements ``index``, or all): the asymptotic expansion with
+    the table cut for α ≥ min_concentration on every element, by chunks, then the quadrature
+    on the elements with |η| > ASYMPTOTIC_ETA (and x = 0), found chunk by chunk."""
+    dtype = target.dtype
+    rows = _asymptotic_row_tensors(dtype, x.device, (ASYMPTOTIC_ETA, min_concentration))
+    n = x.numel() if index is None else index.numel()
+    tails = []
+    for start in range(0, n, _CHUNK):
+        if index is None:
+            part = slice(start, start + _CHUNK)
+            a_part, x_part = a[part].to(dtype), x[part].to(dtype)
+        else:
+            part = index[start : start + _CHUNK]
+            a_part = a.index_select(0, part).to(dtype)
+            x_part = x.index_select(0, part).to(dtype)
+        value, tail = _asymptotic_values(a_part, x_part, rows)
+        if index is None:
+            target.result[part] = value
+        else:
+            target.write(part, value)
+        tail = torch.nonzero(tail).squeeze(1)
+        if tail.numel():
+            tails.append(tail.add_(start) if index is None else part.index_select(0, tail))
+    if tails:
+        _apply(_positive_quadrature_ratio, a, x, torch.cat(tails), target)
+
+
+def _positive_quadrature_ratio(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The quadrature, 0 at x = 0 (which _large_group sends to the quadrature)."""
+    positive = x > 0
+    value = _quadrature_ratio(a, torch.where(positive, x, a))
+    return torch.where(positive, value, torch.zeros_like(x))
+
+
+class _Scatter:
+    """Where _apply writes: result[index[part]] (or result[part] without ``index``) =
+    values, computed in ``dtype``."""
+
+    def __init__(self, result, index, dtype):
+        self.result, self.index, self.dtype = result, index, dtype
+
+    def write(self, part, values):
+        if self.index is not None:
+            part = self.index.index_select(0, part)
+        self.result.index_copy_(0, part, values.to(self.result.dtype))
+
+
+def _apply(function, a, x, index, target: _Scatter, *args) -> None:
+    """target[index] = function(a[index], x[index], *args) in target.dtype, by chunks."""
+    for part in index.split(_CHUNK):
+        a_part = a.index_select(0, part).to(target.dtype)
+        x_part = x.index_select(0, part).to(target.dtype)
+        target.write(part, function(a_part, x_part, *args))
+
+
+def _fraction_groups(a, x, index, dtype, target: _Scatter, alpha: float | None) -> None:
+    """The continued-fraction elements, regrouped by term count (_FRACTION_TERMS); ``alpha``:
+    the concentration of every element, if they all have the same."""
+    function = _fraction_product_ratio if alpha is None else _constant_fraction_ratio(alpha)
+    a_group = a.index_select(0, index).to(dtype)
+    x_group = x.index_select(0, index).to(dtype)
+    table = _FRACTION_TERMS[dtype]
+    row = torch.log2(a_group).mul_(2).ceil_().add_(6).clamp_(0, len(table) - 1)
+    column = torch.log2((x_group - a_group).mul_(0.5)).mul_(2).ceil_().clamp_(0, 11)
+    terms = torch.tensor(table, dtype=torch.uint8).reshape(-1)
+    terms = terms.take(row.mul_(12).add_(column).long())
+    sub_target = _Scatter(target.result, index, dtype)
+    groups = _sorted_groups(terms, max(map(max, table)) + 1)
+    for count, sub in _merge_groups(groups, lambda count: count):
+        _apply(function, a_group, x_group, sub, sub_target, count)
 
 
 def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -290,10 +747,9 @@ def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> tor
     :returns: -(∂P(α, x)/∂α) / p(x; α) (module docstring), 0 where x = 0.
     """
     a, x = torch.broadcast_tensors(concentration, value)
-    regimes = _regimes(a, x)
     if x.device.type == "cpu":
-        return _gather_regimes(a, x, regimes).reshape(x.shape)
-    return _select_regimes(a, x, regimes)
+        return _gather_groups(a, x).reshape(x.shape)
+    return _select_regimes(a, x, _regimes(a, x))
 
 
 def _regimes(a: torch.Tensor, x: torch.Tensor):
