@@ -178,9 +178,9 @@ def _uniform(dim):
     return make
 
 
-#: ops/gamma.py's CPU branch partitions the elements by regime with torch.nonzero
-#: (_gather_regimes; on accelerators it takes the mask-free _select_regimes). Owned by the
-#: gamma branch: reported, not fixed here.
+#: ops/gamma.py's CPU branch groups the elements by one sort and reads the group sizes to
+#: split them (a documented CPU-only choice: fewest series terms per group); on accelerators
+#: it takes the mask-free _select_regimes.
 GAMMA_NONZERO = (
     "pyro_reparam_ext/ops/gamma.py",
     "standard_gamma_grad's CPU branch reads the range of alpha and its element groups' sizes "
