@@ -144,7 +144,7 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
         out_shape = v.shape[:-1] + (dim,)
         ctx.shapes = loc.shape, concentration.shape
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
-        norm_sq = torch.linalg.vecdot(v, v)
+        norm_sq = (v * v).sum(-1)  # (linalg.vecdot's own expression, without its dispatch)
         square = t * (2 - t)
         tiny = torch.finfo(t.dtype).tiny
         radius = torch.sqrt(square.clamp(min=tiny) / norm_sq)
@@ -205,7 +205,11 @@ class VonMisesFisher(SphereLocConcentration):
     is an ordinary backward pass, and it works with every ELBO. Differentiating through the
     accepted proposal instead (as s-vae-pytorch does, without the correction term of [2]) is
     biased for d ≠ 3 (d = 5, κ = 2: 0.1276 instead of dA_5/dκ = 0.1474). For d = 3 the exact
-    inverse CDF is used and differentiated directly.
+    inverse CDF is used and differentiated directly. One mean direction with d ≤ 16 (d ≠ 3) is
+    sampled by a single autograd Function with a hand-written backward
+    (:class:`_VonMisesFisherByMatrix`: the same samples, dt/dκ computed on the forward pass
+    when κ requires a gradient); its backward cannot be differentiated again (no second
+    derivatives on that path, as on PowerSpherical's).
 
     Example::
 

@@ -196,9 +196,9 @@ def _rotation_matrix(loc: torch.Tensor):
     eye, e1, one = _identity_and_e1(dim, loc.dtype, loc.device)
     norm = torch.linalg.vector_norm(loc)
     unit = loc / norm
-    sign = torch.where(unit[:1] >= 0, one, -one)
-    u = torch.addcmul(e1, sign, unit)
-    rotation = torch.addcmul(eye * -sign, torch.outer(u, u), -sign / u[:1], value=-1)
+    flip = torch.where(unit[:1] >= 0, -one, one)  # −s (exact: no rounding in ±1 products)
+    u = torch.addcmul(e1, flip, unit, value=-1)
+    rotation = torch.addcmul(eye * flip, torch.outer(u, u), flip / u[:1], value=-1)
     return rotation, norm, unit, u
 
 
