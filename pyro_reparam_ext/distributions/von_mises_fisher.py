@@ -7,9 +7,21 @@ import math
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
+from torch.autograd.function import once_differentiable
 
 from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv
-from pyro_reparam_ext.ops.sphere import _vmf_tangent_coordinates, embed_rotate, uniform_tangent
+from pyro_reparam_ext.ops.sphere import (
+    _MATRIX_MAX_DIM,
+    _dt_dconcentration_untracked,
+    _embed,
+    _embed_with_tangent,
+    _householder_matrix_backward,
+    _rotation_matrix,
+    _vmf_tangent_coordinates,
+    embed_rotate,
+    uniform_tangent,
+    wood_sample_t,
+)
 
 __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
 
@@ -112,6 +124,66 @@ class SphereLocConcentration(TorchDistribution):
         return self.event_shape[0]
 
 
+class _VonMisesFisherByMatrix(torch.autograd.Function):
+    """z for one mean direction (``loc`` has d ≤ 16 elements, d ≠ 3) from a Wood sample t and
+    a Gaussian v, in one step with a hand-written backward (the vMF analogue of
+    PowerSpherical's ``_PowerSphericalByMatrix``). Forward: first = 1 − t and
+    radius = sqrt(t(2 − t)/|v|²) as on the autograd path; when κ needs a gradient also their
+    κ tangents, first′ = −dt/dκ and radius′ = (1 − t)/(radius·|v|²)·dt/dκ (0 where t(2 − t)
+    is clamped), with the implicit dt/dκ of
+    :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration` computed here rather
+    than on the backward pass; then y = (first, radius·v) and y′ are rotated by one product
+    with the matrix R of :func:`~pyro_reparam_ext.ops.sphere._rotation_matrix` (the same R as
+    the autograd path's, so the samples are the same bitwise). Backward: dκ = ⟨g, y′R⟩, one
+    inner product, and d loc from dR = yᵀg. Not twice differentiable (``once_differentiable``;
+    the batched path is)."""
+
+    @staticmethod
+    def forward(ctx, loc, concentration, t, v, grad_enabled):
+        dim = loc.shape[-1]
+        out_shape = v.shape[:-1] + (dim,)
+        ctx.shapes = loc.shape, concentration.shape
+        tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
+        norm_sq = (v * v).sum(-1)  # (linalg.vecdot's own expression, without its dispatch)
+        square = t * (2 - t)
+        tiny = torch.finfo(t.dtype).tiny
+        radius = torch.sqrt(square.clamp(min=tiny) / norm_sq)
+        first = 1 - t
+        rotation, norm, unit, u = _rotation_matrix(loc)
+        v = v.reshape(-1, dim - 1)
+        if tangent:
+            dt = _dt_dconcentration_untracked(t, concentration, dim)
+            d_radius = (first / (radius * norm_sq)).masked_fill_(square < tiny, 0.0).mul_(dt)
+            y = _embed_with_tangent(
+                first.reshape(-1), radius.reshape(-1), dt.neg().reshape(-1), d_radius.reshape(-1), v
+            )
+            # z and dz/dκ in one product: the backward's κ gradient is one inner product
+            z, d_z = y @ rotation
+            y = y[0]
+        else:
+            y = _embed(first.reshape(-1), radius.reshape(-1), v)
+            z, d_z = y @ rotation, None
+        ctx.save_for_backward(norm, unit, u, y, d_z)
+        return z if z.shape == out_shape else z.reshape(out_shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        norm, unit, u, y, d_z = ctx.saved_tensors
+        loc_shape, concentration_shape = ctx.shapes
+        g = grad if grad.dim() == 2 else grad.reshape(y.shape)
+        d_loc = d_concentration = None
+        if ctx.needs_input_grad[1]:
+            d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
+            if d_concentration.shape != concentration_shape:
+                d_concentration = d_concentration.reshape(concentration_shape)
+        if ctx.needs_input_grad[0]:
+            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
+            if d_loc.shape != loc_shape:
+                d_loc = d_loc.reshape(loc_shape)
+        return d_loc, d_concentration, None, None, None
+
+
 class VonMisesFisher(SphereLocConcentration):
     r"""von Mises–Fisher distribution on the unit sphere S^{d−1}, any d ≥ 2.
 
@@ -133,7 +205,11 @@ class VonMisesFisher(SphereLocConcentration):
     is an ordinary backward pass, and it works with every ELBO. Differentiating through the
     accepted proposal instead (as s-vae-pytorch does, without the correction term of [2]) is
     biased for d ≠ 3 (d = 5, κ = 2: 0.1276 instead of dA_5/dκ = 0.1474). For d = 3 the exact
-    inverse CDF is used and differentiated directly.
+    inverse CDF is used and differentiated directly. One mean direction with d ≤ 16 (d ≠ 3) is
+    sampled by a single autograd Function with a hand-written backward
+    (:class:`_VonMisesFisherByMatrix`: the same samples, dt/dκ computed on the forward pass
+    when κ requires a gradient); its backward cannot be differentiated again (no second
+    derivatives on that path, as on PowerSpherical's).
 
     Example::
 
@@ -157,6 +233,14 @@ class VonMisesFisher(SphereLocConcentration):
 
     def rsample(self, sample_shape=torch.Size()):
         # z = (1 − t, sqrt(t(2 − t))·v/|v|) relative to e₁, rotated to loc
+        dim = self.dim
+        if dim != 3 and dim <= _MATRIX_MAX_DIM and self.loc.numel() == dim:
+            # one mean direction: one autograd Function (t first, then v, as below)
+            t = wood_sample_t(self.concentration, dim, sample_shape)
+            v = torch.randn(t.shape + (dim - 1,), dtype=t.dtype, device=t.device)
+            return _VonMisesFisherByMatrix.apply(
+                self.loc, self.concentration, t, v, torch.is_grad_enabled()
+            )
         first, radius, direction = _vmf_tangent_coordinates(
             self.concentration, self.dim, sample_shape
         )

@@ -185,6 +185,23 @@ def _householder_matrix(loc: torch.Tensor):
     return rotation, norm, unit, u
 
 
+def _rotation_matrix(loc: torch.Tensor):
+    """:func:`_rotate_by_matrix`'s R = −s·I + (s/u₁)·u uᵀ, value for value (its sign choice
+    s = +1 at l₁ = ±0 and its rounding, so samples through it equal that path's bitwise),
+    without autograd; returns (R, |loc|, l, u) like :func:`_householder_matrix` (same map,
+    whose backward :func:`_householder_matrix_backward` serves both)."""
+    dim = loc.shape[-1]
+    if loc.dim() != 1:
+        loc = loc.reshape(dim)
+    eye, e1, one = _identity_and_e1(dim, loc.dtype, loc.device)
+    norm = torch.linalg.vector_norm(loc)
+    unit = loc / norm
+    flip = torch.where(unit[:1] >= 0, -one, one)  # −s (exact: no rounding in ±1 products)
+    u = torch.addcmul(e1, flip, unit, value=-1)
+    rotation = torch.addcmul(eye * flip, torch.outer(u, u), flip / u[:1], value=-1)
+    return rotation, norm, unit, u
+
+
 def _householder_matrix_backward(d_rotation, norm, unit, u):
     """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_householder_matrix`: through u,
     (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
