@@ -301,14 +301,15 @@ class ImplicitStudentT(dist.StudentT):
     has_rsample = True
 
     def __init__(self, df, loc=0.0, scale=1.0, *, validate_args=None):
-        # torch's StudentT.__init__ with validate_args passed on to its Chi2 (torch builds
-        # Chi2(df) with the default validation: one host read of df's check even when
-        # validate_args=False)
+        # torch's StudentT.__init__ builds Chi2(df) with the default validation (a host read
+        # of df's check even when validate_args=False). Here the Chi2 is not validated: df is
+        # checked just before against the same constraint (positive) when validate_args
+        # asks for it, and reported under this distribution's name
         self.df, self.loc, self.scale = broadcast_all(df, loc, scale)
-        self._chi2 = torch.distributions.Chi2(self.df, validate_args=validate_args)
         super(torch.distributions.StudentT, self).__init__(
             self.df.size(), validate_args=validate_args
         )
+        self._chi2 = torch.distributions.Chi2(self.df, validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ImplicitStudentT, _instance)
