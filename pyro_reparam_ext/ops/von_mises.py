@@ -261,12 +261,18 @@ def von_mises_sample(concentration: torch.Tensor, sample_shape=()) -> torch.Tens
     num_samples = sample_shape.numel()
     pool = (_num_proposals(num_samples),) + kappa.shape
     samples = torch.empty(pool, dtype=kappa.dtype, device=kappa.device)
+    # no autograd bookkeeping; the pool's passes are done in place where possible
     with torch.inference_mode():
         q, c0 = _best_fisher_envelope(kappa)
-        uniforms = torch.rand((2,) + pool, dtype=kappa.dtype, device=kappa.device)
-        half_tan = q * torch.tan(math.pi * (uniforms[0] - 0.5))  # tan(x/2)
-        half_tan_sq = half_tan.square()
-        c = torch.addcmul(c0, 2 * kappa, half_tan_sq / (1 + half_tan_sq))  # 2 sin²(x/2)
-        rejected = torch.log(uniforms[1]) > torch.log(c) + (1 - c)
-        samples.scatter_(0, _stable_partition_positions(rejected), 2 * torch.atan(half_tan))
-    return samples[:num_samples].reshape(sample_shape + kappa.shape)
+        like = dict(dtype=kappa.dtype, device=kappa.device)
+        # tan(x/2) = q·tan(φ/2), φ/2 uniform on (−π/2, π/2)
+        half_tan = torch.empty(pool, **like).uniform_(-math.pi / 2, math.pi / 2).tan_().mul_(q)
+        sin_sq = half_tan.square()
+        sin_sq.div_(sin_sq + 1)  # sin²(x/2) = t²/(1 + t²), no cancellation
+        c = sin_sq.mul_(2 * kappa).add_(c0)
+        # accepted when log u ≤ log c + 1 − c, with E = −log u ~ Exp(1)
+        exponential = torch.empty(pool, **like).exponential_()
+        rejected = torch.log(c).add_(exponential).sub_(c) < -1
+        samples.scatter_(0, _stable_partition_positions(rejected), half_tan)
+    # the angle of the n selected proposals only
+    return 2 * torch.atan(samples[:num_samples].reshape(sample_shape + kappa.shape))
