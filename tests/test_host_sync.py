@@ -187,20 +187,6 @@ GAMMA_NONZERO = (
     "(tolist) and, for alpha >= 20, finds the quadrature's elements by nonzero; the "
     "accelerator branch (_select_regimes) has no host read",
 )
-#: torch.distributions.StudentT.__init__ builds its Chi2 without passing validate_args, so the
-#: Chi2 validates df (one host read) even with validate_args=False
-STUDENT_T_CHI2 = (
-    "pyro_reparam_ext/distributions/implicit.py",
-    "ImplicitStudentT.__init__ calls torch's StudentT.__init__, whose inner Chi2(df) validates "
-    "its argument (a host read) whatever validate_args says",
-)
-#: torch.distributions.VonMises's rejection sampler loops `while not done.all()`
-TORCH_VON_MISES_LOOP = (
-    "pyro_reparam_ext/distributions/implicit.py",
-    "ImplicitVonMises.rsample draws from torch.distributions.VonMises, whose rejection "
-    "sampler loops `while not done.all()` (a host read per round)",
-)
-
 CASES = [
     Case("ExpConcrete", _concrete(prx.ExpConcrete)),
     Case("Concrete", _concrete(prx.Concrete)),
@@ -229,16 +215,16 @@ CASES = [
         _params(prx.ImplicitDirichlet, [0.5, 1.0, 2.0]),
         known_syncs=(GAMMA_NONZERO,),
     ),
+    # ImplicitStudentT builds its Chi2 with validate_args passed on (torch's StudentT.__init__
+    # validates df there whatever validate_args says): only the Gamma's CPU reads remain
     Case(
         "ImplicitStudentT",
         _params(prx.ImplicitStudentT, [1.5, 30.0], 0.5, 2.0),
-        known_syncs=(STUDENT_T_CHI2, GAMMA_NONZERO),
+        known_syncs=(GAMMA_NONZERO,),
     ),
-    Case(
-        "ImplicitVonMises",
-        _params(prx.ImplicitVonMises, [0.3, -1.0], [0.5, 20.0]),
-        known_syncs=(TORCH_VON_MISES_LOOP,),
-    ),
+    # ops/von_mises.py's fixed-pool Best–Fisher sampler (torch's VonMises loops
+    # `while not done.all()`)
+    Case("ImplicitVonMises", _params(prx.ImplicitVonMises, [0.3, -1.0], [0.5, 20.0])),
     # d = 3: inverse CDF; d = 5, 16, 128: Wood's fixed pool + the implicit κ rule in backward;
     # embed_rotate's d×d matrix path (one loc, d ≤ 16), elementwise and fused paths
     Case("VonMisesFisher-d3", _sphere(prx.VonMisesFisher, 3)),

@@ -25,10 +25,11 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions.gamma import _standard_gamma
+from torch.distributions.utils import broadcast_all
 
 from pyro_reparam_ext.ops.betainc import beta_grad
 from pyro_reparam_ext.ops.gamma import standard_gamma_grad
-from pyro_reparam_ext.ops.von_mises import centered_von_mises_grad
+from pyro_reparam_ext.ops.von_mises import centered_von_mises_grad, von_mises_sample
 
 __all__ = [
     "ImplicitBeta",
@@ -300,7 +301,15 @@ class ImplicitStudentT(dist.StudentT):
     has_rsample = True
 
     def __init__(self, df, loc=0.0, scale=1.0, *, validate_args=None):
-        super().__init__(df, loc, scale, validate_args=validate_args)
+        # torch's StudentT.__init__ builds Chi2(df) with the default validation (a host read
+        # of df's check even when validate_args=False). Here the Chi2 is not validated: df is
+        # checked just before against the same constraint (positive) when validate_args
+        # asks for it, and reported under this distribution's name
+        self.df, self.loc, self.scale = broadcast_all(df, loc, scale)
+        super(torch.distributions.StudentT, self).__init__(
+            self.df.size(), validate_args=validate_args
+        )
+        self._chi2 = torch.distributions.Chi2(self.df, validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ImplicitStudentT, _instance)
@@ -318,7 +327,10 @@ class ImplicitStudentT(dist.StudentT):
 class ImplicitVonMises(dist.VonMises):
     r"""Circular von Mises(loc, concentration) with pathwise gradients in loc and κ.
 
-    Samples come from torch's rejection sampler (Best & Fisher); ``rsample`` attaches
+    Samples come from :func:`~pyro_reparam_ext.ops.von_mises.von_mises_sample` (Best &
+    Fisher's rejection sampler from a fixed pool of proposals: no host synchronization; the
+    same distribution as torch's VonMises.sample and the NumPyro backend's sampler, other
+    random streams); ``rsample`` attaches
     dz/d(loc) = 1 and dz/dκ from :func:`~pyro_reparam_ext.ops.von_mises.centered_von_mises_grad`
     (the implicit gradient of the von Mises CDF, [1] §3.2; relative error ≤ 1e-10 up to
     κ = 1e5). Values lie in [-π, π). ``log_prob`` uses the exponentially scaled Bessel function
@@ -358,9 +370,7 @@ class ImplicitVonMises(dist.VonMises):
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         concentration = self.concentration.expand(shape)
-        with torch.no_grad():
-            centered = dist.VonMises(torch.zeros_like(concentration), concentration).sample()
-            centered = centered.to(concentration.dtype)
+        centered = von_mises_sample(self.concentration, sample_shape)
         centered = _attach_gradient(
             centered,
             concentration,
