@@ -321,18 +321,34 @@ _MIN_ACCEPTANCE = 0.6
 _LOG_SHORTFALL = -23 * math.log(10)
 
 
+def _bernoulli_kl(q: float, p: float) -> float:
+    """KL(Bernoulli(q) ‖ Bernoulli(p)), 0 ≤ q < 1, 0 < p < 1."""
+    return (1 - q) * math.log((1 - q) / (1 - p)) + (q * math.log(q / p) if q > 0 else 0.0)
+
+
 @cache
-def _num_proposals(num_samples: int) -> int:
-    """Smallest pool size M with P(Binomial(M, p) < n) ≤ e^{_LOG_SHORTFALL} for n samples and
+def _num_proposals(num_samples: int, log_shortfall: float = _LOG_SHORTFALL) -> int:
+    """Smallest pool size M with P(Binomial(M, p) < n) ≤ e^{log_shortfall} for n samples and
     acceptance p = _MIN_ACCEPTANCE, by the Chernoff bound P(X ≤ k) ≤ exp(−M·KL(k/M ‖ p))."""
     p, k, m = _MIN_ACCEPTANCE, num_samples - 1, num_samples
     while True:
         q = k / m
-        if q < p:
-            kl = (1 - q) * math.log((1 - q) / (1 - p)) + (q * math.log(q / p) if q > 0 else 0.0)
-            if -m * kl <= _LOG_SHORTFALL:
-                return m
+        if q < p and -m * _bernoulli_kl(q, p) <= log_shortfall:
+            return m
         m += max(1, m // 64)
+
+
+@cache
+def _num_failures_bound(num_elements: int, log_failure: float) -> int:
+    """Smallest K with P(F > K) ≤ e^{_LOG_SHORTFALL} for F ~ Binomial(N, e^{log_failure}), N
+    elements, by the Chernoff bound P(F ≥ k) ≤ exp(−N·KL(k/N ‖ p)) for k/N > p (N if none
+    smaller holds)."""
+    p = math.exp(log_failure)
+    for k in range(1, num_elements + 1):
+        q = k / num_elements
+        if q >= 1 or (q > p and -num_elements * _bernoulli_kl(q, p) <= _LOG_SHORTFALL):
+            return k - 1 if q < 1 else num_elements
+    return num_elements
 
 
 def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> torch.Tensor:
