@@ -12,7 +12,7 @@ from pyro_reparam_ext.ops.sphere import (
     _embed,
     _embed_with_tangent,
     _householder_matrix,
-    _householder_matrix_backward,
+    _single_direction_backward,
     embed_rotate,
 )
 
@@ -108,19 +108,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        norm, unit, u, y, d_z = ctx.saved_tensors
-        loc_shape, concentration_shape = ctx.shapes
-        g = grad if grad.dim() == 2 else grad.reshape(y.shape)
-        d_loc = d_concentration = None
-        if ctx.needs_input_grad[1]:
-            d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
-            if d_concentration.shape != concentration_shape:
-                d_concentration = d_concentration.reshape(concentration_shape)
-        if ctx.needs_input_grad[0]:
-            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
-            if d_loc.shape != loc_shape:
-                d_loc = d_loc.reshape(loc_shape)
-        return d_loc, d_concentration, None, None
+        return *_single_direction_backward(ctx, grad), None, None
 
 
 class PowerSpherical(SphereLocConcentration):

@@ -15,8 +15,8 @@ from pyro_reparam_ext.ops.sphere import (
     _dt_dconcentration_untracked,
     _embed,
     _embed_with_tangent,
-    _householder_matrix_backward,
     _rotation_matrix,
+    _single_direction_backward,
     _vmf_tangent_coordinates,
     embed_rotate,
     uniform_tangent,
@@ -169,19 +169,7 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        norm, unit, u, y, d_z = ctx.saved_tensors
-        loc_shape, concentration_shape = ctx.shapes
-        g = grad if grad.dim() == 2 else grad.reshape(y.shape)
-        d_loc = d_concentration = None
-        if ctx.needs_input_grad[1]:
-            d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
-            if d_concentration.shape != concentration_shape:
-                d_concentration = d_concentration.reshape(concentration_shape)
-        if ctx.needs_input_grad[0]:
-            d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
-            if d_loc.shape != loc_shape:
-                d_loc = d_loc.reshape(loc_shape)
-        return d_loc, d_concentration, None, None, None
+        return *_single_direction_backward(ctx, grad), None, None, None
 
 
 class VonMisesFisher(SphereLocConcentration):

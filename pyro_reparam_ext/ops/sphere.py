@@ -213,6 +213,25 @@ def _householder_matrix_backward(d_rotation, norm, unit, u):
     return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1).div_(norm)
 
 
+def _single_direction_backward(ctx, grad):
+    """(d loc, d κ) of the single-direction sampling Functions (PowerSpherical's and the
+    vMF's, which save (norm, unit, u, y, dz/dκ) and ``shapes``): κ's gradient is one inner
+    product with the saved tangent dz/dκ, loc's goes through :func:`_householder_matrix`."""
+    norm, unit, u, y, d_z = ctx.saved_tensors
+    loc_shape, concentration_shape = ctx.shapes
+    g = grad if grad.dim() == 2 else grad.reshape(y.shape)
+    d_loc = d_concentration = None
+    if ctx.needs_input_grad[1]:
+        d_concentration = torch.dot(g.reshape(-1), d_z.reshape(-1))
+        if d_concentration.shape != concentration_shape:
+            d_concentration = d_concentration.reshape(concentration_shape)
+    if ctx.needs_input_grad[0]:
+        d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
+        if d_loc.shape != loc_shape:
+            d_loc = d_loc.reshape(loc_shape)
+    return d_loc, d_concentration
+
+
 def _embed(first, radius, direction) -> torch.Tensor:
     """y = (first, radius·direction), shape (samples, d), without autograd."""
     samples, rest = direction.shape
