@@ -11,7 +11,7 @@ from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentrati
 from pyro_reparam_ext.ops.sphere import (
     _embed,
     _embed_with_tangent,
-    _householder_matrix,
+    _rotation_matrix,
     _single_direction_backward,
     embed_rotate,
 )
@@ -67,7 +67,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
     draws them), together with their derivatives in κ (forward mode: for d ≠ 3 through
     dG_α/dα, torch's own ``_standard_gamma_grad``, the derivative autograd would use), then
     y = (first, radius·v) and its tangent y′ rotated by one product with the matrix R of
-    :func:`~pyro_reparam_ext.ops.sphere._householder_matrix`. Backward: dκ = ⟨g, y′R⟩, one
+    :func:`~pyro_reparam_ext.ops.sphere._rotation_matrix`. Backward: dκ = ⟨g, y′R⟩, one
     inner product, and d loc from dR = yᵀg. At these sizes each op costs a few µs whatever
     it computes, so the count is what matters: a whole step (construction, rsample of 1024,
     backward) dispatches 97 aten ops at d = 3 and 98 at d = 16, against 140 on the autograd
@@ -93,7 +93,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
                 d_gamma = torch._standard_gamma_grad(alpha, gamma_alpha)
                 marginal[2].mul_(d_gamma)
                 marginal[3].mul_(d_gamma)
-        rotation, norm, unit, u = _householder_matrix(loc)
+        rotation, norm, unit, u = _rotation_matrix(loc)
         if tangent:
             # z and dz/dκ in one product: the backward's κ gradient is one inner product
             y = _embed_with_tangent(*marginal, v)

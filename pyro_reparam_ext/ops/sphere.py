@@ -167,29 +167,12 @@ def _identity_and_e1(dim: int, dtype: torch.dtype, device: torch.device):
     return _BASIS_TENSORS[key]
 
 
-def _householder_matrix(loc: torch.Tensor):
-    """The symmetric orthogonal R = −s·I + (s/u₁)·u uᵀ with e₁R = l (l = loc/|loc|,
-    s = sign(l₁), u = e₁ + s·l, u₁ = 1 + |l₁|): :func:`householder_rotate`'s map as a d×d
-    matrix, for one mean direction. Returns (R, |loc|, l, u); no autograd (see
-    :func:`_householder_matrix_backward`)."""
-    dim = loc.shape[-1]
-    if loc.dim() != 1:
-        loc = loc.reshape(dim)
-    eye, e1, one = _identity_and_e1(dim, loc.dtype, loc.device)
-    norm = torch.linalg.vector_norm(loc)
-    unit = loc / norm
-    sign = torch.copysign(one, unit[:1])
-    u = torch.addcmul(e1, sign, unit)
-    rotation = torch.outer(u * (sign / u[:1]), u)
-    rotation.diagonal().sub_(sign)
-    return rotation, norm, unit, u
-
-
 def _rotation_matrix(loc: torch.Tensor):
-    """:func:`_rotate_by_matrix`'s R = −s·I + (s/u₁)·u uᵀ, value for value (its sign choice
-    s = +1 at l₁ = ±0 and its rounding, so samples through it equal that path's bitwise),
-    without autograd; returns (R, |loc|, l, u) like :func:`_householder_matrix` (same map,
-    whose backward :func:`_householder_matrix_backward` serves both)."""
+    """The symmetric orthogonal R = −s·I + (s/u₁)·u uᵀ with e₁R = l (l = loc/|loc|,
+    s = sign(l₁), +1 at l₁ = ±0, u = e₁ + s·l, u₁ = 1 + |l₁|): :func:`householder_rotate`'s
+    map as a d×d matrix for one mean direction, value for value :func:`_rotate_by_matrix`'s
+    (so samples through it equal that path's bitwise). Returns (R, |loc|, l, u); no autograd
+    (see :func:`_householder_matrix_backward`)."""
     dim = loc.shape[-1]
     if loc.dim() != 1:
         loc = loc.reshape(dim)
@@ -203,7 +186,7 @@ def _rotation_matrix(loc: torch.Tensor):
 
 
 def _householder_matrix_backward(d_rotation, norm, unit, u):
-    """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_householder_matrix`: through u,
+    """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_rotation_matrix`: through u,
     (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
     the normalization's Jacobian (I − l lᵀ)/|loc|."""
     w = (d_rotation + d_rotation.T) @ u
@@ -216,7 +199,7 @@ def _householder_matrix_backward(d_rotation, norm, unit, u):
 def _single_direction_backward(ctx, grad):
     """(d loc, d κ) of the single-direction sampling Functions (PowerSpherical's and the
     vMF's, which save (norm, unit, u, y, dz/dκ) and ``shapes``): κ's gradient is one inner
-    product with the saved tangent dz/dκ, loc's goes through :func:`_householder_matrix`."""
+    product with the saved tangent dz/dκ, loc's goes through :func:`_rotation_matrix`."""
     norm, unit, u, y, d_z = ctx.saved_tensors
     loc_shape, concentration_shape = ctx.shapes
     g = grad if grad.dim() == 2 else grad.reshape(y.shape)
