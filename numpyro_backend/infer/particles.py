@@ -49,6 +49,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import jax
@@ -541,3 +542,28 @@ class ParticleELBO(ELBO):
                 "cannot discover state that lives in the loss), or add the entries returned by "
                 "elbo.init_state(rng_key, param_map, model, guide, *args, **kwargs) to param_map."
             )
+
+
+#: the options every estimator takes last, as :class:`pyro.infer.ELBO` names them
+ELBO_TAIL_OPTIONS = ("retain_graph", "strict_enumeration_warning", "ignore_jit_warnings")
+
+
+def extends_options(base_init):
+    """Decorator for an estimator ``__init__(self, num_particles, *, <its own options>,
+    **options)`` that passes ``options`` on to ``base_init``: its signature becomes
+    ``base_init``'s with its own keyword-only options inserted before
+    :data:`ELBO_TAIL_OPTIONS`, so ``inspect.signature``, the documentation and a misspelled
+    keyword's ``TypeError`` (raised by ``base_init``) see every option, and the base's list is
+    not written twice."""
+
+    def decorate(init):
+        base = inspect.signature(base_init).parameters.values()
+        own = inspect.signature(init).parameters.values()
+        names = {p.name for p in base}
+        extra = [p for p in own if p.kind is p.KEYWORD_ONLY and p.name not in names]
+        head = [p for p in base if p.name not in ELBO_TAIL_OPTIONS]
+        tail = [p for p in base if p.name in ELBO_TAIL_OPTIONS]
+        init.__signature__ = inspect.Signature(head + extra + tail)
+        return init
+
+    return decorate

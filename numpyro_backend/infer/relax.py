@@ -87,6 +87,7 @@ from numpyro_backend.infer.particles import (
     ParticleELBO,
     control_variate_input,
     decision_log_prob,
+    extends_options,
     leave_one_out_mean,
     network_name,
     split_param_map,
@@ -534,36 +535,16 @@ class RELAX_ELBO(REBAR_ELBO):
 
     _estimator = "RELAX_ELBO"
 
+    @extends_options(REBAR_ELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        temperature: float = 0.5,
-        eta: float = 1.0,
-        learn_temperature: bool = True,
-        learn_eta: bool = True,
-        coordinatewise: bool = True,
         control_variate: tuple[Callable, Callable] | None = None,
         hidden_dim: int = 32,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **rebar_options,
     ):
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            temperature=temperature,
-            eta=eta,
-            learn_temperature=learn_temperature,
-            learn_eta=learn_eta,
-            coordinatewise=coordinatewise,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **rebar_options)
         if control_variate is None:
             control_variate = mlp_control_variate(hidden_dim)
         elif not (

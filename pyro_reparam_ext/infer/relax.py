@@ -138,6 +138,7 @@ from torch import nn
 from pyro_reparam_ext.infer.particles import (
     DiscreteLatentELBO,
     downstream_costs,
+    extends_options,
     pathwise_elbo_and_surrogate,
     relaxed_cost,
     score_log_prob,
@@ -1100,36 +1101,16 @@ class RELAX_ELBO(REBAR_ELBO):
     Other arguments, and the patterns refused with ``ValueError``, as :class:`REBAR_ELBO`.
     """
 
+    @extends_options(REBAR_ELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        temperature: float = 0.5,
-        eta: float = 1.0,
-        learn_temperature: bool = True,
-        learn_eta: bool = True,
-        coordinatewise: bool = True,
         control_variate: nn.Module | Callable[[str, int], nn.Module] | None = None,
         hidden_dim: int = 32,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **rebar_options,
     ):
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            temperature=temperature,
-            eta=eta,
-            learn_temperature=learn_temperature,
-            learn_eta=learn_eta,
-            coordinatewise=coordinatewise,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **rebar_options)
         if control_variate is not None and not callable(control_variate):
             raise ValueError(
                 "control_variate must be None, an nn.Module or a callable "
