@@ -550,11 +550,16 @@ ELBO_TAIL_OPTIONS = ("retain_graph", "strict_enumeration_warning", "ignore_jit_w
 
 def extends_options(base_init):
     """Decorator for an estimator ``__init__(self, num_particles, *, <its own options>,
-    **options)`` that passes ``options`` on to ``base_init``: its signature becomes
-    ``base_init``'s with its own keyword-only options inserted before
-    :data:`ELBO_TAIL_OPTIONS`, so ``inspect.signature``, the documentation and a misspelled
-    keyword's ``TypeError`` (raised by ``base_init``) see every option, and the base's list is
-    not written twice."""
+    **options)`` that passes ``options`` on to ``base_init``, so the base's option list is not
+    written twice.
+
+    The decorated ``__init__`` gets ``base_init``'s signature with its own keyword-only options
+    inserted before :data:`ELBO_TAIL_OPTIONS`: ``inspect.signature``, ``help`` and the API
+    documentation show every option, and a misspelled keyword raises ``TypeError`` (from
+    ``base_init``). It is a thin wrapper whose own source has no defaults, because Sphinx's
+    ``autodoc_preserve_defaults`` matches a function's source against its signature and fails
+    on one that ``__signature__`` extends.
+    """
 
     def decorate(init):
         base = inspect.signature(base_init).parameters.values()
@@ -563,7 +568,13 @@ def extends_options(base_init):
         extra = [p for p in own if p.kind is p.KEYWORD_ONLY and p.name not in names]
         head = [p for p in base if p.name not in ELBO_TAIL_OPTIONS]
         tail = [p for p in base if p.name in ELBO_TAIL_OPTIONS]
-        init.__signature__ = inspect.Signature(head + extra + tail)
-        return init
+
+        def __init__(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(__init__, attribute, getattr(init, attribute))
+        __init__.__signature__ = inspect.Signature(head + extra + tail)
+        return __init__
 
     return decorate
