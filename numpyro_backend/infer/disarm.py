@@ -62,8 +62,13 @@ from numpyro_backend.distributions.concrete import (
     bernoulli_relaxed_logits,
     uniform_noise,
 )
-from numpyro_backend.infer.particles import Particle, ParticleELBO, split_param_map
-from numpyro_backend.infer.sites import family_of, guide_sites
+from numpyro_backend.infer.particles import (
+    Particle,
+    ParticleELBO,
+    extends_options,
+    split_param_map,
+)
+from numpyro_backend.infer.sites import family_of, guide_sites, is_discrete_draw
 
 __all__ = ["DisARM_ELBO"]
 
@@ -136,11 +141,9 @@ class _CoupledDraw(Messenger):
             if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
                 msg["kwargs"]["rng_key"] = self._next_key()  # the same subsample in every copy
             return
-        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+        if not is_discrete_draw(msg):
             return
         fn = msg["fn"]
-        if fn.has_rsample:
-            return
         family, base = family_of(fn)
         if family is None:
             raise unsupported_site_error(msg["name"], fn)
@@ -204,39 +207,23 @@ class DisARM_ELBO(ParticleELBO):
         svi = SVI(model, guide, numpyro.optim.Adam(1e-2), loss=DisARM_ELBO(num_particles=2))
 
     :param int num_particles: number n ≥ 2 of coupled copies per estimate.
-    :param max_plate_nesting: accepted for the Pyro signature (copies are vmapped).
-    :param vectorize_particles: must be True: the n coupled copies are drawn in one
-        ``jax.vmap`` (they exchange their logits to decide where to couple).
-    :param retain_graph: accepted for the Pyro signature; no effect (JAX keeps no graph).
-    :param bool strict_enumeration_warning: accepted; no effect (no enumeration here).
-    :param bool ignore_jit_warnings: accepted; no effect (Pyro's JIT warnings).
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles``, ``retain_graph``,
+    ``strict_enumeration_warning`` and ``ignore_jit_warnings`` are accepted for Pyro's
+    signature; ``vectorize_particles`` must be True: the n coupled copies are drawn in one
+    ``jax.vmap`` (they exchange their logits to decide where to couple).
     """
 
-    def __init__(
-        self,
-        num_particles: int = 2,
-        *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
-    ):
+    @extends_options(ParticleELBO.__init__)
+    def __init__(self, num_particles: int = 2, **elbo_options):
         if not isinstance(num_particles, int) or num_particles < 2:
             raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
-        if vectorize_particles is not True:
+        if elbo_options.get("vectorize_particles", True) is not True:
             raise ValueError(
                 "vectorize_particles must be True for DisARM_ELBO (its num_particles copies "
                 "are coupled, so they are drawn in one vectorized run)"
             )
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **elbo_options)
 
     def init_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         """No learned state; raises ``ValueError`` for a guide site it cannot handle."""

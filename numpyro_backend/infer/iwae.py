@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax, random
 from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer.elbo import ELBO
+
+from numpyro_backend.infer.particles import ParticleELBO, extends_options
 
 __all__ = ["IWAE_ELBO", "vimco_signal"]
 
@@ -174,7 +175,7 @@ def _check_dreg_structure(guide, params, args, kwargs, guide_trace: dict) -> Non
         reparam.append(name)
 
 
-class IWAE_ELBO(ELBO):
+class IWAE_ELBO(ParticleELBO):
     r"""Importance-weighted bound ([1]) with DReG ([2]) and VIMCO ([3]) gradients.
 
     See the module docstring for the equations. The loss is :math:`-\hat{\mathcal L}_K`, the
@@ -185,38 +186,21 @@ class IWAE_ELBO(ELBO):
         svi = SVI(model, guide, numpyro.optim.Adam(1e-3), loss=IWAE_ELBO(8))
 
     :param int num_particles: K, the number of importance samples (per plate element).
-    :param max_plate_nesting: accepted for the Pyro signature (particles are vmapped).
-    :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
     :param bool dreg: DReG gradient for reparameterized guide sites (default) instead of the
         plain IWAE gradient.
-    :param retain_graph: accepted for the Pyro signature; no effect (JAX keeps no graph).
-    :param bool strict_enumeration_warning: accepted; no effect (no enumeration here).
-    :param bool ignore_jit_warnings: accepted; no effect (jit warnings are Pyro's).
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles``, ``retain_graph``,
+    ``strict_enumeration_warning`` and ``ignore_jit_warnings`` are accepted for Pyro's
+    signature; only ``vectorize_particles`` acts: ``True`` (``jax.vmap``, default), ``False``
+    (``lax.map``) or a map callable.
     """
 
-    can_infer_discrete = True
-
-    def __init__(
-        self,
-        num_particles: int = 8,
-        *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        dreg: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
-    ):
-        if not (isinstance(num_particles, int) and num_particles >= 1):
-            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    @extends_options(ParticleELBO.__init__)
+    def __init__(self, num_particles: int = 8, *, dreg: bool = True, **elbo_options):
         if not isinstance(dreg, bool):
             raise ValueError(f"dreg must be True or False, got {dreg!r}")
-        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
-        self.max_plate_nesting = max_plate_nesting
+        super().__init__(num_particles, **elbo_options)
         self.dreg = dreg
-        self.retain_graph = retain_graph
-        self.strict_enumeration_warning = strict_enumeration_warning
-        self.ignore_jit_warnings = ignore_jit_warnings
 
     # -- static plan from one trace ------------------------------------------------------------
 

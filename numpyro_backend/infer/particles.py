@@ -71,6 +71,7 @@ from numpyro_backend.infer.sites import (
     PREFIX,
     base_distribution,
     family_of,
+    is_discrete_draw,
     is_latent,
     score_function_sites,
 )
@@ -209,10 +210,10 @@ class _DrawWithNoise(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
-        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+        if not is_discrete_draw(msg):
             return
         family, base = family_of(msg["fn"])
-        if family is None or msg["fn"].has_rsample:
+        if family is None:
             return
         logits = family.logits(msg["fn"], base)
         u, v = family.noise(msg["kwargs"]["rng_key"], logits)
@@ -494,6 +495,14 @@ class ParticleELBO(ELBO):
     under ``reparam_ext.*`` names; running averages (baselines) are mutable state. Both are
     created by :meth:`init_state`, which :class:`numpyro_backend.infer.SVI` calls in ``init``
     (NumPyro's own ``SVI.init`` only discovers parameters of the model and guide).
+
+    :param int num_particles: number of particles (samples) averaged per estimate.
+    :param max_plate_nesting: accepted for the Pyro signature (particles are vmapped).
+    :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
+    :param retain_graph: accepted for Pyro's signature; no effect (JAX keeps no graph).
+    :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
+        enumeration here).
+    :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
     """
 
     can_infer_discrete = True
@@ -549,32 +558,39 @@ ELBO_TAIL_OPTIONS = ("retain_graph", "strict_enumeration_warning", "ignore_jit_w
 
 
 def extends_options(base_init):
-    """Decorator for an estimator ``__init__(self, num_particles, *, <its own options>,
-    **options)`` that passes ``options`` on to ``base_init``, so the base's option list is not
-    written twice.
+    """Decorator for an estimator ``__init__(self, num_particles=N, *, <own options>,
+    **options)`` that passes ``options`` on to a base constructor, so that the base's options
+    (Pyro's ELBO keywords, or REBAR's for RELAX) are written once.
 
-    The decorated ``__init__`` gets ``base_init``'s signature with its own keyword-only options
-    inserted before :data:`ELBO_TAIL_OPTIONS`: ``inspect.signature``, ``help`` and the API
-    documentation show every option, and a misspelled keyword raises ``TypeError`` (from
-    ``base_init``). It is a thin wrapper whose own source has no defaults, because Sphinx's
+    The decorated ``__init__`` gets the signature ``(self, num_particles=N, *, <base_init's
+    keyword-only options>, <own options>, <ELBO_TAIL_OPTIONS>)``, with ``base_init``'s
+    defaults: ``inspect.signature``, ``help`` and the API documentation show every option, and
+    a misspelled or extra argument raises ``TypeError`` naming the estimator. It is a thin
+    wrapper whose own source declares no defaults, because Sphinx's
     ``autodoc_preserve_defaults`` matches a function's source against its signature and fails
     on one that ``__signature__`` extends.
     """
 
     def decorate(init):
+        own = list(inspect.signature(init).parameters.values())
+        extra = [p for p in own if p.kind is p.KEYWORD_ONLY]
         base = inspect.signature(base_init).parameters.values()
-        own = inspect.signature(init).parameters.values()
-        names = {p.name for p in base}
-        extra = [p for p in own if p.kind is p.KEYWORD_ONLY and p.name not in names]
+        base = [p for p in base if p.kind is p.KEYWORD_ONLY]
         head = [p for p in base if p.name not in ELBO_TAIL_OPTIONS]
         tail = [p for p in base if p.name in ELBO_TAIL_OPTIONS]
+        positional = [p for p in own if p.kind is p.POSITIONAL_OR_KEYWORD]
+        signature = inspect.Signature(positional + head + extra + tail)
 
         def __init__(self, *args, **kwargs):
+            try:
+                signature.bind(self, *args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{type(self).__name__}: {error}") from None
             init(self, *args, **kwargs)
 
         for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(__init__, attribute, getattr(init, attribute))
-        __init__.__signature__ = inspect.Signature(head + extra + tail)
+        __init__.__signature__ = signature
         return __init__
 
     return decorate

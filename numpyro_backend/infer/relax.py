@@ -161,51 +161,40 @@ class REBAR_ELBO(ParticleELBO):
     """ELBO with the REBAR estimator [1] at Bernoulli and Categorical guide sites.
 
     :param int num_particles: particles per step (vectorized with ``jax.vmap``).
-    :param max_plate_nesting: accepted for the Pyro signature (particles are vmapped).
-    :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
     :param float temperature: initial relaxation temperature λ > 0.
     :param float eta: initial control-variate scale η.
     :param bool learn_temperature: learn log λ per site by minimizing the variance.
     :param bool learn_eta: learn η per site by minimizing the variance.
     :param bool coordinatewise: one control variate per decision of a site element (default)
         instead of one per element; see the module docstring.
-    :param retain_graph: accepted for Pyro's signature; no effect (JAX keeps no graph).
-    :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
-        enumeration here).
-    :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
     :raises ValueError: at ``SVI.init`` (``init_state``), naming the site, for a
         non-reparameterized guide site that is not a Bernoulli, Categorical or
         OneHotCategorical (a Poisson, a continuous site without ``rsample``: use
         :class:`~numpyro_backend.infer.ScoreFunction_ELBO`), and for bad per-site options.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles``, ``retain_graph``,
+    ``strict_enumeration_warning`` and ``ignore_jit_warnings`` are accepted for Pyro's
+    signature; only ``vectorize_particles`` acts: ``True`` (``jax.vmap``, default), ``False``
+    (``lax.map``) or a map callable.
     """
 
     _estimator = "REBAR_ELBO"
 
+    @extends_options(ParticleELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
         temperature: float = 0.5,
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
         coordinatewise: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **elbo_options,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **elbo_options)
         self.temperature = temperature
         self.eta = eta
         self.learn_temperature = learn_temperature

@@ -29,6 +29,7 @@ from jax import lax, random
 from numpyro_backend.infer.particles import (
     Particle,
     ParticleELBO,
+    extends_options,
     leave_one_out_mean,
     safe_ratio,
     score_log_prob,
@@ -108,30 +109,26 @@ class ScoreFunction_ELBO(ParticleELBO):
     creates them (``numpyro.infer.SVI`` cannot see state that lives in the loss).
 
     :param int num_particles: particles per step (vectorized with ``jax.vmap``).
-    :param max_plate_nesting: accepted for the Pyro signature (particles are vmapped).
-    :param vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a map callable.
     :param str baseline: one of ``"optimal"``, ``"loo"``, ``"decaying_avg"``, ``"none"``.
     :param float baseline_decay: decay of the running averages, in [0, 1).
-    :param retain_graph: accepted for Pyro's signature; no effect (JAX keeps no graph).
-    :param bool strict_enumeration_warning: accepted for Pyro's signature; no effect (no
-        enumeration here).
-    :param bool ignore_jit_warnings: accepted for Pyro's signature; no effect (no Pyro JIT).
     :raises ValueError: at construction for a bad ``baseline`` / ``baseline_decay`` or
         ``baseline="loo"`` with one particle; at ``SVI.init`` (``init_state``), naming the
         site, for bad per-site options. Every non-reparameterized guide site is accepted.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles``, ``retain_graph``,
+    ``strict_enumeration_warning`` and ``ignore_jit_warnings`` are accepted for Pyro's
+    signature; only ``vectorize_particles`` acts: ``True`` (``jax.vmap``, default), ``False``
+    (``lax.map``) or a map callable.
     """
 
+    @extends_options(ParticleELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
         baseline: str = "optimal",
         baseline_decay: float = 0.9,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **elbo_options,
     ):
         _check_baseline(baseline)
         _check_decay(baseline_decay)
@@ -139,14 +136,7 @@ class ScoreFunction_ELBO(ParticleELBO):
             raise ValueError(
                 f"baseline='loo' needs num_particles >= 2, got num_particles={num_particles}"
             )
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **elbo_options)
         self.baseline = baseline
         self.baseline_decay = baseline_decay
 

@@ -39,6 +39,7 @@ __all__ = [
     "family_of",
     "guide_sites",
     "has_mask",
+    "is_discrete_draw",
     "score_function_sites",
     "site_options",
     "unmasked_decisions",
@@ -138,6 +139,12 @@ def unmasked_decisions(site: dict, family):
 def is_latent(site: dict) -> bool:
     """Whether a trace entry is an unobserved sample site."""
     return site["type"] == "sample" and not site.get("is_observed", False)
+
+
+def is_discrete_draw(msg: dict) -> bool:
+    """Whether an estimator's messenger draws this guide sample message itself: latent, not
+    yet given a value (replay, condition) and without ``rsample``."""
+    return is_latent(msg) and msg["value"] is None and not msg["fn"].has_rsample
 
 
 def score_function_sites(guide_trace: dict) -> list[str]:

@@ -80,7 +80,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 
 from pyro_reparam_ext.distributions.concrete import (
     bernoulli_hard,
@@ -90,9 +89,15 @@ from pyro_reparam_ext.distributions.concrete import (
 from pyro_reparam_ext.infer.particles import (
     DiscreteLatentELBO,
     downstream_costs,
+    extends_options,
     pathwise_elbo_and_surrogate,
 )
-from pyro_reparam_ext.infer.sites import check_relaxable, family_of, score_function_sites
+from pyro_reparam_ext.infer.sites import (
+    check_relaxable,
+    family_of,
+    is_discrete_draw,
+    score_function_sites,
+)
 
 __all__ = ["DisARM_ELBO"]
 
@@ -152,11 +157,9 @@ class _CoupledNoise(Messenger):
         self.records: dict[str, tuple] = {}
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+        if not is_discrete_draw(msg):
             return
         fn = msg["fn"]
-        if getattr(fn, "has_rsample", False):
-            return
         family, base = family_of(fn)
         if family is None:  # sampled as usual; check_relaxable refuses it after the run
             return
@@ -190,39 +193,24 @@ class DisARM_ELBO(DiscreteLatentELBO):
         svi = SVI(model, guide, Adam({"lr": 1e-2}), loss=DisARM_ELBO(num_particles=2))
 
     :param int num_particles: number n ≥ 2 of coupled copies per estimate.
-    :param max_plate_nesting: as in Pyro's ELBOs.
-    :param bool vectorize_particles: must be True: the n copies are coupled, so they are drawn
-        in one vectorized run.
-    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
-    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
-    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles`` (default True here),
+    ``retain_graph``, ``strict_enumeration_warning`` and ``ignore_jit_warnings``: as in
+    :class:`pyro.infer.ELBO`;
+    ``vectorize_particles`` must be True: the n copies are coupled, so they are drawn in one
+    vectorized run.
     """
 
-    def __init__(
-        self,
-        num_particles: int = 2,
-        *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
-    ):
+    @extends_options(DiscreteLatentELBO.__init__)
+    def __init__(self, num_particles: int = 2, **elbo_options):
         if not isinstance(num_particles, int) or num_particles < 2:
             raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
-        if not vectorize_particles:
+        super().__init__(num_particles, **elbo_options)
+        if not self.vectorize_particles:
             raise ValueError(
                 "vectorize_particles must be True for DisARM_ELBO (its num_particles copies "
                 "are coupled, so they are drawn in one vectorized run)"
             )
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
         noise = _CoupledNoise(self.particle_dim)

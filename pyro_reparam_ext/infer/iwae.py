@@ -68,6 +68,8 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match, check_site_shape
 
+from pyro_reparam_ext.infer.particles import DiscreteLatentELBO, extends_options
+
 __all__ = ["IWAE_ELBO", "vimco_signal"]
 
 _PARTICLE_PLATE = "iwae_particles"
@@ -215,40 +217,25 @@ class IWAE_ELBO(ELBO):
         svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=IWAE_ELBO(8))
 
     :param int num_particles: K, the number of importance samples (per plate element).
-    :param max_plate_nesting: as in Pyro's ELBOs (guessed from one run when infinite).
-    :param bool vectorize_particles: draw the K particles in one vectorized run (default) or
-        in a Python loop (the first particle's minibatch is replayed into the others).
     :param bool dreg: DReG gradient for reparameterized guide sites (default) instead of the
         plain IWAE gradient.
-    :param retain_graph: passed to ``backward`` as in Pyro's ELBOs.
-    :param bool strict_enumeration_warning: as in Pyro's ELBOs.
-    :param bool ignore_jit_warnings: as in Pyro's ELBOs.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles`` (default True here),
+    ``retain_graph``, ``strict_enumeration_warning`` and ``ignore_jit_warnings``: as in
+    :class:`pyro.infer.ELBO`;
+    with ``vectorize_particles=False`` the K particles run in a Python loop and the first
+    particle's minibatch is replayed into the others.
     """
 
-    def __init__(
-        self,
-        num_particles: int = 8,
-        *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
-        dreg: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
-    ):
+    @extends_options(DiscreteLatentELBO.__init__)
+    def __init__(self, num_particles: int = 8, *, dreg: bool = True, **elbo_options):
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
         if not isinstance(dreg, bool):
             raise ValueError(f"dreg must be True or False, got {dreg!r}")
-        super().__init__(
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
-        if vectorize_particles and num_particles == 1:
+        elbo_options.setdefault("vectorize_particles", True)  # pyro.infer.ELBO's default: False
+        super().__init__(num_particles=num_particles, **elbo_options)
+        if self.vectorize_particles and num_particles == 1:
             self.max_plate_nesting += 1  # our particle plate is there even for K = 1
         self.dreg = dreg
 

@@ -132,7 +132,6 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_reparam_ext.infer.particles import (
@@ -149,6 +148,7 @@ from pyro_reparam_ext.infer.sites import (
     PREFIX,
     check_relaxable,
     family_of,
+    is_discrete_draw,
     score_function_sites,
     site_options,
     unmasked_decisions,
@@ -387,11 +387,9 @@ class _RelaxationNoise(Messenger):
         self._seen_target = False
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+        if not is_discrete_draw(msg):
             return
         fn = msg["fn"]
-        if getattr(fn, "has_rsample", False):
-            return
         family, base = family_of(fn)
         if family is None:  # sampled as usual; check_relaxable refuses it after the run
             return
@@ -794,8 +792,6 @@ class REBAR_ELBO(DiscreteLatentELBO):
         svi = SVI(model, guide, Adam({"lr": 1e-2}), loss=REBAR_ELBO(num_particles=2))
 
     :param int num_particles: particles per estimate.
-    :param max_plate_nesting: as in Pyro's ELBOs.
-    :param bool vectorize_particles: vectorize the particles (default True).
     :param float temperature: initial λ of every site (per-site override:
         ``infer={"reparam_ext": {"temperature": ...}}``).
     :param float eta: initial η of every site (per-site override ``"eta"``).
@@ -804,36 +800,27 @@ class REBAR_ELBO(DiscreteLatentELBO):
     :param bool coordinatewise: one control variate per decision of a site element (default;
         the 2·D relaxed replays of a site run as one replay with an extra batch dim) instead of
         one per element; see the module docstring.
-    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
-    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
-    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles`` (default True here),
+    ``retain_graph``, ``strict_enumeration_warning`` and ``ignore_jit_warnings``: as in
+    :class:`pyro.infer.ELBO`.
     """
 
+    @extends_options(DiscreteLatentELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
         temperature: float = 0.5,
         eta: float = 1.0,
         learn_temperature: bool = True,
         learn_eta: bool = True,
         coordinatewise: bool = True,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **elbo_options,
     ):
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
+        super().__init__(num_particles, **elbo_options)
         self.temperature = float(temperature)
         self.eta = float(eta)
         self.learn_temperature = learn_temperature

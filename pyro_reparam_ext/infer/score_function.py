@@ -17,6 +17,7 @@ import torch
 from pyro_reparam_ext.infer.particles import (
     DiscreteLatentELBO,
     downstream_costs,
+    extends_options,
     pathwise_elbo_and_surrogate,
     running_state,
     score_log_prob,
@@ -103,27 +104,23 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
                   loss=ScoreFunction_ELBO(num_particles=4, baseline="optimal"))
 
     :param int num_particles: particles per estimate.
-    :param max_plate_nesting: as in Pyro's ELBOs.
-    :param bool vectorize_particles: vectorize the particles (needed for ``"loo"``, and for
-        ``"optimal"`` with K ≥ 2).
     :param str baseline: one of ``"optimal"``, ``"loo"``, ``"decaying_avg"``, ``"none"``.
     :param float baseline_decay: decay of the running averages, in [0, 1).
-    :param retain_graph: passed to ``backward`` as in :class:`pyro.infer.ELBO`.
-    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
-    :param bool ignore_jit_warnings: as in :class:`pyro.infer.ELBO`.
+
+    Pyro's ELBO options ``max_plate_nesting``, ``vectorize_particles`` (default True here),
+    ``retain_graph``, ``strict_enumeration_warning`` and ``ignore_jit_warnings``: as in
+    :class:`pyro.infer.ELBO`;
+    ``"loo"``, and ``"optimal"`` with K ≥ 2, need ``vectorize_particles=True``.
     """
 
+    @extends_options(DiscreteLatentELBO.__init__)
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = True,
         baseline: str = "optimal",
         baseline_decay: float = 0.9,
-        retain_graph: bool | None = None,
-        strict_enumeration_warning: bool = True,
-        ignore_jit_warnings: bool = False,
+        **elbo_options,
     ):
         _check_baseline(baseline)
         _check_decay(baseline_decay)
@@ -131,19 +128,12 @@ class ScoreFunction_ELBO(DiscreteLatentELBO):
             raise ValueError(
                 f"baseline='loo' needs num_particles >= 2, got num_particles={num_particles}"
             )
-        if baseline in ("loo", "optimal") and num_particles > 1 and not vectorize_particles:
+        super().__init__(num_particles, **elbo_options)
+        if baseline in ("loo", "optimal") and num_particles > 1 and not self.vectorize_particles:
             raise ValueError(
                 f"baseline={baseline!r} with num_particles > 1 needs vectorize_particles=True "
                 "(the leave-one-out estimate uses all particles at once)"
             )
-        super().__init__(
-            num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            retain_graph=retain_graph,
-            strict_enumeration_warning=strict_enumeration_warning,
-            ignore_jit_warnings=ignore_jit_warnings,
-        )
         self.baseline = baseline
         self.baseline_decay = baseline_decay
 

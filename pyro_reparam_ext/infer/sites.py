@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import is_identically_zero
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 from pyro_reparam_ext.infer.relaxation import FAMILIES
@@ -101,6 +102,17 @@ def unmasked_decisions(site: dict, family):
     return keep
 
 
+def is_discrete_draw(msg: dict) -> bool:
+    """Whether an estimator's messenger draws this guide sample message itself: latent, not
+    yet given a value (replay, condition), not a subsample site and without ``rsample``."""
+    return not (
+        msg["is_observed"]
+        or msg["value"] is not None
+        or site_is_subsample(msg)
+        or getattr(msg["fn"], "has_rsample", False)
+    )
+
+
 def score_function_sites(guide_trace) -> list[str]:
     """Names of the guide sites with a score-function term, in execution order."""
     return [
@@ -137,6 +149,7 @@ __all__ = [
     "check_relaxable",
     "family_of",
     "has_mask",
+    "is_discrete_draw",
     "score_function_sites",
     "site_options",
     "unmasked_decisions",
