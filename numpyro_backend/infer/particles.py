@@ -71,8 +71,8 @@ from numpyro_backend.infer.sites import (
     PREFIX,
     base_distribution,
     family_of,
-    is_discrete_draw,
     is_latent,
+    relaxable_draw,
     score_function_sites,
 )
 
@@ -210,9 +210,7 @@ class _DrawWithNoise(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
-        if not is_discrete_draw(msg):
-            return
-        family, base = family_of(msg["fn"])
+        family, base = relaxable_draw(msg)
         if family is None:
             return
         logits = family.logits(msg["fn"], base)

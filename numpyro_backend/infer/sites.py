@@ -40,6 +40,7 @@ __all__ = [
     "guide_sites",
     "has_mask",
     "is_discrete_draw",
+    "relaxable_draw",
     "score_function_sites",
     "site_options",
     "unmasked_decisions",
@@ -145,6 +146,15 @@ def is_discrete_draw(msg: dict) -> bool:
     """Whether an estimator's messenger draws this guide sample message itself: latent, not
     yet given a value (replay, condition) and without ``rsample``."""
     return is_latent(msg) and msg["value"] is None and not msg["fn"].has_rsample
+
+
+def relaxable_draw(msg: dict) -> tuple[object | None, object | None]:
+    """(family, base distribution) of a guide sample message that an estimator draws itself
+    (:func:`is_discrete_draw`) from a relaxable family; (None, None) for any other message,
+    which is sampled as usual."""
+    if not is_discrete_draw(msg):
+        return None, None
+    return family_of(msg["fn"])
 
 
 def score_function_sites(guide_trace: dict) -> list[str]:

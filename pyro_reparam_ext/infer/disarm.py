@@ -95,7 +95,7 @@ from pyro_reparam_ext.infer.particles import (
 from pyro_reparam_ext.infer.sites import (
     check_relaxable,
     family_of,
-    is_discrete_draw,
+    relaxable_draw,
     score_function_sites,
 )
 
@@ -157,12 +157,10 @@ class _CoupledNoise(Messenger):
         self.records: dict[str, tuple] = {}
 
     def _pyro_sample(self, msg):
-        if not is_discrete_draw(msg):
-            return
-        fn = msg["fn"]
-        family, base = family_of(fn)
+        family, base = relaxable_draw(msg)
         if family is None:  # sampled as usual; check_relaxable refuses it after the run
             return
+        fn = msg["fn"]
         logits = family.logits(fn, base).detach()
         order = family.category_order(logits)
         alpha = family.binary_logits(logits, order)

@@ -148,7 +148,7 @@ from pyro_reparam_ext.infer.sites import (
     PREFIX,
     check_relaxable,
     family_of,
-    is_discrete_draw,
+    relaxable_draw,
     score_function_sites,
     site_options,
     unmasked_decisions,
@@ -387,12 +387,10 @@ class _RelaxationNoise(Messenger):
         self._seen_target = False
 
     def _pyro_sample(self, msg):
-        if not is_discrete_draw(msg):
-            return
-        fn = msg["fn"]
-        family, base = family_of(fn)
+        family, base = relaxable_draw(msg)
         if family is None:  # sampled as usual; check_relaxable refuses it after the run
             return
+        fn = msg["fn"]
         logits, name = family.logits(fn, base), msg["name"]
         if self.target is None:
             u, v = family.noise(logits)

@@ -113,6 +113,15 @@ def is_discrete_draw(msg: dict) -> bool:
     )
 
 
+def relaxable_draw(msg: dict) -> tuple[object | None, object | None]:
+    """(family, base distribution) of a guide sample message that an estimator draws itself
+    (:func:`is_discrete_draw`) from a relaxable family; (None, None) for any other message,
+    which is sampled as usual."""
+    if not is_discrete_draw(msg):
+        return None, None
+    return family_of(msg["fn"])
+
+
 def score_function_sites(guide_trace) -> list[str]:
     """Names of the guide sites with a score-function term, in execution order."""
     return [
@@ -150,6 +159,7 @@ __all__ = [
     "family_of",
     "has_mask",
     "is_discrete_draw",
+    "relaxable_draw",
     "score_function_sites",
     "site_options",
     "unmasked_decisions",
