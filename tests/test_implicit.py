@@ -160,7 +160,8 @@ def test_torch_cpu_gamma_groups_match_mpmath_at_their_worst_points():
     a, x = (np.array(column) for column in zip(*points, strict=True))
     expected = np.array([gamma_dz_dalpha(ai, xi) for ai, xi in points])
     # one call per point (together, small groups would run merged with larger ones): alone
-    # (one α: the constant-α series, fraction, or collapsed large-α table) and with an element of α = 1000 (another group)
+    # (one α: the constant-α series, fraction or collapsed large-α table) and with an
+    # element of α = 1000 (another group)
     for pair in (False, True):
         actual = []
         for ai, xi in points:
