@@ -805,9 +805,16 @@ def standard_gamma_grad(concentration: torch.Tensor, value: torch.Tensor) -> tor
     :returns: -(∂P(α, x)/∂α) / p(x; α) (module docstring), 0 where x = 0.
     """
     a, x = torch.broadcast_tensors(concentration, value)
-    if x.device.type == "cpu":
+    if _groups_on_host(x):
         return _gather_groups(a, x).reshape(x.shape)
     return _select_regimes(a, x, _regimes(a, x))
+
+
+def _groups_on_host(x: torch.Tensor) -> bool:
+    """Whether :func:`standard_gamma_grad` takes the grouped CPU schedule, which reads α's
+    range and the group sizes from the tensors' memory: CPU tensors only (there the data is
+    on the host already); on an accelerator such reads would stall, so it never does."""
+    return x.device.type == "cpu"
 
 
 def _regimes(a: torch.Tensor, x: torch.Tensor):
