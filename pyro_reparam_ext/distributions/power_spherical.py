@@ -9,8 +9,6 @@ from torch.autograd.function import once_differentiable
 
 from pyro_reparam_ext.distributions.von_mises_fisher import SphereLocConcentration
 from pyro_reparam_ext.ops.sphere import (
-    _embed,
-    _embed_with_tangent,
     _rotation_matrix,
     _single_direction_backward,
     embed_rotate,
@@ -80,7 +78,8 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
         ctx.shapes = loc.shape, concentration.shape
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
-        norm_sq = (v * v).sum(-1)
+        # columns (samples, 1): they scale v and join y = (first, radius·v) without unsqueezes
+        norm_sq = (v * v).sum(-1, keepdim=True)
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
         if dim == 3:
             norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
@@ -94,14 +93,11 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
                 marginal[2].mul_(d_gamma)
                 marginal[3].mul_(d_gamma)
         rotation, norm, unit, u = _rotation_matrix(loc)
-        if tangent:
-            # z and dz/dκ in one product: the backward's κ gradient is one inner product
-            y = _embed_with_tangent(*marginal, v)
-            z, d_z = y @ rotation
-            y = y[0]
-        else:
-            y = _embed(*marginal, v)
-            z, d_z = y @ rotation, None
+        y = torch.cat([marginal[0], marginal[1] * v], dim=1)
+        z = y @ rotation
+        # dz/dκ = y′R with y′ = (first′, radius′·v): the backward's κ gradient is one inner
+        # product (a cat and a product each: fewer ops than filling one (2, samples, d) buffer)
+        d_z = torch.cat([marginal[2], marginal[3] * v], dim=1) @ rotation if tangent else None
         ctx.save_for_backward(norm, unit, u, y, d_z)
         return z if z.shape == out_shape else z.reshape(out_shape)
 
