@@ -62,6 +62,19 @@ def _tangent_scale(alpha, gamma_alpha):
     return torch._standard_gamma_grad(alpha, gamma_alpha).div_(2 * gamma_alpha)
 
 
+_ONES: dict = {}
+
+
+def _ones_column(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (size, 1) column of ones, built once per (size, dtype, device): row sums of a
+    (samples, size) matrix as one matrix product, about half the CPU time of ``sum(-1)``'s
+    reduction kernel at these sizes."""
+    key = (size, dtype, device)
+    if key not in _ONES:
+        _ONES[key] = torch.ones((size, 1), dtype=dtype, device=device)
+    return _ONES[key]
+
+
 class _PowerSphericalByMatrix(torch.autograd.Function):
     """z for one mean direction (``loc`` has d ≤ _FUSED_MAX_DIM elements) in one step, with a
     hand-written backward. Forward: (first, radius) from :func:`_marginal_dim3` (d = 3) or
@@ -82,7 +95,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
         # columns (samples, 1): they scale v and join y = (first, radius·v) without unsqueezes
-        norm_sq = (v * v).sum(-1, keepdim=True)
+        norm_sq = (v * v) @ _ones_column(dim - 1, v.dtype, v.device)
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
         if dim == 3:
             norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
