@@ -95,7 +95,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
         # columns (samples, 1): they scale v and join y = (first, radius·v) without unsqueezes
-        norm_sq = (v * v) @ _ones_column(dim - 1, v.dtype, v.device)
+        norm_sq = torch.mm(v * v, _ones_column(dim - 1, v.dtype, v.device))
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
         if dim == 3:
             norm_sq.clamp_(min=torch.finfo(v.dtype).tiny)  # v = 0 (probability 0): finite
@@ -107,7 +107,7 @@ class _PowerSphericalByMatrix(torch.autograd.Function):
             scale = [_tangent_scale(alpha, gamma_alpha)] if tangent else []
         rotation, norm, unit, u = _rotation_matrix(loc)
         y = torch.cat([first, radius * v], dim=1)
-        z = y @ rotation
+        z = torch.mm(y, rotation)  # (not matmul: one dispatch less)
         d_z = torch.addcmul(unit, first, z, value=-1).mul_(scale[0]) if tangent else None
         ctx.save_for_backward(norm, unit, u, y, d_z)
         return z if z.shape == out_shape else z.reshape(out_shape)
