@@ -49,16 +49,16 @@ def _marginal_dim3(concentration, norm_sq, tangent=False):
 
 
 def _tangent_scale(alpha, gamma_alpha):
-    """b = (dG_α/dα)/(2G_α), the scale of the κ tangent of y = (first, radius·v) for d ≠ 3,
-    through torch's own ``_standard_gamma_grad`` (the derivative autograd would use).
+    """b = (dG_α/dα)/(2G_α), the scale of the κ tangent for d ≠ 3 (dG_α/dα by torch's own
+    ``_standard_gamma_grad``, the derivative autograd would use).
 
-    Why one scale suffices: with a = radius′/radius the tangent is y′ = a·y + (first′ − a·first)e₁,
-    and for both samplers first′ − a·first = b and a = −b·first. From :func:`_marginal`
-    (T = G_α + G_β): first′ = G_α′·2G_β/T², a = −G_α′·first/(2G_α), so
-    b = G_α′(4G_αG_β + (G_α − G_β)²)/(2G_αT²) = G_α′/(2G_α). From :func:`_marginal_dim3`
-    (q′ = −q/α, m′ = (1 + m)q′): first′ = 2m′, a = q′·first/(2m), so
-    b = −(q/α)(2(1 + m) − first²/(2m)) = q/(2αm), as first² − 4m(1 + m) = 1. Hence
-    dz/dκ = y′R = b·(l − first·z) with l = e₁R = loc/|loc|."""
+    Why one scale per sample suffices: v is fixed, so y′ = ∂/∂κ (first, radius·v) lies in the
+    plane of y and e₁, y′ = a·y + b·e₁, and |y| = 1 makes y′ ⊥ y: a + b·first = 0, so
+    b = first′/(1 − first²) and dz/dκ = y′R = b·(l − first·z) with l = e₁R = loc/|loc|.
+    From :func:`_marginal` (T = G_α + G_β): first′ = 2G_β·G_α′/T² and
+    1 − first² = 4G_αG_β/T², so b = G_α′/(2G_α). From :func:`_marginal_dim3`
+    (m′ = (1 + m)q′, q′ = −q/α): first′ = 2m′ and 1 − first² = −4m(1 + m), so
+    b = q/(2αm)."""
     return torch._standard_gamma_grad(alpha, gamma_alpha).div_(2 * gamma_alpha)
 
 
