@@ -82,6 +82,16 @@ def debye_coefficients(num_terms: int = DEBYE_TERMS) -> tuple[tuple[float, ...],
     return tuple(tuple(float(u[j]) if j < len(u) else 0.0 for u in polys) for j in range(degree))
 
 
+@cache
+def constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-dim tensor, built once per (value, dtype, device) and never written to.
+    A Python number operand is made a tensor on every op (measured ≈2.5 µs on top of a ≈2 µs
+    small op), so the hot small-tensor paths take their constants from here. Built outside
+    inference mode, so that autograd may save it."""
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype, device=device)
+
+
 def _powers(base: torch.Tensor, n: int) -> torch.Tensor:
     """base^0 … base^(n-1) stacked in a new last dimension (one cumprod, no Python loop)."""
     stacked = base.unsqueeze(-1).expand(*base.shape, n - 1)
