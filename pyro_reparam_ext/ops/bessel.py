@@ -174,9 +174,20 @@ def _series_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
     """log I_{v+1}(x) − log I_v(x) from the power series, both sums in one logsumexp:
     log(x/2) + log Σ_k (x/2)^{2k}/(k! Γ(k+v+2)) − log Σ_k (x/2)^{2k}/(k! Γ(k+v+1))."""
     two_k, offsets = table
-    log_half_x = torch.log(x / 2)
+    log_half_x = torch.log(x * constant(0.5, x.dtype, x.device))
     sums = torch.logsumexp(torch.addcmul(offsets, log_half_x[..., None, None], two_k), dim=-1)
-    return log_half_x + (sums[..., 1] - sums[..., 0])
+    return log_half_x + _difference(sums)
+
+
+def _difference(pairs: torch.Tensor) -> torch.Tensor:
+    """pairs[..., 1] − pairs[..., 0] as one product with (−1, 1) (one op, not three)."""
+    return pairs @ _minus_plus(pairs.dtype, pairs.device)
+
+
+@cache
+def _minus_plus(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor([-1.0, 1.0], dtype=dtype, device=device)
 
 
 def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
@@ -184,8 +195,7 @@ def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
     e^x/sqrt(2πx) factors cancel)."""
     numerators, eight_j = table
     factors = numerators / (eight_j * x[..., None, None])
-    sums = torch.log1p(factors.cumprod(-1).sum(-1))
-    return sums[..., 1] - sums[..., 0]
+    return _difference(factors.cumprod(-1).sum(-1).log1p_())
 
 
 def _log_iv_series(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
@@ -249,12 +259,10 @@ def _regimes(v: torch.Tensor, x: torch.Tensor):
 
 def _small_order_args(x: torch.Tensor):
     """x clamped into the series and the Hankel domains, and the Hankel mask (orders < 10)."""
-    x_pos = x.clamp(min=torch.finfo(x.dtype).tiny)
-    return (
-        x_pos.clamp(max=HANKEL_MIN_ARGUMENT),
-        x.clamp(min=HANKEL_MIN_ARGUMENT),
-        x > HANKEL_MIN_ARGUMENT,
-    )
+    # (constants as cached tensors: a Python number operand costs more than the op)
+    tiny = constant(torch.finfo(x.dtype).tiny, x.dtype, x.device)
+    bound = constant(HANKEL_MIN_ARGUMENT, x.dtype, x.device)
+    return x.clamp(min=tiny, max=bound), x.clamp(min=bound), x > bound
 
 
 def _small_order_log_iv(order: float, x: torch.Tensor) -> torch.Tensor:
@@ -297,8 +305,8 @@ def _at_zero(v: torch.Tensor, x: torch.Tensor, result: torch.Tensor) -> torch.Te
 def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
     """``order`` as in :func:`_log_iv_forward`."""
     if order is not None and order < DEBYE_MIN_ORDER:
-        log_ratio = _small_order_ratio(order, x)
-        return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))
+        zero = constant(0.0, x.dtype, x.device)
+        return torch.where(x == zero, zero, _small_order_ratio(order, x).exp_())
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
     if order is not None:
         log_ratio = _log_ratio_debye(*debye_args)

@@ -558,7 +558,7 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     are cached 0-dim tensors and the sign σ is folded into the panels' half widths
     H = (σ/2)·width, so that the result is 2 sin θ · Σ H (...): the fewest small ops."""
     dtype, device = t.dtype, t.device
-    zero, half = constant(0.0, dtype, device), constant(0.5, dtype, device)
+    zero, half, minus_half = (constant(x, dtype, device) for x in (0.0, 0.5, -0.5))
     tiny = constant(torch.finfo(dtype).tiny, dtype, device)
     # A_d(κ) and the mode on the parameters' own shape (not once per sample); the ratio's
     # forward directly: κ is detached, so the autograd Function's bookkeeping is overhead
@@ -572,7 +572,7 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     sin_t = square.clamp(min=zero).sqrt_()
     theta = torch.atan2(sin_t, cos_t)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
-    half_sigma = torch.where(upper, -half, half)  # σ/2
+    half_sigma = torch.where(upper, minus_half, half)  # σ/2
     across_mode = (theta > theta_mode).logical_and_(upper)
     theta0 = torch.where(across_mode, theta_mode, theta)
     sin0 = torch.where(across_mode, sin_mode, sin_t).clamp_(min=tiny)
@@ -582,14 +582,14 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     # half the slope −σL′(θ₀)/2 = (σ/2)(κ sin θ₀ − m cot θ₀) and a quarter of the curvature
     # −L″(θ₀)/4 = (κ cos θ₀ + m/sin²θ₀)/4, both clamped at 0
     half_slope = torch.addcmul(kappa * sin0, cos0, inv_sin0, value=-m).mul_(half_sigma)
-    quarter_curvature = torch.addcmul((kappa * 0.25) * cos0, inv_sin0, inv_sin0, value=m / 4)
+    quarter_curvature = torch.addcmul((kappa * constant(0.25, dtype, device)) * cos0, inv_sin0, inv_sin0, value=m / 4)
     gap = theta - theta0  # ≥ 0: the stretch [θ₀, θ] across the mode (0 unless across_mode)
     starts, widths = _panels(
         half_slope.clamp_(min=zero), quarter_curvature.clamp_(min=zero), span, gap, panels
     )
     # every node as a half offset from θ: (θ₀ + σu − θ)/2 for u in each panel
     half_sigma = half_sigma.unsqueeze_(-1)
-    half_starts = torch.addcmul((gap * -half).unsqueeze_(-1), half_sigma, starts)
+    half_starts = torch.addcmul((gap * minus_half).unsqueeze_(-1), half_sigma, starts)
     half_widths = widths.mul_(half_sigma)
     half_delta = torch.addcmul(half_starts.unsqueeze_(-1), half_widths.unsqueeze(-1), nodes)
     two_sin, two_cos = sin_t + sin_t, cos_t + cos_t
