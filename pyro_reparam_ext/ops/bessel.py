@@ -195,7 +195,7 @@ def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
     e^x/sqrt(2πx) factors cancel)."""
     numerators, eight_j = table
     factors = numerators / (eight_j * x[..., None, None])
-    return _difference(factors.cumprod(-1).sum(-1).log1p_())
+    return _difference(torch.log1p(factors.cumprod(-1).sum(-1)))
 
 
 def _log_iv_series(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
@@ -306,7 +306,7 @@ def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor
     """``order`` as in :func:`_log_iv_forward`."""
     if order is not None and order < DEBYE_MIN_ORDER:
         zero = constant(0.0, x.dtype, x.device)
-        return torch.where(x == zero, zero, _small_order_ratio(order, x).exp_())
+        return torch.where(x == zero, zero, torch.exp(_small_order_ratio(order, x)))
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
     if order is not None:
         log_ratio = _log_ratio_debye(*debye_args)
