@@ -155,7 +155,11 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
         v = v.reshape(-1, dim - 1)
         if tangent:
             dt = _dt_dconcentration_untracked(t, concentration, dim, first, square)
-            d_radius = (first / (radius * norm_sq)).masked_fill_(square < tiny, constant(0.0, dtype, device)).mul_(dt)
+            d_radius = (
+                (first / (radius * norm_sq))
+                .masked_fill_(square < tiny, constant(0.0, dtype, device))
+                .mul_(dt)
+            )
             y = _embed_with_tangent(
                 first.reshape(-1), radius.reshape(-1), dt.neg().reshape(-1), d_radius.reshape(-1), v
             )

@@ -585,7 +585,9 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     # half the slope −σL′(θ₀)/2 = (σ/2)(κ sin θ₀ − m cot θ₀) and a quarter of the curvature
     # −L″(θ₀)/4 = (κ cos θ₀ + m/sin²θ₀)/4, both clamped at 0
     half_slope = torch.addcmul(kappa * sin0, cos0, inv_sin0, value=-m).mul_(half_sigma)
-    quarter_curvature = torch.addcmul((kappa * constant(0.25, dtype, device)) * cos0, inv_sin0, inv_sin0, value=m / 4)
+    quarter_curvature = torch.addcmul(
+        (kappa * constant(0.25, dtype, device)) * cos0, inv_sin0, inv_sin0, value=m / 4
+    )
     gap = theta - theta0  # ≥ 0: the stretch [θ₀, θ] across the mode (0 unless across_mode)
     starts, widths = _panels(
         half_slope.clamp_(min=zero), quarter_curvature.clamp_(min=zero), span, gap, panels
