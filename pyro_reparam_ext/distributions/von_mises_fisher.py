@@ -9,7 +9,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.autograd.function import once_differentiable
 
-from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv
+from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, constant, log_bessel_iv
 from pyro_reparam_ext.ops.sphere import (
     _MATRIX_MAX_DIM,
     _dt_dconcentration_untracked,
@@ -145,15 +145,21 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
         ctx.shapes = loc.shape, concentration.shape
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
         norm_sq = (v * v).sum(-1)  # (linalg.vecdot's own expression, without its dispatch)
-        square = t * (2 - t)
-        tiny = torch.finfo(t.dtype).tiny
-        radius = torch.sqrt(square.clamp(min=tiny) / norm_sq)
-        first = 1 - t
+        # (constants as cached tensors: a Python number operand costs more than the op)
+        dtype, device = t.dtype, t.device
+        square = (constant(2.0, dtype, device) - t).mul_(t)
+        tiny = constant(torch.finfo(dtype).tiny, dtype, device)
+        radius = square.clamp(min=tiny).div_(norm_sq).sqrt_()
+        first = constant(1.0, dtype, device) - t
         rotation, norm, unit, u = _rotation_matrix(loc)
         v = v.reshape(-1, dim - 1)
         if tangent:
-            dt = _dt_dconcentration_untracked(t, concentration, dim)
-            d_radius = (first / (radius * norm_sq)).masked_fill_(square < tiny, 0.0).mul_(dt)
+            dt = _dt_dconcentration_untracked(t, concentration, dim, first, square)
+            d_radius = (
+                (first / (radius * norm_sq))
+                .masked_fill_(square < tiny, constant(0.0, dtype, device))
+                .mul_(dt)
+            )
             y = _embed_with_tangent(
                 first.reshape(-1), radius.reshape(-1), dt.neg().reshape(-1), d_radius.reshape(-1), v
             )

@@ -82,6 +82,16 @@ def debye_coefficients(num_terms: int = DEBYE_TERMS) -> tuple[tuple[float, ...],
     return tuple(tuple(float(u[j]) if j < len(u) else 0.0 for u in polys) for j in range(degree))
 
 
+@cache
+def constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-dim tensor, built once per (value, dtype, device) and never written to.
+    A Python number operand is made a tensor on every op (measured ≈2.5 µs on top of a ≈2 µs
+    small op), so the hot small-tensor paths take their constants from here. Built outside
+    inference mode, so that autograd may save it."""
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype, device=device)
+
+
 def _powers(base: torch.Tensor, n: int) -> torch.Tensor:
     """base^0 … base^(n-1) stacked in a new last dimension (one cumprod, no Python loop)."""
     stacked = base.unsqueeze(-1).expand(*base.shape, n - 1)
@@ -161,12 +171,32 @@ def _pair_tables(v: torch.Tensor, dtype, device):
 
 
 def _series_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
-    """log I_{v+1}(x) − log I_v(x) from the power series, both sums in one logsumexp:
-    log(x/2) + log Σ_k (x/2)^{2k}/(k! Γ(k+v+2)) − log Σ_k (x/2)^{2k}/(k! Γ(k+v+1))."""
+    """log I_{v+1}(x) − log I_v(x) from the power series, both sums in one pass:
+    log(x/2) + log Σ_k (x/2)^{2k}/(k! Γ(k+v+2)) − log Σ_k (x/2)^{2k}/(k! Γ(k+v+1)).
+    The log terms are shifted by x (both sums alike, so the shift cancels in the difference)
+    rather than by their maximum as logsumexp would (logsumexp measured ≈5× the cost of
+    the four ops here): for x ≤ 50 and v ≤ 11 the order-v sum is ≈ e^x (2πx)^{−½} (x/2)^{−v}
+    (≈ 1/Γ(v+1) for small x), so the shifted terms that count lie between e^{−70} and e^{1}:
+    no overflow, and no underflow in float64 (in float32, terms below e^{−87} ≈ 1e-38 are
+    lost, each ≤ 1e-30 of the sum). Measured against the logsumexp form for
+    v ∈ [0, 9.5], x ∈ [0, 100]: float64 relative difference ≤ 8e-15; float32 error against
+    float64 ≤ 4e-6 either way."""
     two_k, offsets = table
-    log_half_x = torch.log(x / 2)
-    sums = torch.logsumexp(torch.addcmul(offsets, log_half_x[..., None, None], two_k), dim=-1)
-    return log_half_x + (sums[..., 1] - sums[..., 0])
+    log_half_x = torch.log(x * constant(0.5, x.dtype, x.device))
+    log_terms = torch.addcmul(offsets, log_half_x[..., None, None], two_k)
+    sums = log_terms.sub_(x[..., None, None]).exp_().sum(-1).log_()
+    return log_half_x + _difference(sums)
+
+
+def _difference(pairs: torch.Tensor) -> torch.Tensor:
+    """pairs[..., 1] − pairs[..., 0] as one product with (−1, 1) (one op, not three)."""
+    return pairs @ _minus_plus(pairs.dtype, pairs.device)
+
+
+@cache
+def _minus_plus(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor([-1.0, 1.0], dtype=dtype, device=device)
 
 
 def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
@@ -174,8 +204,7 @@ def _hankel_log_ratio(x: torch.Tensor, table) -> torch.Tensor:
     e^x/sqrt(2πx) factors cancel)."""
     numerators, eight_j = table
     factors = numerators / (eight_j * x[..., None, None])
-    sums = torch.log1p(factors.cumprod(-1).sum(-1))
-    return sums[..., 1] - sums[..., 0]
+    return _difference(torch.log1p(factors.cumprod(-1).sum(-1)))
 
 
 def _log_iv_series(v: torch.Tensor, x: torch.Tensor, table=None) -> torch.Tensor:
@@ -239,12 +268,10 @@ def _regimes(v: torch.Tensor, x: torch.Tensor):
 
 def _small_order_args(x: torch.Tensor):
     """x clamped into the series and the Hankel domains, and the Hankel mask (orders < 10)."""
-    x_pos = x.clamp(min=torch.finfo(x.dtype).tiny)
-    return (
-        x_pos.clamp(max=HANKEL_MIN_ARGUMENT),
-        x.clamp(min=HANKEL_MIN_ARGUMENT),
-        x > HANKEL_MIN_ARGUMENT,
-    )
+    # (constants as cached tensors: a Python number operand costs more than the op)
+    tiny = constant(torch.finfo(x.dtype).tiny, x.dtype, x.device)
+    bound = constant(HANKEL_MIN_ARGUMENT, x.dtype, x.device)
+    return x.clamp(min=tiny, max=bound), x.clamp(min=bound), x > bound
 
 
 def _small_order_log_iv(order: float, x: torch.Tensor) -> torch.Tensor:
@@ -287,8 +314,8 @@ def _at_zero(v: torch.Tensor, x: torch.Tensor, result: torch.Tensor) -> torch.Te
 def _ratio_forward(v: torch.Tensor, x: torch.Tensor, order=None) -> torch.Tensor:
     """``order`` as in :func:`_log_iv_forward`."""
     if order is not None and order < DEBYE_MIN_ORDER:
-        log_ratio = _small_order_ratio(order, x)
-        return torch.where(x == 0, torch.zeros_like(x), torch.exp(log_ratio))
+        zero = constant(0.0, x.dtype, x.device)
+        return torch.where(x == zero, zero, torch.exp(_small_order_ratio(order, x)))
     debye, hankel, debye_args, series_args, hankel_args = _regimes(v, x)
     if order is not None:
         log_ratio = _log_ratio_debye(*debye_args)
