@@ -422,13 +422,16 @@ def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
 
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
-# L at the start of the decaying part: P Gauss–Legendre panels of N nodes on a geometric grid
-# from the decay length ℓ to where the model has dropped by _LOG_DROP, plus one more panel of N
-# nodes across the mode when the tail contains it. (P, N) per dtype, measured against mpmath
-# (tests/test_sphere.py): float64 (7, 5), 40 nodes, relative error ≤ 1e-7; float32 (5, 6),
-# 36 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32 accuracy).
-# A scale-agnostic rule needed 168 nodes.
-_RULE_SIZES = {torch.float64: (7, 5), torch.float32: (5, 6)}
+# L at the start of the decaying part: P panels on a geometric grid from the decay length ℓ to
+# where the model has dropped by _LOG_DROP, plus one more panel across the mode when the tail
+# contains it, each with an N-node Gauss–Legendre rule in s = sin((φ − θ)/2) (no sine or
+# cosine per node: :func:`_weighted_integral`). (P, N) per dtype, measured against mpmath
+# (tests/test_sphere.py, in float64 arithmetic): float64 (6, 6), 42 nodes, relative error
+# ≤ 8e-8; float32 (5, 6), 36 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32
+# accuracy). The same panels with the rule in the angle itself measured ≤ 1e-7 with (7, 5) and
+# ≤ 4e-7 with (5, 6), at the cost of a sine and a cosine per node. A scale-agnostic rule
+# needed 168 nodes.
+_RULE_SIZES = {torch.float64: (6, 6), torch.float32: (5, 6)}
 _LOG_DROP = 45.0
 
 
@@ -490,24 +493,37 @@ def _panels(a, b, span, gap, panels: int):
     return starts, ends.sub_(starts)
 
 
-def _weighted_integral(half_delta, half_widths, node_weights, columns, dim):
-    """Σ_p H_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ)) for φ_pk = θ + 2·half_delta_pk,
-    from the half-angle products s = sin(δ/2), c = cos(δ/2) (free of cancellation for small δ):
-    cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
+def _sine_panels(half_starts, half_widths):
+    """The panels of half offsets h ∈ [h₀, h₀ + H] mapped to s = sin h: each panel's start
+    sin h₀ and signed width sin(h₀ + H) − sin h₀ = 2 cos(h₀ + H/2) sin(H/2) (a product, so
+    it keeps its relative precision for panels short against their distance from θ). Two
+    sines and a cosine per panel, in place of a sine and a cosine per node."""
+    half_half = half_widths * constant(0.5, half_widths.dtype, half_widths.device)
+    width = torch.add(half_starts, half_half).cos_().mul_(half_half.sin_())
+    return half_starts.sin(), width.add_(width)
+
+
+def _weighted_integral(sines, node_weights, columns, dim):
+    """Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ))/c_pk for φ = θ + 2h, with the rule of
+    each panel of h placed in s = sin h instead (dh = ds/c, c = cos h = sqrt(1 − s²), > 0 as
+    |h| < π/2), so that the grid needs no sine or cosine: from s and c (free of cancellation
+    for small δ = 2h), cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
     sin φ / sin θ = 1 + 2Q with Q = s c cot θ − s², so that
     L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
-    ``half_delta``: (nodes, panels, ...), overwritten; ``half_widths`` H: (panels, ...);
-    ``node_weights`` ω: (nodes,). ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and
-    offset = cos θ − A = (1 − A) − t, of the samples' shape ``...``; the score is
-    offset − 2P (precise near 1). The samples are the last (contiguous) axes, so that the
-    columns broadcast along the outer axes (measured ~15% faster than the samples first).
-    Written in place on three buffers of the grid's size: fresh large temporaries cost a
-    page fault per 4 KiB each call, more than the arithmetic."""
+    ``sines``: s at the nodes, (nodes, panels, ...), overwritten, and the panels' signed
+    widths W in s, (panels, ...) (:func:`_sine_panels`); ``node_weights`` ω: (nodes,).
+    ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and offset = cos θ − A = (1 − A) − t, of the
+    samples' shape ``...``; the score is offset − 2P (precise near 1). The samples are the
+    last (contiguous) axes, so that the columns broadcast along the outer axes (measured ~15%
+    faster than the samples first). Written in place on three buffers of the grid's size:
+    fresh large temporaries cost a page fault per 4 KiB each call, more than the
+    arithmetic."""
+    s, widths = sines
     two_sin, two_cos, two_cot, minus_kappa, offset = columns
-    dtype, device = half_delta.dtype, half_delta.device
-    s = torch.sin(half_delta)
-    sc = half_delta.cos_().mul_(s)
-    s2 = s.square_()
+    dtype, device = s.dtype, s.device
+    s2 = torch.mul(s, s)
+    c = torch.sub(constant(1.0, dtype, device), s2).sqrt_()
+    sc = s.mul_(c)
     two_p = torch.mul(s2, two_cos).addcmul_(sc, two_sin)
     if dim > 2:
         # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
@@ -515,10 +531,10 @@ def _weighted_integral(half_delta, half_widths, node_weights, columns, dim):
         step = torch.mul(two_p, minus_kappa, out=s2).add_(log_ratio.log1p_(), alpha=dim - 2)
     else:
         step = torch.mul(two_p, minus_kappa, out=s2)
-    weight = step.clamp_(max=constant(60.0, dtype, device)).exp_()
+    weight = step.clamp_(max=constant(60.0, dtype, device)).exp_().div_(c)
     integrand = torch.sub(offset, two_p, out=two_p).mul_(weight)
-    by_panel = (node_weights @ integrand.view(node_weights.shape[0], -1)).view(half_widths.shape)
-    return torch.linalg.vecdot(by_panel, half_widths, dim=0)
+    by_panel = (node_weights @ integrand.view(node_weights.shape[0], -1)).view(widths.shape)
+    return torch.linalg.vecdot(by_panel, widths, dim=0)
 
 
 def vmf_marginal_dt_dconcentration(
@@ -538,11 +554,12 @@ def vmf_marginal_dt_dconcentration(
     tail contains it; then [θ_m, θ] gets its own short Gauss–Legendre rule). A quadratic
     model L(θ₀ + σu) − L(θ₀) ≈ −au − bu²/2 (a, b from L′, L″ at θ₀) gives the decay length
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
-    Gaussian decay alike (:func:`_panels`). All steps are written as half-angle products
+    Gaussian decay alike (:func:`_panels`); each panel's rule is placed in the sine of the half
+    offset (φ − θ)/2 (:func:`_sine_panels`). All steps are written as half-angle products
     (:func:`_weighted_integral`), so nothing cancels near θ; tail and peak nodes are summed
     in one pass. Measured relative error of the rule against mpmath for d ∈ [2, 4096],
-    κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 1e-7 with float64's
-    40 nodes, ≤ 4e-7 with float32's 36 (float32 adds the rounding of t itself). The result is
+    κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 8e-8 with float64's
+    42 nodes, ≤ 4e-7 with float32's 36 (float32 adds the rounding of t itself). The result is
     ≤ 0.
 
     :param torch.Tensor t: 1 − w, in [0, 2], any shape.
@@ -559,7 +576,8 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     """:func:`vmf_marginal_dt_dconcentration` given cos θ = 1 − t and sin²θ = t(2 − t)
     (which the single-direction sampler has already computed) and a detached κ. Constants
     are cached 0-dim tensors and the sign σ is folded into the panels' half widths
-    H = (σ/2)·width, so that the result is 2 sin θ · Σ H (...): the fewest small ops."""
+    H = (σ/2)·width (and so into their widths in s), so that the result is
+    2 sin θ · Σ W (...): the fewest small ops."""
     dtype, device = t.dtype, t.device
     zero, half, minus_half = (constant(x, dtype, device) for x in (0.0, 0.5, -0.5))
     tiny = constant(torch.finfo(dtype).tiny, dtype, device)
@@ -596,10 +614,11 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     half_starts = torch.addcmul(gap * minus_half, half_sigma, starts)
     half_widths = widths.mul_(half_sigma)
     nodes = nodes.view(nodes.shape + (1,) * half_widths.dim())
-    half_delta = torch.addcmul(half_starts, half_widths, nodes)  # (nodes, panels) + t.shape
+    sine_starts, sine_widths = _sine_panels(half_starts, half_widths)
+    sines = torch.addcmul(sine_starts, sine_widths, nodes)  # (nodes, panels) + t.shape
     two_sin, two_cos = sin_t + sin_t, cos_t + cos_t
     columns = (two_sin, two_cos, two_cos / sin_t.clamp(min=tiny), -kappa, one_minus_a - t)
-    integral = _weighted_integral(half_delta, half_widths, node_weights, columns, dim)
+    integral = _weighted_integral((sines, sine_widths), node_weights, columns, dim)
     return integral.mul_(two_sin).masked_fill_(sin_t == zero, zero)
 
 
