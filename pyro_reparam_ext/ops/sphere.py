@@ -423,15 +423,17 @@ def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
 # the score cos φ − A has one sign (no cancellation), with a rule placed by a quadratic model of
 # L at the start of the decaying part: P panels on a geometric grid from the decay length ℓ to
-# where the model has dropped by _LOG_DROP, plus one more panel across the mode when the tail
-# contains it, each with an N-node Gauss–Legendre rule in s = sin((φ − θ)/2) (no sine or
-# cosine per node: :func:`_weighted_integral`). (P, N) per dtype, measured against mpmath
-# (tests/test_sphere.py, in float64 arithmetic): float64 (6, 6), 42 nodes, relative error
-# ≤ 8e-8; float32 (5, 6), 36 nodes, ≤ 4e-7 (a few float32 ulps: float32 samples need float32
-# accuracy). The same panels with the rule in the angle itself measured ≤ 1e-7 with (7, 5) and
-# ≤ 4e-7 with (5, 6), at the cost of a sine and a cosine per node. A scale-agnostic rule
+# where the model has dropped by _LOG_DROP, the first one stretched back to θ across the mode
+# when the tail contains it, each with an N-node Gauss–Legendre rule in T = 2 tan((φ − θ)/4)
+# (rational in T, so no sine or cosine per node: :func:`_weighted_integral`). Measured in
+# float64 arithmetic against the mpmath references (tests/test_sphere.py) and against the same
+# rule with (30, 14) on 3935 points over d ∈ [2, 4096], κ ∈ [1e-3, 1e5] (a subset in
+# tests/test_vmf_rule.py): (5, 7), 35 nodes, relative error ≤ 4e-8. Both dtypes use it: no
+# smaller (P, N) measured within float32's 4e-7 ((6, 5): 1.1e-6, (5, 6): 1.3e-6, (4, 8):
+# 6.7e-7). The earlier rule in the angle itself, with a separate panel across the mode, needed
+# (7, 5) + 5 = 40 nodes for 1e-7 and a sine and a cosine per node; a scale-agnostic rule
 # needed 168 nodes.
-_RULE_SIZES = {torch.float64: (6, 6), torch.float32: (5, 6)}
+_RULE_SIZE = (5, 7)
 _LOG_DROP = 45.0
 
 
@@ -459,12 +461,10 @@ _RULE_TENSORS: dict = {}
 
 def _rule_tensors(dtype: torch.dtype, device: torch.device):
     """The constant parts of the rule as tensors, built once per dtype and device: the
-    Gauss–Legendre nodes on [0, 1] and their weights (float64's rule for dtypes other than
-    float32)."""
+    Gauss–Legendre nodes on [0, 1] and their weights."""
     key = (dtype, device)
     if key not in _RULE_TENSORS:
-        _, panel_nodes = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])
-        nodes, weights = _unit_gauss_legendre(panel_nodes)
+        nodes, weights = _unit_gauss_legendre(_RULE_SIZE[1])
         with torch.inference_mode(False):
             _RULE_TENSORS[key] = tuple(
                 torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights)
@@ -478,8 +478,10 @@ def _panels(a, b, span, gap, panels: int):
     a quarter of the curvature of the quadratic model): u_cut solves
     2a u + 2b u² = _LOG_DROP, the first panel ends at half the decay length
     ℓ = 1/(2a + 2√b), the others grow geometrically to u_cut (the panel ends are first·q^k,
-    q = (u_cut/first)^{1/(P−1)}, by one cumulative product); then one more panel,
-    [−gap, 0], the stretch between θ and the tail's start θ₀ (empty when gap = 0)."""
+    q = (u_cut/first)^{1/(P−1)}, by one cumulative product). The first panel starts at
+    −gap instead of 0, so that it also covers the stretch between θ and the tail's start θ₀
+    (gap = 0 unless the tail contains the mode): the integrand is smooth across the mode, and
+    a panel of its own measured no more accurate than the nodes it took."""
     dtype, device = a.dtype, a.device
     u_cut = torch.add(a * a, b, alpha=2 * _LOG_DROP).sqrt_().add_(a)
     u_cut = torch.div(constant(_LOG_DROP, dtype, device), u_cut)
@@ -487,43 +489,47 @@ def _panels(a, b, span, gap, panels: int):
     first = torch.minimum(torch.div(constant(0.25, dtype, device), b.sqrt_().add_(a)), u_cut)
     growth = (u_cut / first).pow_(constant(1 / (panels - 1), dtype, device))
     edges = torch.stack([first] + [growth] * (panels - 1)).cumprod_(0)  # panel ends
-    zero = constant(0.0, dtype, device).expand((1,) + first.shape)
-    ends = torch.cat([edges, zero])
-    starts = torch.cat([zero, edges[:-1], gap.neg().unsqueeze_(0)])
-    return starts, ends.sub_(starts)
+    starts = torch.cat([gap.neg().unsqueeze_(0), edges[:-1]])
+    return starts, edges.sub_(starts)
 
 
-def _sine_panels(half_starts, half_widths):
-    """The panels of half offsets h ∈ [h₀, h₀ + H] mapped to s = sin h: each panel's start
-    sin h₀ and signed width sin(h₀ + H) − sin h₀ = 2 cos(h₀ + H/2) sin(H/2) (a product, so
-    it keeps its relative precision for panels short against their distance from θ). Two
-    sines and a cosine per panel, in place of a sine and a cosine per node."""
-    half_half = half_widths * constant(0.5, half_widths.dtype, half_widths.device)
-    width = torch.add(half_starts, half_half).cos_().mul_(half_half.sin_())
-    return half_starts.sin(), width.add_(width)
+def _tangent_panels(half_starts, half_widths):
+    """The panels of half offsets h ∈ [h₀, h₁ = h₀ + H] mapped to T = 2 tan(h/2): each panel's
+    start 2 tan(h₀/2) and signed width 2 tan(h₁/2) − 2 tan(h₀/2) = 2 sin(H/2)/(cos(h₀/2)
+    cos(h₁/2)) (a product, so it keeps its relative precision for panels short against their
+    distance from θ). Four elementary functions per panel, not two per node."""
+    dtype, device = half_starts.dtype, half_starts.device
+    half = constant(0.5, dtype, device)
+    quarter_starts, quarter_widths = half_starts * half, half_widths * half
+    quarter_ends = torch.add(quarter_starts, quarter_widths)
+    width = torch.sin(quarter_widths).div_(quarter_ends.cos_().mul_(quarter_starts.cos()))
+    return quarter_starts.tan_().mul_(constant(2.0, dtype, device)), width.add_(width)
 
 
-def _weighted_integral(sines, node_weights, columns, dim):
-    """Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ))/c_pk for φ = θ + 2h, with the rule of
-    each panel of h placed in s = sin h instead (dh = ds/c, c = cos h = sqrt(1 − s²), > 0 as
-    |h| < π/2), so that the grid needs no sine or cosine: from s and c (free of cancellation
-    for small δ = 2h), cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
+def _weighted_integral(tangents, node_weights, columns, dim):
+    """Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ)) r_pk for φ = θ + 2h, with each panel's
+    rule in T = 2 tan(h/2) (|h| < π/2, so |T| < 2): r = 1/(1 + T²/4) = dh/dT,
+    s = sin h = T·r and c = cos h = 2r − 1, all rational in T (poles at T = ±2i, off the
+    real panels), so the grid needs no sine or cosine. From s and c (free of cancellation for
+    small δ = 2h), cos θ − cos φ = 2P with P = s² cos θ + s c sin θ, and
     sin φ / sin θ = 1 + 2Q with Q = s c cot θ − s², so that
     L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
-    ``sines``: s at the nodes, (nodes, panels, ...), overwritten, and the panels' signed
-    widths W in s, (panels, ...) (:func:`_sine_panels`); ``node_weights`` ω: (nodes,).
+    ``tangents``: T at the nodes, (nodes, panels, ...), overwritten, and the panels' signed
+    widths W in T, (panels, ...) (:func:`_tangent_panels`); ``node_weights`` ω: (nodes,).
     ``columns``: 2 sin θ, 2 cos θ, 2 cot θ, −κ and offset = cos θ − A = (1 − A) − t, of the
     samples' shape ``...``; the score is offset − 2P (precise near 1). The samples are the
     last (contiguous) axes, so that the columns broadcast along the outer axes (measured ~15%
     faster than the samples first). Written in place on three buffers of the grid's size:
     fresh large temporaries cost a page fault per 4 KiB each call, more than the
     arithmetic."""
-    s, widths = sines
+    tangent, widths = tangents
     two_sin, two_cos, two_cot, minus_kappa, offset = columns
-    dtype, device = s.dtype, s.device
-    s2 = torch.mul(s, s)
-    c = torch.sub(constant(1.0, dtype, device), s2).sqrt_()
-    sc = s.mul_(c)
+    dtype, device = tangent.dtype, tangent.device
+    one = constant(1.0, dtype, device)
+    r = torch.mul(tangent, tangent).mul_(constant(0.25, dtype, device)).add_(one).reciprocal_()
+    s = tangent.mul_(r)
+    sc = torch.add(r, r).sub_(one).mul_(s)
+    s2 = s.square_()
     two_p = torch.mul(s2, two_cos).addcmul_(sc, two_sin)
     if dim > 2:
         # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
@@ -531,7 +537,7 @@ def _weighted_integral(sines, node_weights, columns, dim):
         step = torch.mul(two_p, minus_kappa, out=s2).add_(log_ratio.log1p_(), alpha=dim - 2)
     else:
         step = torch.mul(two_p, minus_kappa, out=s2)
-    weight = step.clamp_(max=constant(60.0, dtype, device)).exp_().div_(c)
+    weight = step.clamp_(max=constant(60.0, dtype, device)).exp_().mul_(r)
     integrand = torch.sub(offset, two_p, out=two_p).mul_(weight)
     by_panel = (node_weights @ integrand.view(node_weights.shape[0], -1)).view(widths.shape)
     return torch.linalg.vecdot(by_panel, widths, dim=0)
@@ -551,15 +557,15 @@ def vmf_marginal_dt_dconcentration(
     dt/dκ = sin θ · σ ∫ (cos φ − A) exp(L(φ) − L(θ)) dφ over the tail on the side σ of θ
     where cos φ − A keeps one sign: towards 0 (σ = −1) when w > A, towards π otherwise. That
     tail decays monotonically from its start θ₀ (θ itself, or the mode θ_m of L when the
-    tail contains it; then [θ_m, θ] gets its own short Gauss–Legendre rule). A quadratic
+    tail contains it; then the first panel reaches back from θ_m to θ). A quadratic
     model L(θ₀ + σu) − L(θ₀) ≈ −au − bu²/2 (a, b from L′, L″ at θ₀) gives the decay length
     and the cut-off, and a geometric Gauss–Legendre grid between them resolves exponential and
-    Gaussian decay alike (:func:`_panels`); each panel's rule is placed in the sine of the half
-    offset (φ − θ)/2 (:func:`_sine_panels`). All steps are written as half-angle products
+    Gaussian decay alike (:func:`_panels`); each panel's rule is placed in
+    T = 2 tan((φ − θ)/4) (:func:`_tangent_panels`). All steps are written as half-angle products
     (:func:`_weighted_integral`), so nothing cancels near θ; tail and peak nodes are summed
     in one pass. Measured relative error of the rule against mpmath for d ∈ [2, 4096],
-    κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 8e-8 with float64's
-    42 nodes, ≤ 4e-7 with float32's 36 (float32 adds the rounding of t itself). The result is
+    κ ∈ [1e-4, 1e5] and samples from 1e-3 to 20 times the mean of t: ≤ 4e-8 with the rule's
+    35 nodes (in float64; float32 adds the rounding of t itself). The result is
     ≤ 0.
 
     :param torch.Tensor t: 1 − w, in [0, 2], any shape.
@@ -576,7 +582,7 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     """:func:`vmf_marginal_dt_dconcentration` given cos θ = 1 − t and sin²θ = t(2 − t)
     (which the single-direction sampler has already computed) and a detached κ. Constants
     are cached 0-dim tensors and the sign σ is folded into the panels' half widths
-    H = (σ/2)·width (and so into their widths in s), so that the result is
+    H = (σ/2)·width (and so into their widths in T), so that the result is
     2 sin θ · Σ W (...): the fewest small ops."""
     dtype, device = t.dtype, t.device
     zero, half, minus_half = (constant(x, dtype, device) for x in (0.0, 0.5, -0.5))
@@ -587,7 +593,7 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     v = kappa if order < DEBYE_MIN_ORDER else torch.full_like(kappa, order)  # (unused below 10)
     one_minus_a = constant(1.0, dtype, device) - _ratio_forward(v, kappa, order)
     theta_mode, sin_mode, cos_mode = _mode_angle(kappa, dim)
-    panels = _RULE_SIZES.get(dtype, _RULE_SIZES[torch.float64])[0]
+    panels = _RULE_SIZE[0]
     nodes, node_weights = _rule_tensors(dtype, device)
     m = dim - 2
     sin_t = square.clamp(min=zero).sqrt_()
@@ -614,11 +620,11 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
     half_starts = torch.addcmul(gap * minus_half, half_sigma, starts)
     half_widths = widths.mul_(half_sigma)
     nodes = nodes.view(nodes.shape + (1,) * half_widths.dim())
-    sine_starts, sine_widths = _sine_panels(half_starts, half_widths)
-    sines = torch.addcmul(sine_starts, sine_widths, nodes)  # (nodes, panels) + t.shape
+    tangent_starts, tangent_widths = _tangent_panels(half_starts, half_widths)
+    tangents = torch.addcmul(tangent_starts, tangent_widths, nodes)  # (nodes, panels) + t.shape
     two_sin, two_cos = sin_t + sin_t, cos_t + cos_t
     columns = (two_sin, two_cos, two_cos / sin_t.clamp(min=tiny), -kappa, one_minus_a - t)
-    integral = _weighted_integral((sines, sine_widths), node_weights, columns, dim)
+    integral = _weighted_integral((tangents, tangent_widths), node_weights, columns, dim)
     return integral.mul_(two_sin).masked_fill_(sin_t == zero, zero)
 
 
