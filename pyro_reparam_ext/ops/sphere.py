@@ -472,38 +472,33 @@ def _rule_tensors(dtype: torch.dtype, device: torch.device):
     return _RULE_TENSORS[key]
 
 
-def _panels(a, b, span, gap, panels: int):
-    """Panel starts and widths (a new first axis) in the tail coordinate u ≥ 0 of the geometric rule
+def _panels(a, b, span, panels: int):
+    """Panel ends (a new first axis) in the tail coordinate u ≥ 0 of the geometric rule
     on [0, min(span, u_cut)] for an integrand ≈ exp(−2a u − 2b u²) (a, b: half the slope and
     a quarter of the curvature of the quadratic model): u_cut solves
     2a u + 2b u² = _LOG_DROP, the first panel ends at half the decay length
     ℓ = 1/(2a + 2√b), the others grow geometrically to u_cut (the panel ends are first·q^k,
-    q = (u_cut/first)^{1/(P−1)}, by one cumulative product). The first panel starts at
-    −gap instead of 0, so that it also covers the stretch between θ and the tail's start θ₀
-    (gap = 0 unless the tail contains the mode): the integrand is smooth across the mode, and
-    a panel of its own measured no more accurate than the nodes it took."""
+    q = (u_cut/first)^{1/(P−1)}, by one cumulative product)."""
     dtype, device = a.dtype, a.device
     u_cut = torch.add(a * a, b, alpha=2 * _LOG_DROP).sqrt_().add_(a)
     u_cut = torch.div(constant(_LOG_DROP, dtype, device), u_cut)
     u_cut = torch.minimum(u_cut, span).clamp_(min=constant(torch.finfo(dtype).tiny, dtype, device))
     first = torch.minimum(torch.div(constant(0.25, dtype, device), b.sqrt_().add_(a)), u_cut)
     growth = (u_cut / first).pow_(constant(1 / (panels - 1), dtype, device))
-    edges = torch.stack([first] + [growth] * (panels - 1)).cumprod_(0)  # panel ends
-    starts = torch.cat([gap.neg().unsqueeze_(0), edges[:-1]])
-    return starts, edges.sub_(starts)
+    return torch.stack([first] + [growth] * (panels - 1)).cumprod_(0)
 
 
-def _tangent_panels(half_starts, half_widths):
-    """The panels of half offsets h ∈ [h₀, h₁ = h₀ + H] mapped to T = 2 tan(h/2): each panel's
-    start 2 tan(h₀/2) and signed width 2 tan(h₁/2) − 2 tan(h₀/2) = 2 sin(H/2)/(cos(h₀/2)
-    cos(h₁/2)) (a product, so it keeps its relative precision for panels short against their
-    distance from θ). Four elementary functions per panel, not two per node."""
-    dtype, device = half_starts.dtype, half_starts.device
-    half = constant(0.5, dtype, device)
-    quarter_starts, quarter_widths = half_starts * half, half_widths * half
-    quarter_ends = torch.add(quarter_starts, quarter_widths)
-    width = torch.sin(quarter_widths).div_(quarter_ends.cos_().mul_(quarter_starts.cos()))
-    return quarter_starts.tan_().mul_(constant(2.0, dtype, device)), width.add_(width)
+def _tangent_panels(quarter_ends):
+    """Starts and signed widths in T = 2 tan(h/2) of panels of half offsets h from θ that run
+    from h = 0 through the ends h_p (``quarter_ends`` = h_p/2, one sign, (panels, ...)), each
+    starting where the one before ends: one tangent per panel, not a sine and a cosine per
+    node. A width T_p − T_{p−1} carries an absolute rounding error ~ε|T_p|, where the integrand
+    has decayed from its value at θ by e^{−|T_p|/ℓ}-ish: relative to the integral, ~ε."""
+    dtype, device = quarter_ends.dtype, quarter_ends.device
+    ends = quarter_ends.tan_().mul_(constant(2.0, dtype, device))
+    zero = constant(0.0, dtype, device).expand((1,) + ends.shape[1:])
+    starts = torch.cat([zero, ends[:-1]])
+    return starts, ends.sub_(starts)
 
 
 def _weighted_integral(tangents, node_weights, columns, dim):
@@ -581,9 +576,8 @@ def vmf_marginal_dt_dconcentration(
 def _dt_dkappa(t, cos_t, square, kappa, dim):
     """:func:`vmf_marginal_dt_dconcentration` given cos θ = 1 − t and sin²θ = t(2 − t)
     (which the single-direction sampler has already computed) and a detached κ. Constants
-    are cached 0-dim tensors and the sign σ is folded into the panels' half widths
-    H = (σ/2)·width (and so into their widths in T), so that the result is
-    2 sin θ · Σ W (...): the fewest small ops."""
+    are cached 0-dim tensors and the sign σ is folded into the panels' widths W in T, so
+    that the result is 2 sin θ · Σ W (...): the fewest small ops."""
     dtype, device = t.dtype, t.device
     zero, half, minus_half = (constant(x, dtype, device) for x in (0.0, 0.5, -0.5))
     tiny = constant(torch.finfo(dtype).tiny, dtype, device)
@@ -613,14 +607,13 @@ def _dt_dkappa(t, cos_t, square, kappa, dim):
         (kappa * constant(0.25, dtype, device)) * cos0, inv_sin0, inv_sin0, value=m / 4
     )
     gap = theta - theta0  # ≥ 0: the stretch [θ₀, θ] across the mode (0 unless across_mode)
-    starts, widths = _panels(
-        half_slope.clamp_(min=zero), quarter_curvature.clamp_(min=zero), span, gap, panels
-    )
-    # every node as a half offset from θ: (θ₀ + σu − θ)/2 for u in each panel
-    half_starts = torch.addcmul(gap * minus_half, half_sigma, starts)
-    half_widths = widths.mul_(half_sigma)
-    nodes = nodes.view(nodes.shape + (1,) * half_widths.dim())
-    tangent_starts, tangent_widths = _tangent_panels(half_starts, half_widths)
+    ends = _panels(half_slope.clamp_(min=zero), quarter_curvature.clamp_(min=zero), span, panels)
+    # each panel end as half its half offset from θ, (θ₀ + σu − θ)/4 = (σ/2)u/2 − gap/4; the
+    # first panel starts at θ itself, so it also covers the stretch across the mode (the
+    # integrand is smooth there: a panel of its own measured no more accurate than its nodes)
+    quarter_ends = torch.addcmul(gap * constant(-0.25, dtype, device), half_sigma, ends, value=0.5)
+    tangent_starts, tangent_widths = _tangent_panels(quarter_ends)
+    nodes = nodes.view(nodes.shape + (1,) * tangent_widths.dim())
     tangents = torch.addcmul(tangent_starts, tangent_widths, nodes)  # (nodes, panels) + t.shape
     two_sin, two_cos = sin_t + sin_t, cos_t + cos_t
     columns = (two_sin, two_cos, two_cos / sin_t.clamp(min=tiny), -kappa, one_minus_a - t)
