@@ -2,7 +2,7 @@
 closed forms and against a converged version of itself (issue 15).
 
 Tolerance: the rule's documented relative error (ops/sphere.py: measured ≤ 4e-8 in float64),
-asserted as 1e-7, the accuracy the float64 rule had before it moved to T = 2 tan((φ − θ)/4)
+asserted as 1e-7, the accuracy the float64 rule had before it moved to τ = tan((φ − θ)/4)
 (float64 rounding adds ~1e-13 relative, negligible)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_rule_at_dim3_matches_the_exact_inverse_cdf():
     """d = 3: t(u; κ) = −log(1 − (1 − u)(1 − e^{−2κ}))/κ is the exact inverse CDF, so autograd
     through it gives dt/dκ at fixed CDF value in closed form, for every κ and u (u ≥ 1e-4:
     closer to the antipode, 2 − t ≲ 1e-9, the rule loses accuracy at small κ, as before the
-    rule moved to T = 2 tan((φ − θ)/4): 9e-5 at κ = 1e-3, u = 1e-9)."""
+    rule moved to τ = tan((φ − θ)/4): 9e-5 at κ = 1e-3, u = 1e-9)."""
     u = torch.tensor([1e-4, 2e-3, 0.01, 0.3, 0.5, 0.7, 0.99, 1 - 1e-6], dtype=torch.float64)
     for value in [1e-3, 0.1, 1.0, 10.0, 1e3, 1e5]:
         kappa = torch.tensor(value, dtype=torch.float64, requires_grad=True)
