@@ -159,36 +159,44 @@ _BASIS_TENSORS: dict = {}
 
 
 def _identity_and_e1(dim: int, dtype: torch.dtype, device: torch.device):
-    """I_d, e₁ and the one-element tensor (1,) as tensors, built once per (d, dtype, device)."""
+    """I_d, e₁ and the one-element tensors (1,) and (−1,), built once per (d, dtype, device)."""
     key = (dim, dtype, device)
     if key not in _BASIS_TENSORS:
         eye = torch.eye(dim, dtype=dtype, device=device)
-        _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone()
+        _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone(), -eye[0, :1]
     return _BASIS_TENSORS[key]
 
 
+def _reflection_matrix(unit: torch.Tensor):
+    """R = −s·I + (s/u₁)·u uᵀ for a unit vector l (s = sign(l₁), +1 at l₁ = ±0, u = e₁ + s·l,
+    u₁ = 1 + |l₁|), the symmetric orthogonal matrix with e₁R = l: :func:`householder_rotate`'s
+    map as a d×d matrix. Built from w = s·u = l + s·e₁ as R = −s·I + w (w/w₁)ᵀ (s² = 1), one
+    ``addcmul`` and no ``outer``; shared by the autograd path (:func:`_rotate_by_matrix`) and
+    the Functions' (:func:`_rotation_matrix`), so their samples are equal bitwise. Returns
+    (R, w)."""
+    eye, e1, one, minus_one = _identity_and_e1(unit.shape[0], unit.dtype, unit.device)
+    flip = torch.where(unit[:1] >= 0, minus_one, one)  # −s (exact: no rounding in ±1 products)
+    w = torch.addcmul(unit, flip, e1, value=-1)
+    return torch.addcmul(eye * flip, w[:, None], w / w[:1]), w
+
+
 def _rotation_matrix(loc: torch.Tensor):
-    """The symmetric orthogonal R = −s·I + (s/u₁)·u uᵀ with e₁R = l (l = loc/|loc|,
-    s = sign(l₁), +1 at l₁ = ±0, u = e₁ + s·l, u₁ = 1 + |l₁|): :func:`householder_rotate`'s
-    map as a d×d matrix for one mean direction, value for value :func:`_rotate_by_matrix`'s
-    (so samples through it equal that path's bitwise). Returns (R, |loc|, l, u); no autograd
-    (see :func:`_householder_matrix_backward`)."""
+    """R of :func:`_reflection_matrix` for one mean direction l = loc/|loc|. Returns
+    (R, |loc|, l, w); no autograd (see :func:`_householder_matrix_backward`)."""
     dim = loc.shape[-1]
     if loc.dim() != 1:
         loc = loc.reshape(dim)
-    eye, e1, one = _identity_and_e1(dim, loc.dtype, loc.device)
     norm = torch.linalg.vector_norm(loc)
     unit = loc / norm
-    flip = torch.where(unit[:1] >= 0, -one, one)  # −s (exact: no rounding in ±1 products)
-    u = torch.addcmul(e1, flip, unit, value=-1)
-    rotation = torch.addcmul(eye * flip, torch.outer(u, u), flip / u[:1], value=-1)
-    return rotation, norm, unit, u
+    rotation, w = _reflection_matrix(unit)
+    return rotation, norm, unit, w
 
 
 def _householder_matrix_backward(d_rotation, norm, unit, u):
     """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_rotation_matrix`: through u,
     (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
-    the normalization's Jacobian (I − l lᵀ)/|loc|."""
+    the normalization's Jacobian (I − l lᵀ)/|loc|. The expression is even in u, so ``u`` may
+    be :func:`_rotation_matrix`'s w = s·u (the same numbers up to exact sign flips)."""
     w = (d_rotation + d_rotation.T) @ u
     u1 = u[:1]
     e1 = _identity_and_e1(u.shape[0], u.dtype, u.device)[1]
@@ -215,25 +223,6 @@ def _single_direction_backward(ctx, grad):
     return d_loc, d_concentration
 
 
-def _embed(first, radius, direction) -> torch.Tensor:
-    """y = (first, radius·direction), shape (samples, d), without autograd."""
-    samples, rest = direction.shape
-    y = torch.empty((samples, rest + 1), dtype=first.dtype, device=first.device)
-    y[:, 0] = first
-    torch.mul(direction, radius.unsqueeze(-1), out=y[:, 1:])
-    return y
-
-
-def _embed_with_tangent(first, radius, d_first, d_radius, direction) -> torch.Tensor:
-    """y = (first, radius·direction) and its tangent y′ = (first′, radius′·direction) stacked
-    as (2, samples, d), without autograd (one matrix product then rotates both)."""
-    samples, rest = direction.shape
-    y = torch.empty((2, samples, rest + 1), dtype=first.dtype, device=first.device)
-    y[:, :, 0] = torch.stack([first, d_first])
-    torch.mul(direction, torch.stack([radius, d_radius]).unsqueeze(-1), out=y[:, :, 1:])
-    return y
-
-
 def _rotate_by_matrix(loc, first, radius, direction):
     """:func:`embed_rotate` for one mean direction (``loc`` has d elements): z = y·R with
     y = (first, radius·direction) and the symmetric orthogonal R = −s·(I − u uᵀ/u₁), the
@@ -242,13 +231,8 @@ def _rotate_by_matrix(loc, first, radius, direction):
     tensors, instead of a dozen passes over the samples. (An autograd Function with the
     backward of :func:`_householder_matrix_backward` measured 2-3% slower here: the Python
     backward costs what the saved autograd nodes do.)"""
-    dim = loc.shape[-1]
-    loc = loc.reshape(dim)
-    loc = loc / torch.linalg.vector_norm(loc)
-    eye, e1, _ = _identity_and_e1(dim, loc.dtype, loc.device)
-    sign = torch.where(loc[:1] >= 0, 1.0, -1.0).to(loc.dtype)
-    u = torch.addcmul(e1, sign, loc)
-    rotation = torch.addcmul(eye * -sign, torch.outer(u, u), -sign / u[:1], value=-1)
+    loc = loc.reshape(loc.shape[-1])
+    rotation, _ = _reflection_matrix(loc / torch.linalg.vector_norm(loc))
     y = torch.cat([first.unsqueeze(-1), radius.unsqueeze(-1) * direction.detach()], dim=-1)
     return y @ rotation
 
