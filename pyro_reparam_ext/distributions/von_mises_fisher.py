@@ -15,6 +15,7 @@ from pyro_reparam_ext.ops.sphere import (
     _dt_dconcentration_untracked,
     _rotation_matrix,
     _single_direction_backward,
+    _squared_norms,
     _vmf_tangent_coordinates,
     embed_rotate,
     uniform_tangent,
@@ -41,6 +42,18 @@ def _batch_shape(loc_shape: tuple, concentration_shape: tuple) -> torch.Size:
             f"{concentration_shape}) do not broadcast: concentration must be broadcastable "
             "to loc.shape[:-1]"
         ) from None
+
+
+def _arguments_ok(loc: torch.Tensor, concentration: torch.Tensor) -> torch.Tensor:
+    """``constraints.sphere.check(loc) & constraints.nonnegative.check(concentration)``, the
+    same predicate (|‖loc‖ − 1| < reltol·eps·sqrt(d), κ ≥ 0) with its constants as cached
+    tensors: each Python number operand costs a conversion and a copy (three of the checks'
+    eight ops)."""
+    dtype, device = loc.dtype, loc.device
+    tolerance = constraints.sphere.reltol * torch.finfo(dtype).eps * loc.shape[-1] ** 0.5
+    error = torch.linalg.vector_norm(loc, dim=-1).sub_(constant(1.0, dtype, device)).abs_()
+    nonnegative = concentration >= constant(0.0, dtype, device)
+    return (error < constant(tolerance, dtype, device)).logical_and_(nonnegative)
 
 
 class SphereLocConcentration(TorchDistribution):
@@ -84,18 +97,11 @@ class SphereLocConcentration(TorchDistribution):
     def _check_arguments(self):
         """ValueError naming the argument if ``loc`` is not on the sphere or κ < 0. Both checks
         have the batch shape, so one ``all`` and one host read cover the pair."""
-        loc_constraint = self.arg_constraints["loc"]
-        concentration_constraint = self.arg_constraints["concentration"]
-        loc_ok = loc_constraint.check(self.loc.detach())
-        concentration_ok = concentration_constraint.check(self.concentration)  # no graph: bool
-        if torch.logical_and(loc_ok, concentration_ok).all():  # the one host read
+        if _arguments_ok(self.loc.detach(), self.concentration).all():  # the one host read
             return
-        for name, constraint, ok in [
-            ("loc", loc_constraint, loc_ok),
-            ("concentration", concentration_constraint, concentration_ok),
-        ]:
-            if not ok.all():
-                value = getattr(self, name)
+        for name, constraint in self.arg_constraints.items():
+            value = getattr(self, name)
+            if not constraint.check(value.detach()).all():
                 raise ValueError(
                     f"Expected parameter {name} ({type(value).__name__} of shape "
                     f"{tuple(value.shape)}) of distribution {type(self).__name__} to satisfy "
@@ -150,7 +156,7 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
         if v.dim() != 2:
             v = v.reshape(-1, dim - 1)
         t = t.reshape(-1, 1)  # columns (samples, 1): they scale v and join y without unsqueezes
-        norm_sq = (v * v).sum(-1, keepdim=True)  # (linalg.vecdot's own expression)
+        norm_sq = _squared_norms(v)  # (as the batched path: the same samples bitwise)
         # (constants as cached tensors: a Python number operand costs more than the op)
         dtype, device = t.dtype, t.device
         square = (constant(2.0, dtype, device) - t).mul_(t)

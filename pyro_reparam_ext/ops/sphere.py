@@ -92,6 +92,20 @@ def _sum_rows(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("npj,np->pj", x, weights)
 
 
+_ONES: dict = {}
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    """|row|² of an (N, k) matrix as an (N, 1) column: one matrix product with a column of
+    ones (built once per (k, dtype, device)), about half the CPU time of ``sum(-1)``'s
+    reduction kernel at these sizes (measured 6 against 13 µs at 1024 × 15)."""
+    key = (rows.shape[-1], rows.dtype, rows.device)
+    if key not in _ONES:
+        with torch.inference_mode(False):
+            _ONES[key] = torch.ones((rows.shape[-1], 1), dtype=rows.dtype, device=rows.device)
+    return torch.mm(rows * rows, _ONES[key])
+
+
 #: ambient dimension from which :func:`embed_rotate` uses the hand-written backward (measured:
 #: slower than autograd's at d ≤ 16, about equal at d = 64–128, 2–3× faster at d = 1024)
 _FUSED_MIN_DIM = 128
@@ -393,15 +407,27 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
     return samples[:num_samples].reshape(sample_shape + kappa.shape)
 
 
+_POOL_INDEX: dict = {}
+
+
+def _pool_index(size: int, ndim: int, device: torch.device) -> torch.Tensor:
+    """arange(size) shaped (size, 1, …, 1) with ``ndim`` dims, built once per key."""
+    key = (size, ndim, device)
+    if key not in _POOL_INDEX:
+        with torch.inference_mode(False):
+            index = torch.arange(size, device=device)
+            _POOL_INDEX[key] = index.reshape((-1,) + (1,) * (ndim - 1))
+    return _POOL_INDEX[key]
+
+
 def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
     """Where each proposal lands when the pool (dim 0) is stably sorted with the accepted
     ones first: the k-th accepted goes to k, the k-th rejected to (number accepted) + k.
     From one cumulative sum, cheaper than a stable argsort of the flags."""
     rank = rejected.cumsum(0)  # rejected ones up to and including j
-    index = torch.arange(rejected.shape[0], device=rejected.device)
-    index = index.reshape((-1,) + (1,) * (rejected.dim() - 1))
-    accepted_total = rejected.shape[0] - rank[-1:]
-    return torch.where(rejected, rank + (accepted_total - 1), index - rank)
+    last_accepted = (rejected.shape[0] - 1) - rank[-1:]  # (number accepted) − 1
+    index = _pool_index(rejected.shape[0], rejected.dim(), rejected.device)
+    return torch.where(rejected, rank + last_accepted, index - rank)
 
 
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
@@ -694,7 +720,7 @@ def _vmf_tangent_coordinates(concentration: torch.Tensor, dim: int, sample_shape
         t = vmf_marginal_sample_t(concentration, dim, sample_shape)
     dtype, device = concentration.dtype, concentration.device
     direction = torch.randn(shape + (dim - 1,), dtype=dtype, device=device)
-    norm_sq = torch.linalg.vecdot(direction, direction)
+    norm_sq = _squared_norms(direction.reshape(-1, dim - 1)).reshape(shape)
     if fused:
         first, radius = _WoodTangentCoordinates.apply(t, concentration, norm_sq, dim)
     else:
