@@ -189,7 +189,8 @@ def _reflection_matrix(unit: torch.Tensor):
     the Functions' (:func:`_rotation_matrix`), so their samples are equal bitwise. Returns
     (R, w)."""
     eye, e1, one, minus_one = _identity_and_e1(unit.shape[0], unit.dtype, unit.device)
-    flip = torch.where(unit[:1] >= 0, minus_one, one)  # −s (exact: no rounding in ±1 products)
+    zero = constant(0.0, unit.dtype, unit.device)
+    flip = torch.where(unit[:1] >= zero, minus_one, one)  # −s (exact: no rounding in ±1 products)
     w = torch.addcmul(unit, flip, e1, value=-1)
     return torch.addcmul(eye * flip, w[:, None], w / w[:1]), w
 
@@ -211,10 +212,11 @@ def _householder_matrix_backward(d_rotation, norm, unit, u):
     (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
     the normalization's Jacobian (I − l lᵀ)/|loc|. The expression is even in u, so ``u`` may
     be :func:`_rotation_matrix`'s w = s·u (the same numbers up to exact sign flips)."""
-    w = (d_rotation + d_rotation.T) @ u
+    w = torch.mv(d_rotation + d_rotation.t(), u)
     u1 = u[:1]
     e1 = _identity_and_e1(u.shape[0], u.dtype, u.device)[1]
-    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / (2 * u1), value=-1).div_(u1)  # uᵀdRu = uᵀw/2
+    # uᵀdRu = uᵀw/2; the ½ as addcmul's value (exact: the same numbers as dividing by 2u₁)
+    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / u1, value=-0.5).div_(u1)
     return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1).div_(norm)
 
 
@@ -231,7 +233,7 @@ def _single_direction_backward(ctx, grad):
         if d_concentration.shape != concentration_shape:
             d_concentration = d_concentration.reshape(concentration_shape)
     if ctx.needs_input_grad[0]:
-        d_loc = _householder_matrix_backward(y.T @ g, norm, unit, u)
+        d_loc = _householder_matrix_backward(torch.mm(y.t(), g), norm, unit, u)
         if d_loc.shape != loc_shape:
             d_loc = d_loc.reshape(loc_shape)
     return d_loc, d_concentration
@@ -425,7 +427,8 @@ def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
     ones first: the k-th accepted goes to k, the k-th rejected to (number accepted) + k.
     From one cumulative sum, cheaper than a stable argsort of the flags."""
     rank = rejected.cumsum(0)  # rejected ones up to and including j
-    last_accepted = (rejected.shape[0] - 1) - rank[-1:]  # (number accepted) − 1
+    # (number accepted) − 1, the pool size as a cached tensor (not converted on every call)
+    last_accepted = constant(rejected.shape[0] - 1, rank.dtype, rank.device) - rank[-1:]
     index = _pool_index(rejected.shape[0], rejected.dim(), rejected.device)
     return torch.where(rejected, rank + last_accepted, index - rank)
 
