@@ -303,18 +303,19 @@ def _wood_envelope(concentration: torch.Tensor, dim: int) -> torch.Tensor:
     return m / (two_kappa + torch.hypot(two_kappa, m))
 
 
-def _twice_symmetric_beta(a: float, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _twice_symmetric_beta(a: float, log_u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """2x for a Beta(a, a) draw x from two uniforms by Ulrich's polar method [4] (a ≥ 1/2):
     with r = sqrt(1 − u^{2/(2a−1)}), x = (1 + r cos 2πv)/2, written as
     2x = u^{2/(2a−1)}/(1 + r) + 2r cos²πv so that x keeps its relative precision near 0.
-    Exact, loop-free and cheaper than a Gamma-based Beta sampler. ``u`` and ``v`` are
+    Exact, loop-free and cheaper than a Gamma-based Beta sampler. Takes log u (the caller
+    takes it together with its own acceptance test's logarithm); ``log_u`` and ``v`` are
     overwritten. (2x, not x: the caller folds the ½ into its per-parameter constants.)
     """
-    dtype, device = u.dtype, u.device
+    dtype, device = v.dtype, v.device
     cos_sq = v.mul_(constant(math.pi, dtype, device)).cos_().square_()
     if a == 0.5:  # the arcsine law: r = 1
         return cos_sq.add_(cos_sq)
-    log_uc = u.log_().mul_(constant(2 / (2 * a - 1), dtype, device))
+    log_uc = log_u.mul_(constant(2 / (2 * a - 1), dtype, device))
     r = torch.expm1(log_uc).neg_().sqrt_()
     one = constant(1.0, dtype, device)
     return torch.addcmul(log_uc.exp_().div_(r + one), r, cos_sq, value=2)
@@ -397,13 +398,14 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
         c0 = torch.add((kappa + kappa) * b / one_plus_b, (one_plus_b * half).log_(), alpha=dim - 1)
         g = one_minus_b / (b + b)
         uniforms = torch.rand((3,) + pool, dtype=dtype, device=device)
-        uniforms.clamp_(min=constant(torch.finfo(dtype).tiny, dtype, device))
-        x2 = _twice_symmetric_beta((dim - 1) / 2, uniforms[0], uniforms[1])  # 2x
+        # log u of the Beta draw's and of the acceptance test's uniforms in one op
+        logs = uniforms[0::2].clamp_(min=constant(torch.finfo(dtype).tiny, dtype, device)).log_()
+        x2 = _twice_symmetric_beta((dim - 1) / 2, logs[0], uniforms[1])  # 2x
         # t = 2bx/(1 − (1 − b)x) = b·(2x)/(1 − ((1 − b)/2)·(2x))
         t_prop = torch.mul(x2, b).div_(torch.addcmul(one, x2, one_minus_b * half, value=-1))
         log_ratio = torch.addcmul(c0, kappa, t_prop, value=-1)
         log_ratio.add_(torch.mul(t_prop, g).log1p_(), alpha=dim - 1)
-        rejected = log_ratio < uniforms[2].log_()
+        rejected = log_ratio < logs[1]
         # each proposal scattered to its place; the first n places are the samples
         samples.scatter_(0, _stable_partition_positions(rejected), t_prop)
     return samples[:num_samples].reshape(sample_shape + kappa.shape)
