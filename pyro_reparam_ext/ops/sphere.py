@@ -96,13 +96,17 @@ _ONES: dict = {}
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
-    """|row|² of an (N, k) matrix as an (N, 1) column: one matrix product with a column of
-    ones (built once per (k, dtype, device)), about half the CPU time of ``sum(-1)``'s
-    reduction kernel at these sizes (measured 6 against 13 µs at 1024 × 15)."""
-    key = (rows.shape[-1], rows.dtype, rows.device)
+    """|row|² of an (N, k) matrix as an (N, 1) column. Up to 16 columns one matrix product
+    with a column of ones (built once per (k, dtype, device)), about half the CPU time of a
+    reduction kernel there (measured 12 against 16 µs for ``vecdot`` at 1024 × 15); wider
+    rows by ``vecdot`` (the product measured 10–25% slower from k = 127)."""
+    k = rows.shape[-1]
+    if k > 16:
+        return torch.linalg.vecdot(rows, rows).unsqueeze(-1)
+    key = (k, rows.dtype, rows.device)
     if key not in _ONES:
         with torch.inference_mode(False):
-            _ONES[key] = torch.ones((rows.shape[-1], 1), dtype=rows.dtype, device=rows.device)
+            _ONES[key] = torch.ones((k, 1), dtype=rows.dtype, device=rows.device)
     return torch.mm(rows * rows, _ONES[key])
 
 
@@ -176,8 +180,9 @@ def _identity_and_e1(dim: int, dtype: torch.dtype, device: torch.device):
     """I_d, e₁ and the one-element tensors (1,) and (−1,), built once per (d, dtype, device)."""
     key = (dim, dtype, device)
     if key not in _BASIS_TENSORS:
-        eye = torch.eye(dim, dtype=dtype, device=device)
-        _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone(), -eye[0, :1]
+        with torch.inference_mode(False):  # (ordinary tensors: autograd may save them)
+            eye = torch.eye(dim, dtype=dtype, device=device)
+            _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone(), -eye[0, :1]
     return _BASIS_TENSORS[key]
 
 
