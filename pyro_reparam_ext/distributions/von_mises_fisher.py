@@ -13,10 +13,9 @@ from pyro_reparam_ext.ops.bessel import bessel_iv_ratio, constant, log_bessel_iv
 from pyro_reparam_ext.ops.sphere import (
     _MATRIX_MAX_DIM,
     _dt_dconcentration_untracked,
-    _embed,
-    _embed_with_tangent,
     _rotation_matrix,
     _single_direction_backward,
+    _squared_norms,
     _vmf_tangent_coordinates,
     embed_rotate,
     uniform_tangent,
@@ -43,6 +42,18 @@ def _batch_shape(loc_shape: tuple, concentration_shape: tuple) -> torch.Size:
             f"{concentration_shape}) do not broadcast: concentration must be broadcastable "
             "to loc.shape[:-1]"
         ) from None
+
+
+def _arguments_ok(loc: torch.Tensor, concentration: torch.Tensor) -> torch.Tensor:
+    """``constraints.sphere.check(loc) & constraints.nonnegative.check(concentration)``, the
+    same predicate (|‖loc‖ − 1| < reltol·eps·sqrt(d), κ ≥ 0) with its constants as cached
+    tensors: each Python number operand costs a conversion and a copy (three of the checks'
+    eight ops)."""
+    dtype, device = loc.dtype, loc.device
+    tolerance = constraints.sphere.reltol * torch.finfo(dtype).eps * loc.shape[-1] ** 0.5
+    error = torch.linalg.vector_norm(loc, dim=-1).sub_(constant(1.0, dtype, device)).abs_()
+    nonnegative = concentration >= constant(0.0, dtype, device)
+    return (error < constant(tolerance, dtype, device)).logical_and_(nonnegative)
 
 
 class SphereLocConcentration(TorchDistribution):
@@ -86,18 +97,11 @@ class SphereLocConcentration(TorchDistribution):
     def _check_arguments(self):
         """ValueError naming the argument if ``loc`` is not on the sphere or κ < 0. Both checks
         have the batch shape, so one ``all`` and one host read cover the pair."""
-        loc_constraint = self.arg_constraints["loc"]
-        concentration_constraint = self.arg_constraints["concentration"]
-        loc_ok = loc_constraint.check(self.loc.detach())
-        concentration_ok = concentration_constraint.check(self.concentration)  # no graph: bool
-        if torch.logical_and(loc_ok, concentration_ok).all():  # the one host read
+        if _arguments_ok(self.loc.detach(), self.concentration).all():  # the one host read
             return
-        for name, constraint, ok in [
-            ("loc", loc_constraint, loc_ok),
-            ("concentration", concentration_constraint, concentration_ok),
-        ]:
-            if not ok.all():
-                value = getattr(self, name)
+        for name, constraint in self.arg_constraints.items():
+            value = getattr(self, name)
+            if not constraint.check(value.detach()).all():
                 raise ValueError(
                     f"Expected parameter {name} ({type(value).__name__} of shape "
                     f"{tuple(value.shape)}) of distribution {type(self).__name__} to satisfy "
@@ -127,16 +131,21 @@ class SphereLocConcentration(TorchDistribution):
 class _VonMisesFisherByMatrix(torch.autograd.Function):
     """z for one mean direction (``loc`` has d ≤ 16 elements, d ≠ 3) from a Wood sample t and
     a Gaussian v, in one step with a hand-written backward (the vMF analogue of
-    PowerSpherical's ``_PowerSphericalByMatrix``). Forward: first = 1 − t and
-    radius = sqrt(t(2 − t)/|v|²) as on the autograd path; when κ needs a gradient also their
-    κ tangents, first′ = −dt/dκ and radius′ = (1 − t)/(radius·|v|²)·dt/dκ (0 where t(2 − t)
-    is clamped), with the implicit dt/dκ of
-    :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration` computed here rather
-    than on the backward pass; then y = (first, radius·v) and y′ are rotated by one product
-    with the matrix R of :func:`~pyro_reparam_ext.ops.sphere._rotation_matrix` (the same R as
-    the autograd path's, so the samples are the same bitwise). Backward: dκ = ⟨g, y′R⟩, one
-    inner product, and d loc from dR = yᵀg. Not twice differentiable (``once_differentiable``;
-    the batched path is)."""
+    PowerSpherical's ``_PowerSphericalByMatrix``). Forward: y = (first, radius·v) with
+    first = 1 − t and radius = sqrt(t(2 − t)/|v|²) as on the autograd path, and z = yR with
+    the matrix R of :func:`~pyro_reparam_ext.ops.sphere._rotation_matrix` (the same R as the
+    autograd path's, so the samples are the same bitwise). When κ needs a gradient also the
+    tangent dz/dκ = b·(l − first·z), l = loc/|loc|, two ops from z (forward mode, with the
+    implicit dt/dκ of :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration`
+    computed here rather than on the backward pass). Why one number b per sample: v is fixed
+    and |y| = 1, so y′ = dy/dκ lies in the plane of y and e₁ and is orthogonal to y,
+    y′ = a·y + b·e₁ with a + b·first = 0; the tangent coordinates give
+    a = radius′/radius = (1 − t)t′/(t(2 − t)), the first one −t′ = a(1 − t) + b, so
+    b = −t′/(t(2 − t)) (t′ = dt/dκ; t(2 − t) clamped at the smallest normal number, where
+    t′ = 0 anyway), and y′R = a·z + b·l. Its rounding error is eps·|b| per coordinate, the
+    same relative precision as z's own tangent part (|dz/dκ| = |b|·sqrt(t(2 − t))).
+    Backward: dκ = ⟨g, dz/dκ⟩, one inner product, and d loc from dR = yᵀg. Not twice
+    differentiable (``once_differentiable``; the batched path is)."""
 
     @staticmethod
     def forward(ctx, loc, concentration, t, v, grad_enabled):
@@ -144,31 +153,24 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
         out_shape = v.shape[:-1] + (dim,)
         ctx.shapes = loc.shape, concentration.shape
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
-        norm_sq = (v * v).sum(-1)  # (linalg.vecdot's own expression, without its dispatch)
+        if v.dim() != 2:
+            v = v.reshape(-1, dim - 1)
+        t = t.reshape(-1, 1)  # columns (samples, 1): they scale v and join y without unsqueezes
+        norm_sq = _squared_norms(v)  # (as the batched path: the same samples bitwise)
         # (constants as cached tensors: a Python number operand costs more than the op)
         dtype, device = t.dtype, t.device
         square = (constant(2.0, dtype, device) - t).mul_(t)
-        tiny = constant(torch.finfo(dtype).tiny, dtype, device)
-        radius = square.clamp(min=tiny).div_(norm_sq).sqrt_()
+        square_clamped = square.clamp(min=constant(torch.finfo(dtype).tiny, dtype, device))
+        radius = torch.div(square_clamped, norm_sq).sqrt_()
         first = constant(1.0, dtype, device) - t
         rotation, norm, unit, u = _rotation_matrix(loc)
-        v = v.reshape(-1, dim - 1)
+        y = torch.cat([first, radius * v], dim=1)
+        z = torch.mm(y, rotation)  # (not matmul: one dispatch less)
+        d_z = None
         if tangent:
             dt = _dt_dconcentration_untracked(t, concentration, dim, first, square)
-            d_radius = (
-                (first / (radius * norm_sq))
-                .masked_fill_(square < tiny, constant(0.0, dtype, device))
-                .mul_(dt)
-            )
-            y = _embed_with_tangent(
-                first.reshape(-1), radius.reshape(-1), dt.neg().reshape(-1), d_radius.reshape(-1), v
-            )
-            # z and dz/dκ in one product: the backward's κ gradient is one inner product
-            z, d_z = y @ rotation
-            y = y[0]
-        else:
-            y = _embed(first.reshape(-1), radius.reshape(-1), v)
-            z, d_z = y @ rotation, None
+            # b·(l − first·z) = (first·z − l)·t′/(t(2 − t))
+            d_z = torch.mul(z, first).sub_(unit).mul_(torch.div(dt, square_clamped))
         ctx.save_for_backward(norm, unit, u, y, d_z)
         return z if z.shape == out_shape else z.reshape(out_shape)
 
