@@ -195,7 +195,7 @@ class VonMisesFisher(SphereLocConcentration):
     only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
     drawn by Wood's rejection sampler [3] and differentiated *implicitly* [4]:
     dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds computed by a
-    Gauss–Legendre rule (40 nodes; 36 in float32) placed per sample in the angle arccos w (see
+    Gauss–Legendre rule (35 nodes) placed per sample on panels of the angle arccos w (see
     :func:`~pyro_reparam_ext.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
     derivative of the sampler's transport map, so no correction term is needed, the gradient
     is an ordinary backward pass, and it works with every ELBO. Differentiating through the
