@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 PYTEST_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20 tests
 
 lint: install
 	$(VENV)/bin/ruff check .
