@@ -20,10 +20,10 @@ a busy machine slows them alike and the ratios stay comparable.
 s-vae-pytorch (Davidson et al.) is not published on the package index, so it is not run here.
 NumPyro steps are ``jax.jit``-compiled ``value_and_grad``.
 
-Run: ``python benchmarks/sphere.py`` (what ``make bench`` runs: the whole grid, 7 rounds, about
-2 minutes; ``--before REV`` adds the ``(before)`` columns, ``--repeats`` more rounds, ``--quick``
-is a 3-round smoke test). Writes
-``benchmarks/results/sphere.md`` and ``.json``.
+Run: ``python benchmarks/sphere.py`` (what ``make bench`` runs: the whole grid, 21 rounds per
+cell after 2 warm-up calls of each step; with 7 rounds single cells moved by about ±10 % from
+run to run; ``--before REV`` adds the ``(before)`` columns, ``--repeats`` sets the rounds,
+``--quick`` is a 3-round smoke test). Writes ``benchmarks/results/sphere.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def main(argv=None):
     )
     parser.add_argument("--num-samples", type=int, default=1024)
     parser.add_argument(
-        "--repeats", type=int, default=7, help="round-robin rounds per cell (--quick: 3)"
+        "--repeats", type=int, default=21, help="round-robin rounds per cell (--quick: 3)"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)"
@@ -288,9 +288,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
     # the default run (what `make bench` runs) covers every κ, d, dtype and backend of the
-    # targets in about 2 minutes on a quiet 2-core machine; --quick is a 3-round smoke test
-    # without the '(before)' columns
-    repeats, warmup = (3, 1) if args.quick else (args.repeats, 1)
+    # targets; --quick is a 3-round smoke test without the '(before)' columns
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
     if args.quick:
         args.before = ""
     dtypes = args.dtypes.split(",")
