@@ -17,9 +17,9 @@ from pyro_reparam_ext.ops.sphere import (
     _single_direction_backward,
     _squared_norms,
     _vmf_tangent_coordinates,
+    _wood_samples,
     embed_rotate,
     uniform_tangent,
-    wood_sample_t,
 )
 
 __all__ = ["HypersphericalUniform", "VonMisesFisher", "log_sphere_area"]
@@ -74,7 +74,12 @@ class SphereLocConcentration(TorchDistribution):
             raise ValueError(
                 f"loc must have shape batch + (d,) with d >= 2, got shape {tuple(loc.shape)}"
             )
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        if not (
+            isinstance(concentration, torch.Tensor)
+            and concentration.dtype == loc.dtype
+            and concentration.device == loc.device
+        ):  # (as_tensor costs a dispatch even when it returns its argument)
+            concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
         batch_shape = _batch_shape(tuple(loc.shape), tuple(concentration.shape))
         # (no expand where the shape is already right: each expand is an autograd node)
         loc_shape = batch_shape + loc.shape[-1:]
@@ -97,7 +102,8 @@ class SphereLocConcentration(TorchDistribution):
     def _check_arguments(self):
         """ValueError naming the argument if ``loc`` is not on the sphere or κ < 0. Both checks
         have the batch shape, so one ``all`` and one host read cover the pair."""
-        if _arguments_ok(self.loc.detach(), self.concentration).all():  # the one host read
+        ok = _arguments_ok(self.loc.detach(), self.concentration)
+        if ok if ok.dim() == 0 else ok.all():  # the one host read
             return
         for name, constraint in self.arg_constraints.items():
             value = getattr(self, name)
@@ -148,14 +154,16 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
     differentiable (``once_differentiable``; the batched path is)."""
 
     @staticmethod
-    def forward(ctx, loc, concentration, t, v, grad_enabled):
+    def forward(ctx, loc, concentration, t, v, grad_enabled, out_shape=None):
+        # rsample passes t as a column (samples, 1) (it scales v and joins y without
+        # unsqueezes), v as (samples, d − 1) and out_shape (samples' shape + batch + (d,));
+        # without out_shape, t and v of any shapes sample_shape (+ (d − 1,))
         dim = loc.shape[-1]
-        out_shape = v.shape[:-1] + (dim,)
+        if out_shape is None:
+            out_shape = v.shape[:-1] + (dim,)
+            t, v = t.reshape(-1, 1), v.reshape(-1, dim - 1)
         ctx.shapes = loc.shape, concentration.shape
         tangent = grad_enabled and ctx.needs_input_grad[1]  # (not under no_grad: sample())
-        if v.dim() != 2:
-            v = v.reshape(-1, dim - 1)
-        t = t.reshape(-1, 1)  # columns (samples, 1): they scale v and join y without unsqueezes
         norm_sq = _squared_norms(v)  # (as the batched path: the same samples bitwise)
         # (constants as cached tensors: a Python number operand costs more than the op)
         dtype, device = t.dtype, t.device
@@ -177,7 +185,7 @@ class _VonMisesFisherByMatrix(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        return *_single_direction_backward(ctx, grad), None, None, None
+        return *_single_direction_backward(ctx, grad), None, None, None, None
 
 
 class VonMisesFisher(SphereLocConcentration):
@@ -231,11 +239,17 @@ class VonMisesFisher(SphereLocConcentration):
         # z = (1 − t, sqrt(t(2 − t))·v/|v|) relative to e₁, rotated to loc
         dim = self.dim
         if dim != 3 and dim <= _MATRIX_MAX_DIM and self.loc.numel() == dim:
-            # one mean direction: one autograd Function (t first, then v, as below)
-            t = wood_sample_t(self.concentration, dim, sample_shape)
-            v = torch.randn(t.shape + (dim - 1,), dtype=t.dtype, device=t.device)
+            # one mean direction: one autograd Function (t first, then v, as below); t as the
+            # column the Function takes, v as (samples, d − 1): the same draws as the shapes
+            # sample_shape + batch (+ (d − 1,)), without reshapes
+            sample_shape = torch.Size(sample_shape)
+            num_samples = sample_shape.numel()
+            concentration = self.concentration
+            t = _wood_samples(concentration.detach(), dim, num_samples, (1,))
+            v = torch.randn((num_samples, dim - 1), dtype=t.dtype, device=t.device)
+            out_shape = sample_shape + self._batch_shape + self._event_shape
             return _VonMisesFisherByMatrix.apply(
-                self.loc, self.concentration, t, v, torch.is_grad_enabled()
+                self.loc, concentration, t, v, torch.is_grad_enabled(), out_shape
             )
         first, radius, direction = _vmf_tangent_coordinates(
             self.concentration, self.dim, sample_shape

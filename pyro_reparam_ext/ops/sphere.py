@@ -177,59 +177,62 @@ _BASIS_TENSORS: dict = {}
 
 
 def _identity_and_e1(dim: int, dtype: torch.dtype, device: torch.device):
-    """I_d, e₁ and the one-element tensors (1,) and (−1,), built once per (d, dtype, device)."""
+    """−I_d and e₁, built once per (d, dtype, device)."""
     key = (dim, dtype, device)
     if key not in _BASIS_TENSORS:
         with torch.inference_mode(False):  # (ordinary tensors: autograd may save them)
             eye = torch.eye(dim, dtype=dtype, device=device)
-            _BASIS_TENSORS[key] = eye, eye[0].clone(), eye[0, :1].clone(), -eye[0, :1]
+            _BASIS_TENSORS[key] = -eye, eye[0].clone()
     return _BASIS_TENSORS[key]
 
 
 def _reflection_matrix(unit: torch.Tensor):
-    """R = −s·I + (s/u₁)·u uᵀ for a unit vector l (s = sign(l₁), +1 at l₁ = ±0, u = e₁ + s·l,
-    u₁ = 1 + |l₁|), the symmetric orthogonal matrix with e₁R = l: :func:`householder_rotate`'s
-    map as a d×d matrix. Built from w = s·u = l + s·e₁ as R = −s·I + w (w/w₁)ᵀ (s² = 1), one
-    ``addcmul`` and no ``outer``; shared by the autograd path (:func:`_rotate_by_matrix`) and
-    the Functions' (:func:`_rotation_matrix`), so their samples are equal bitwise. Returns
-    (R, w)."""
-    eye, e1, one, minus_one = _identity_and_e1(unit.shape[0], unit.dtype, unit.device)
-    zero = constant(0.0, unit.dtype, unit.device)
-    flip = torch.where(unit[:1] >= zero, minus_one, one)  # −s (exact: no rounding in ±1 products)
-    w = torch.addcmul(unit, flip, e1, value=-1)
-    return torch.addcmul(eye * flip, w[:, None], w / w[:1]), w
+    """R = −s·I + (s/u₁)·u uᵀ for a unit vector l (s = sign(l₁) as ``copysign``, so −1 at
+    l₁ = −0: either sign is stable there; u = e₁ + s·l, u₁ = 1 + |l₁|), the symmetric
+    orthogonal matrix with e₁R = l: :func:`householder_rotate`'s map as a d×d matrix. Built
+    from w = s·u = l + s·e₁ (s·e₁ = copysign(e₁, l), one op) as R = −s·I + w qᵀ with
+    q = w/w₁ (s² = 1), one ``addcmul`` and no ``outer``; shared by the autograd path
+    (:func:`_rotate_by_matrix`) and the Functions' (:func:`_rotation_matrix`), so their
+    samples are equal bitwise. Returns (R, q)."""
+    minus_eye, e1 = _identity_and_e1(unit.shape[0], unit.dtype, unit.device)
+    s_e1 = torch.copysign(e1, unit)  # (s, ±0, …, ±0)
+    w = unit + s_e1
+    q = w / w[:1]
+    return torch.addcmul(minus_eye * s_e1[:1], w[:, None], q), q
 
 
 def _rotation_matrix(loc: torch.Tensor):
     """R of :func:`_reflection_matrix` for one mean direction l = loc/|loc|. Returns
-    (R, |loc|, l, w); no autograd (see :func:`_householder_matrix_backward`)."""
+    (R, |loc|, l, q) with q = w/w₁ (what :func:`_householder_matrix_backward` takes); no
+    autograd."""
     dim = loc.shape[-1]
     if loc.dim() != 1:
         loc = loc.reshape(dim)
     norm = torch.linalg.vector_norm(loc)
     unit = loc / norm
-    rotation, w = _reflection_matrix(unit)
-    return rotation, norm, unit, w
+    rotation, q = _reflection_matrix(unit)
+    return rotation, norm, unit, q
 
 
-def _householder_matrix_backward(d_rotation, norm, unit, u):
+def _householder_matrix_backward(d_rotation, norm, unit, q):
     """d/d loc of ⟨d_rotation, R(loc)⟩ for :func:`_rotation_matrix`: through u,
     (s/u₁)(dR + dRᵀ)u − (s/u₁²)(uᵀ dR u)·e₁, times ∂u/∂l = s (s² = 1, so s drops out), then
-    the normalization's Jacobian (I − l lᵀ)/|loc|. The expression is even in u, so ``u`` may
-    be :func:`_rotation_matrix`'s w = s·u (the same numbers up to exact sign flips)."""
-    w = torch.mv(d_rotation + d_rotation.t(), u)
-    u1 = u[:1]
-    e1 = _identity_and_e1(u.shape[0], u.dtype, u.device)[1]
-    # uᵀdRu = uᵀw/2; the ½ as addcmul's value (exact: the same numbers as dividing by 2u₁)
-    d_unit = torch.addcmul(w, e1, torch.dot(u, w) / u1, value=-0.5).div_(u1)
+    the normalization's Jacobian (I − l lᵀ)/|loc|. The expression is even in u and of degree
+    0, so it is taken in q = u/u₁ (:func:`_rotation_matrix`'s q = w/w₁, the same numbers):
+    (dR + dRᵀ)q − ½(qᵀ(dR + dRᵀ)q)·e₁, five small ops before the projection."""
+    p = torch.mv(d_rotation + d_rotation.t(), q)
+    e1 = _identity_and_e1(q.shape[0], q.dtype, q.device)[1]
+    # qᵀdRq = qᵀp/2; the ½ as addcmul's value
+    d_unit = torch.addcmul(p, e1, torch.dot(q, p), value=-0.5)
     return torch.addcmul(d_unit, unit, torch.dot(d_unit, unit), value=-1).div_(norm)
 
 
 def _single_direction_backward(ctx, grad):
     """(d loc, d κ) of the single-direction sampling Functions (PowerSpherical's and the
-    vMF's, which save (norm, unit, u, y, dz/dκ) and ``shapes``): κ's gradient is one inner
-    product with the saved tangent dz/dκ, loc's goes through :func:`_rotation_matrix`."""
-    norm, unit, u, y, d_z = ctx.saved_tensors
+    vMF's, which save (norm, unit, q, y, dz/dκ) of :func:`_rotation_matrix` and ``shapes``):
+    κ's gradient is one inner product with the saved tangent dz/dκ, loc's goes through
+    :func:`_householder_matrix_backward`."""
+    norm, unit, q, y, d_z = ctx.saved_tensors
     loc_shape, concentration_shape = ctx.shapes
     g = grad if grad.dim() == 2 else grad.reshape(y.shape)
     d_loc = d_concentration = None
@@ -238,7 +241,7 @@ def _single_direction_backward(ctx, grad):
         if d_concentration.shape != concentration_shape:
             d_concentration = d_concentration.reshape(concentration_shape)
     if ctx.needs_input_grad[0]:
-        d_loc = _householder_matrix_backward(torch.mm(y.t(), g), norm, unit, u)
+        d_loc = _householder_matrix_backward(torch.mm(y.t(), g), norm, unit, q)
         if d_loc.shape != loc_shape:
             d_loc = d_loc.reshape(loc_shape)
     return d_loc, d_concentration
@@ -308,6 +311,19 @@ def _wood_envelope(concentration: torch.Tensor, dim: int) -> torch.Tensor:
     return m / (two_kappa + torch.hypot(two_kappa, m))
 
 
+def _wood_constants(kappa: torch.Tensor, dim: int):
+    """Wood's per-parameter constants for :func:`wood_sample_t`: b (:func:`_wood_envelope`),
+    −h = (b − 1)/2 and c₀ = κb/p + (d−1)·log p with p = (1 + b)/2, in ten small ops (the
+    same numbers bitwise as 2κb/(1 + b) + (d−1)·log((1 + b)/2): halving is exact)."""
+    dtype, device = kappa.dtype, kappa.device
+    half = constant(0.5, dtype, device)
+    b = _wood_envelope(kappa, dim)
+    minus_h = torch.addcmul(constant(-0.5, dtype, device), half, b)
+    p = torch.addcmul(half, half, b)
+    c0 = torch.mul(kappa, b).div_(p).add_(p.log_(), alpha=dim - 1)
+    return b, minus_h, c0
+
+
 def _twice_symmetric_beta(a: float, log_u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """2x for a Beta(a, a) draw x from two uniforms by Ulrich's polar method [4] (a ≥ 1/2):
     with r = sqrt(1 − u^{2/(2a−1)}), x = (1 + r cos 2πv)/2, written as
@@ -317,7 +333,8 @@ def _twice_symmetric_beta(a: float, log_u: torch.Tensor, v: torch.Tensor) -> tor
     overwritten. (2x, not x: the caller folds the ½ into its per-parameter constants.)
     """
     dtype, device = v.dtype, v.device
-    cos_sq = v.mul_(constant(math.pi, dtype, device)).cos_().square_()
+    cos = v.mul_(constant(math.pi, dtype, device)).cos_()
+    cos_sq = cos.mul_(cos)  # (square_ is pow_(2): a Python-number operand, a conversion more)
     if a == 0.5:  # the arcsine law: r = 1
         return cos_sq.add_(cos_sq)
     log_uc = log_u.mul_(constant(2 / (2 * a - 1), dtype, device))
@@ -374,11 +391,11 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
     rewritten in t without cancellation. No loop and no host synchronization: for the n
     samples of each parameter element a fixed pool of M proposals is drawn at once, M sized
     from the acceptance rate (:func:`_num_proposals`: M ≈ 1.8n for n = 1024, 58 for n = 1),
-    and the first n accepted proposals, in proposal order, are the samples (a stable
-    partition of the pool by the acceptance flags, :func:`_stable_partition_positions`).
-    Each accepted proposal is an exact draw, and taking the first n of an i.i.d. stream keeps
-    them i.i.d. The envelope b is computed once per parameter. Not differentiable: gradients
-    come from :func:`vmf_marginal_sample_t`.
+    and the first n accepted proposals, in proposal order, are the samples (a partition of
+    the pool by the acceptance flags, :func:`_accepted_first_positions`). Each accepted
+    proposal is an exact draw, and taking the first n of an i.i.d. stream keeps them i.i.d.
+    The envelope b is computed once per parameter. Not differentiable: gradients come from
+    :func:`vmf_marginal_sample_t`.
 
     :param torch.Tensor concentration: κ ≥ 0, shape ``batch``.
     :param int dim: ambient dimension d ≥ 2.
@@ -386,34 +403,40 @@ def wood_sample_t(concentration: torch.Tensor, dim: int, sample_shape=()) -> tor
     """
     kappa = concentration.detach()
     sample_shape = torch.Size(sample_shape)
-    num_samples = sample_shape.numel()
-    pool = (_num_proposals(num_samples),) + kappa.shape
-    # per parameter: b, and the acceptance log-ratio c₀ − κt + (d−1)·log1p(g·t) with
-    # c₀ = 2κb/(1+b) + (d−1)·log((1+b)/2) and g = (1−b)/(2b), from
-    # (d−1)·log((2b + (1−b)t)(1+b)/(4b)) = (d−1)·log((1+b)/2 + (1−b²)t/(4b))
-    samples = torch.empty(pool, dtype=kappa.dtype, device=kappa.device)
-    # no autograd bookkeeping on the sampler's ~40 small ops; the result is written into an
-    # ordinary tensor (which autograd may then save), not returned as an inference tensor
-    # (constants as cached tensors: a Python number operand costs more than the op)
+    samples = _wood_samples(kappa, dim, sample_shape.numel(), kappa.shape)
+    if len(sample_shape) == 1:  # (already the shape: a reshape costs a dispatch)
+        return samples
+    return samples.reshape(sample_shape + kappa.shape)
+
+
+def _wood_samples(kappa: torch.Tensor, dim: int, num_samples: int, shape) -> torch.Tensor:
+    """:func:`wood_sample_t` for a detached κ: ``num_samples`` draws per element, shape
+    (num_samples,) + ``shape`` (κ's shape, or one that κ broadcasts to: (1,) for a 0-dim κ
+    gives the column that the single-direction Function takes)."""
+    pool = (_num_proposals(num_samples),) + tuple(shape)
     dtype, device = kappa.dtype, kappa.device
-    one, half = constant(1.0, dtype, device), constant(0.5, dtype, device)
+    # no autograd bookkeeping on the sampler's ~35 small ops; the result is written into an
+    # ordinary tensor (which autograd may then save), not returned as an inference tensor
+    samples = torch.empty(pool, dtype=dtype, device=device)
     with torch.inference_mode():
-        b = _wood_envelope(kappa, dim)
-        one_plus_b, one_minus_b = one + b, one - b
-        c0 = torch.add((kappa + kappa) * b / one_plus_b, (one_plus_b * half).log_(), alpha=dim - 1)
-        g = one_minus_b / (b + b)
+        # per parameter: b, −h = −(1 − b)/2 and c₀ (:func:`_wood_constants`)
+        b, minus_h, c0 = _wood_constants(kappa, dim)
         uniforms = torch.rand((3,) + pool, dtype=dtype, device=device)
-        # log u of the Beta draw's and of the acceptance test's uniforms in one op
-        logs = uniforms[0::2].clamp_(min=constant(torch.finfo(dtype).tiny, dtype, device)).log_()
-        x2 = _twice_symmetric_beta((dim - 1) / 2, logs[0], uniforms[1])  # 2x
-        # t = 2bx/(1 − (1 − b)x) = b·(2x)/(1 − ((1 − b)/2)·(2x))
-        t_prop = torch.mul(x2, b).div_(torch.addcmul(one, x2, one_minus_b * half, value=-1))
-        log_ratio = torch.addcmul(c0, kappa, t_prop, value=-1)
-        log_ratio.add_(torch.mul(t_prop, g).log1p_(), alpha=dim - 1)
-        rejected = log_ratio < logs[1]
+        # log u of the Beta draw's and of the acceptance test's uniforms in one op (u = 0
+        # gives −inf, the limit that both take correctly: 2x = 2cos²πv, always accepted)
+        uniforms[0::2].log_()
+        log_u, v, log_u_test = uniforms.unbind(0)
+        x2 = _twice_symmetric_beta((dim - 1) / 2, log_u, v)  # 2x
+        # t = 2bx/(1 − (1 − b)x) = b·(2x)/q with q = 1 − h·(2x), h = (1 − b)/2
+        q = torch.addcmul(constant(1.0, dtype, device), x2, minus_h)
+        t_prop = torch.mul(x2, b).div_(q)
+        # the acceptance log-ratio c₀ − κt + (d−1)·log((1+b)/2 + (1−b²)t/(4b)), where
+        # (1+b)/2 + (1−b²)t/(4b) = ((1+b)/2)·(1 + (1−b)t/(2b)) and 1 + (1−b)t/(2b) = 1/q
+        log_ratio = torch.addcmul(c0, kappa, t_prop, value=-1).add_(q.log_(), alpha=1 - dim)
+        rejected = log_ratio < log_u_test
         # each proposal scattered to its place; the first n places are the samples
-        samples.scatter_(0, _stable_partition_positions(rejected), t_prop)
-    return samples[:num_samples].reshape(sample_shape + kappa.shape)
+        samples.scatter_(0, _accepted_first_positions(rejected), t_prop)
+    return samples[:num_samples]
 
 
 _POOL_INDEX: dict = {}
@@ -438,6 +461,18 @@ def _stable_partition_positions(rejected: torch.Tensor) -> torch.Tensor:
     last_accepted = constant(rejected.shape[0] - 1, rank.dtype, rank.device) - rank[-1:]
     index = _pool_index(rejected.shape[0], rejected.dim(), rejected.device)
     return torch.where(rejected, rank + last_accepted, index - rank)
+
+
+def _accepted_first_positions(rejected: torch.Tensor) -> torch.Tensor:
+    """Where each proposal lands for :func:`wood_sample_t`: the k-th accepted at k, as in
+    :func:`_stable_partition_positions`, and the k-th rejected at M − k (M the pool size), so
+    the rejected ones end the pool in reverse order: they fill the first n places only when
+    fewer than n were accepted (probability ≤ e^{_LOG_SHORTFALL}), and then any of them will
+    do. Three ops instead of six: (rejected ? M : j) − (number rejected up to j)."""
+    size = rejected.shape[0]
+    rank = rejected.cumsum(0)
+    index = _pool_index(size, rejected.dim(), rejected.device)
+    return torch.where(rejected, constant(size, rank.dtype, rank.device), index).sub_(rank)
 
 
 # The κ-derivative integral ∫ (cos φ − A) e^{L(φ)−L(θ)} dφ is taken over the tail of θ where
