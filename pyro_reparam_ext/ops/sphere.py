@@ -499,98 +499,117 @@ def _unit_gauss_legendre(num_nodes: int) -> tuple[list[float], list[float]]:
 
 
 def _mode_angle(kappa: torch.Tensor, dim: int):
-    """θ_m, sin θ_m and cos θ_m at the mode of L (κ sin²θ = (d−2) cos θ), without
-    cancellation: with m = d − 2 and r = sqrt(m² + 4κ²) = hypot(2κ, m), cos θ_m = 2κ/(m + r)
-    and sin²θ_m = ((m + r)² − 4κ²)/(m + r)² = 2m/(m + r)."""
+    """θ_m at the mode of L (κ sin²θ = (d−2) cos θ) and a quarter of the curvature −L″(θ_m)/4
+    there, without cancellation: with m = d − 2 and r = sqrt(m² + 4κ²) = hypot(2κ, m),
+    cos θ_m = 2κ/(m + r) and sin²θ_m = 2m/(m + r), so θ_m = atan2(sqrt(2m(m + r)), 2κ), and
+    −L″(θ_m) = κ cos θ_m + m/sin²θ_m = (4κ² + (m + r)²)/(2(m + r)) = r (4κ² = (r − m)(r + m));
+    at d = 2 (no m term, θ_m = 0) it is κ."""
     dtype, device = kappa.dtype, kappa.device
-    m = constant(dim - 2.0, dtype, device)
     two_kappa = kappa + kappa
-    m_plus_r = torch.hypot(two_kappa, m).add_(m)
-    cos = two_kappa / m_plus_r
-    sin = torch.div(constant(2.0 * (dim - 2), dtype, device), m_plus_r).sqrt_()
-    return torch.atan2(sin, cos), sin, cos
+    if dim == 2:
+        return torch.zeros_like(kappa), kappa * constant(0.25, dtype, device)
+    r = torch.hypot(two_kappa, constant(dim - 2.0, dtype, device))
+    scaled_sin = torch.add(r, constant(dim - 2.0, dtype, device)).mul_(
+        constant(2.0 * (dim - 2), dtype, device)
+    )
+    return torch.atan2(scaled_sin.sqrt_(), two_kappa), r.mul_(constant(0.25, dtype, device))
 
 
 _RULE_TENSORS: dict = {}
 
 
-def _rule_tensors(dtype: torch.dtype, device: torch.device):
-    """The constant parts of the rule as tensors, built once per dtype and device: the
-    Gauss–Legendre nodes on [0, 1] and their weights."""
-    key = (dtype, device)
+def _rule_tensors(dtype: torch.dtype, device: torch.device, ndim: int):
+    """The constant parts of the rule as tensors, built once per dtype, device and sample rank
+    (shaped to broadcast over the (nodes, panels) + samples grid): the Gauss–Legendre nodes on
+    [0, 1] less 1 (a node is placed back from its panel's end) and log(8ω) of their weights ω
+    (added to the exponent, where it costs no op; the 8 is the score's factor 4 times the
+    result's factor 2)."""
+    key = (dtype, device, ndim)
     if key not in _RULE_TENSORS:
         nodes, weights = _unit_gauss_legendre(_RULE_SIZE[1])
+        shape = (len(nodes),) + (1,) * (ndim + 1)
         with torch.inference_mode(False):
             _RULE_TENSORS[key] = tuple(
-                torch.tensor(x, dtype=dtype, device=device) for x in (nodes, weights)
+                torch.tensor(x, dtype=dtype, device=device).reshape(shape)
+                for x in ([x - 1 for x in nodes], [math.log(8 * w) for w in weights])
             )
     return _RULE_TENSORS[key]
 
 
-def _panels(a, b, span, panels: int):
+def _panels(a, b, span, first_scale, panels: int):
     """Panel ends (a new first axis) in the tail coordinate u ≥ 0 of the geometric rule
-    on [0, min(span, u_cut)] for an integrand ≈ exp(−2a u − 2b u²) (a, b: half the slope and
-    a quarter of the curvature of the quadratic model): u_cut solves
+    on [0, min(span, u_cut)] for an integrand ≈ exp(−2a u − 2b u²) (a, b ≥ 0: half the slope
+    and a quarter of the curvature of the quadratic model; ``b`` is overwritten): u_cut solves
     2a u + 2b u² = _LOG_DROP, the first panel ends at half the decay length
     ℓ = 1/(2a + 2√b), the others grow geometrically to u_cut (the panel ends are first·q^k,
-    q = (u_cut/first)^{1/(P−1)}, by one cumulative product)."""
+    q = (u_cut/first)^{1/(P−1)}, by one cumulative product), all times ``first_scale``."""
     dtype, device = a.dtype, a.device
-    u_cut = torch.add(a * a, b, alpha=2 * _LOG_DROP).sqrt_().add_(a)
-    u_cut = torch.div(constant(_LOG_DROP, dtype, device), u_cut)
+    # u_cut = _LOG_DROP/(a + sqrt(a² + 2·_LOG_DROP·b)) = c/(a/√(2D) + sqrt(b + a²/(2D)))
+    scale = 1 / math.sqrt(2 * _LOG_DROP)
+    u_cut = torch.addcmul(b, a, a, value=scale * scale).sqrt_().add_(a, alpha=scale)
+    u_cut = torch.div(constant(_LOG_DROP * scale, dtype, device), u_cut)
     u_cut = torch.minimum(u_cut, span).clamp_(min=constant(torch.finfo(dtype).tiny, dtype, device))
-    first = torch.minimum(torch.div(constant(0.25, dtype, device), b.sqrt_().add_(a)), u_cut)
-    growth = (u_cut / first).pow_(constant(1 / (panels - 1), dtype, device))
-    return torch.stack([first] + [growth] * (panels - 1)).cumprod_(0)
+    first = torch.div(constant(0.25, dtype, device), b.sqrt_().add_(a))
+    first = torch.minimum(first, u_cut, out=first)
+    growth = torch.div(u_cut, first).pow_(constant(1 / (panels - 1), dtype, device))
+    return torch.stack([first.mul_(first_scale)] + [growth] * (panels - 1)).cumprod_(0)
 
 
 def _tangent_panels(quarter_ends):
-    """Starts and signed widths in τ = tan(h/2) of panels of half offsets h from θ that run
-    from h = 0 through the ends h_p (``quarter_ends`` = h_p/2, one sign, (panels, ...)), each
-    starting where the one before ends: one tangent per panel, not a sine and a cosine per
-    node. A width τ_p − τ_{p−1} carries an absolute rounding error ~ε|τ_p|, where the integrand
-    has decayed from its value at θ by e^{−|τ_p|/ℓ}-ish: relative to the integral, ~ε."""
+    """Ends and signed widths in τ = tan(h/2) of panels of half offsets h from θ that run
+    from h = 0 through the ends h_p (``quarter_ends`` = h_p/2, one sign, (panels, ...),
+    overwritten), each starting where the one before ends: one tangent per panel, not a sine
+    and a cosine per node. A width τ_p − τ_{p−1} carries an absolute rounding error ~ε|τ_p|,
+    where the integrand has decayed from its value at θ by e^{−|τ_p|/ℓ}-ish: relative to the
+    integral, ~ε."""
     ends = quarter_ends.tan_()
     zero = constant(0.0, ends.dtype, ends.device).expand((1,) + ends.shape[1:])
-    starts = torch.cat([zero, ends[:-1]])
-    return starts, ends.sub_(starts)
+    return ends, torch.diff(ends, dim=0, prepend=zero)
 
 
-def _weighted_integral(tangents, node_weights, columns, dim):
-    """Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ)) (1 + c_pk) for φ = θ + 2h, with each
-    panel's rule in τ = tan(h/2) (|h| < π/2, so |τ| < 1): with r = 1/(1 + τ²), half the sine
-    ŝ = sin(h)/2 = τr, c = cos h = 2r − 1 and dh/dτ = 2r = 1 + c, all rational in τ (poles at
-    τ = ±i, off the real panels), so the grid needs no sine or cosine. From ŝ and c (free of
-    cancellation for small δ = 2h), cos θ − cos φ = 2P = ŝ(8ŝ cos θ + 4c sin θ), and
-    sin φ / sin θ = 1 + 2Q with 2Q = (2P cos θ − 8ŝ²)/sin²θ (= 2 sin h (cos h cot θ − sin h)),
-    so that L(φ) − L(θ) = −2κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
+def _weighted_integral(tangents, log_weights, columns, dim):
+    """2 Σ_p W_p Σ_k ω_k (cos φ_pk − A) exp(L(φ_pk) − L(θ)) (1 + c_pk) for φ = θ + 2h,
+    with each panel's rule in τ = tan(h/2) (|h| < π/2, so |τ| < 1): with
+    R = 2/(1 + τ²) = 1 + c, S = sin h = τR, c = cos h = R − 1 and dh/dτ = R, all rational in
+    τ (poles at τ = ±i, off the real panels), so the grid needs no sine or cosine. From S and R
+    (free of cancellation for small δ = 2h), P = (cos θ − cos φ)/4 = S sin(θ + h)/2
+    = S(R sin θ − sin θ + S cos θ)/2 (the halves folded into the columns), and
+    sin φ / sin θ = 1 + 2Q with 2Q = (4P cos θ − 2S²)/sin²θ (= 2 sin h (cos h cot θ − sin h)),
+    so that L(φ) − L(θ) = −4κP + (d − 2) log1p(2Q) for L = κ cos φ + (d − 2) log sin φ.
     ``tangents``: τ at the nodes, (nodes, panels, ...), overwritten, and the panels' signed
-    widths W in τ, (panels, ...) (:func:`_tangent_panels`); ``node_weights`` ω: (nodes,).
-    ``columns``: 8 cos θ, 4 sin θ, cos θ/sin²θ, −8/sin²θ, −κ and
-    offset = cos θ − A = (1 − A) − t, of the samples' shape ``...``; the score is
-    offset − 2P (precise near 1). The samples are the last (contiguous) axes, so that the
-    columns broadcast along the outer axes (measured ~15% faster than the samples first).
-    Written in place on three buffers of the grid's size: fresh large temporaries cost a page
-    fault per 4 KiB each call, more than the arithmetic (a fourth measured ≈ 50 µs of a
-    float32 step at d = 16)."""
+    widths W in τ, (panels, ...) (:func:`_tangent_panels`); ``log_weights``: log(8ω), added to
+    the exponent (a node weight ω there costs no op). ``columns``: sin θ/2, −sin θ/2,
+    cos θ/2, −2/sin²θ, −2 cos θ/sin²θ, −4κ and offset/4 = (cos θ − A)/4 = ((1 − A) − t)/4, of
+    the samples' shape ``...``; the score is 4(offset/4 − P) (precise near 1). The samples are
+    the last (contiguous) axes, so that the columns broadcast along the outer axes (measured
+    ~15% faster than the samples first). Written in place on three buffers of the grid's size:
+    fresh large temporaries cost a page fault per 4 KiB each call, more than the arithmetic."""
     tau, widths = tangents
-    eight_cos, four_sin, cos_over_sin2, minus_eight_over_sin2, minus_kappa, offset = columns
+    (
+        half_sin,
+        minus_half_sin,
+        half_cos,
+        minus_two_over_sin2,
+        minus_two_cos_over_sin2,
+        minus_kappa,
+        offset,
+    ) = columns
     dtype, device = tau.dtype, tau.device
-    one = constant(1.0, dtype, device)
-    c = torch.mul(tau, tau).add_(one).reciprocal_()  # r
-    half_s = tau.mul_(c)
-    c.add_(c).sub_(one)
-    two_p = torch.mul(half_s, eight_cos).addcmul_(c, four_sin).mul_(half_s)
+    r = torch.addcmul(constant(0.5, dtype, device), tau, tau, value=0.5).reciprocal_()  # R
+    s = tau.mul_(r)
+    p = torch.addcmul(minus_half_sin, r, half_sin).addcmul_(s, half_cos).mul_(s)
     if dim > 2:
         # log1p: (d − 2)·log must not multiply the rounding error of a number near 1
-        two_q = half_s.square_().mul_(minus_eight_over_sin2).addcmul_(two_p, cos_over_sin2)
+        two_q = s.square_().mul_(minus_two_over_sin2).addcmul_(p, minus_two_cos_over_sin2, value=-2)
         log_ratio = two_q.clamp_(min=constant(-1.0, dtype, device)).log1p_()
-        step = log_ratio.mul_(constant(dim - 2.0, dtype, device)).addcmul_(two_p, minus_kappa)
+        # (not torch.addcmul(..., out=log_ratio): an output aliasing an input measured 4× slower)
+        step = log_ratio.mul_(constant(dim - 2.0, dtype, device)).add_(log_weights)
+        step = step.addcmul_(p, minus_kappa)
     else:
-        step = torch.mul(two_p, minus_kappa, out=half_s)
+        step = torch.addcmul(log_weights, p, minus_kappa, out=s)
     weight = step.clamp_(max=constant(60.0, dtype, device)).exp_()
-    weight.addcmul_(weight, c)  # × dh/dτ = 1 + c
-    integrand = torch.sub(offset, two_p, out=two_p).mul_(weight)
-    by_panel = (node_weights @ integrand.view(node_weights.shape[0], -1)).view(widths.shape)
+    integrand = torch.sub(offset, p, out=p).mul_(weight)
+    by_panel = integrand.mul_(r).sum(0)  # × dh/dτ = R, summed over the nodes
     return torch.linalg.vecdot(by_panel, widths, dim=0)
 
 
@@ -632,56 +651,65 @@ def vmf_marginal_dt_dconcentration(
 def _dt_dkappa(t, cos_t, square, kappa, dim):
     """:func:`vmf_marginal_dt_dconcentration` given cos θ = 1 − t and sin²θ = t(2 − t)
     (which the single-direction sampler has already computed) and a detached κ. Constants
-    are cached 0-dim tensors and the sign σ is folded into the panels' widths W in τ, so
-    that the result is 2 sin θ · Σ W (...): the fewest small ops."""
+    are cached 0-dim tensors, the per-κ work is done on κ's own shape, and the sign σ and the
+    scale factors are folded into the panels' ends and the grid's columns: the fewest small
+    ops (~90 in all)."""
     dtype, device = t.dtype, t.device
-    zero, half, minus_half = (constant(x, dtype, device) for x in (0.0, 0.5, -0.5))
     tiny = constant(torch.finfo(dtype).tiny, dtype, device)
-    # A_d(κ) and the mode on the parameters' own shape (not once per sample); the ratio's
-    # forward directly: κ is detached, so the autograd Function's bookkeeping is overhead
+    m = dim - 2
+    # per κ (detached, so the ratio's forward directly): 1 − A_d(κ), the mode, −4κ, κ/2, κ/4
     order = dim / 2 - 1
     v = kappa if order < DEBYE_MIN_ORDER else torch.full_like(kappa, order)  # (unused below 10)
     one_minus_a = constant(1.0, dtype, device) - _ratio_forward(v, kappa, order)
-    theta_mode, sin_mode, cos_mode = _mode_angle(kappa, dim)
-    panels = _RULE_SIZE[0]
-    nodes, node_weights = _rule_tensors(dtype, device)
-    m = dim - 2
-    sin_t = square.clamp(min=zero).sqrt_()
+    theta_mode, quarter_curvature_mode = _mode_angle(kappa, dim)
+    quarter_kappa = kappa * constant(0.25, dtype, device)
+    # per sample
+    square_clamped = square.clamp(min=tiny)
+    sin_t = square_clamped.sqrt()
     theta = torch.atan2(sin_t, cos_t)
     upper = t < one_minus_a  # w > A: the tail towards the pole θ = 0
-    half_sigma = torch.where(upper, minus_half, half)  # σ/2
-    across_mode = (theta > theta_mode).logical_and_(upper)
-    theta0 = torch.where(across_mode, theta_mode, theta)
-    sin0 = torch.where(across_mode, sin_mode, sin_t).clamp_(min=tiny)
-    cos0 = torch.where(across_mode, cos_mode, cos_t)
-    span = torch.where(upper, theta0, constant(math.pi, dtype, device) - theta0)
-    inv_sin0 = sin0.reciprocal()
-    # half the slope −σL′(θ₀)/2 = (σ/2)(κ sin θ₀ − m cot θ₀) and a quarter of the curvature
-    # −L″(θ₀)/4 = (κ cos θ₀ + m/sin²θ₀)/4, both clamped at 0
-    half_slope = torch.addcmul(kappa * sin0, cos0, inv_sin0, value=-m).mul_(half_sigma)
-    quarter_curvature = torch.addcmul(
-        (kappa * constant(0.25, dtype, device)) * cos0, inv_sin0, inv_sin0, value=m / 4
+    # across the mode (θ_m < θ, upper tail): the model is placed at θ₀ = θ_m, where L′ = 0
+    # and −L″/4 = r/4 (:func:`_mode_angle`); the first panel reaches back from θ_m to θ
+    across = (theta > theta_mode).logical_and_(upper)
+    minus_two_over_sin2 = torch.div(constant(-2.0, dtype, device), square_clamped)
+    minus_two_cos_over_sin2 = cos_t * minus_two_over_sin2
+    # half the slope |L′(θ)|/2 = |κ sin θ − m cot θ|/2 (its sign is the tail's, so no σ), and
+    # a quarter of the curvature −L″(θ)/4 = (κ cos θ + m/sin²θ)/4, clamped at 0
+    half_slope = torch.add(quarter_kappa + quarter_kappa, minus_two_cos_over_sin2, alpha=m / 4)
+    half_slope = half_slope.mul_(sin_t).abs_().masked_fill_(across, 0.0)
+    quarter_curvature = torch.mul(cos_t, quarter_kappa).add_(minus_two_over_sin2, alpha=-m / 8)
+    # (a tensor value would make masked_fill_ read it on the host: torch.where instead)
+    quarter_curvature = torch.where(
+        across, quarter_curvature_mode, quarter_curvature.clamp_(min=constant(0.0, dtype, device))
     )
-    gap = theta - theta0  # ≥ 0: the stretch [θ₀, θ] across the mode (0 unless across_mode)
-    ends = _panels(half_slope.clamp_(min=zero), quarter_curvature.clamp_(min=zero), span, panels)
-    # each panel end as half its half offset from θ, (θ₀ + σu − θ)/4 = (σ/2)u/2 − gap/4; the
+    # (θ − θ₀)/4 ≥ 0: a quarter of the stretch [θ₀, θ] across the mode (0 unless across)
+    quarter_gap = torch.add(theta_mode * constant(-0.25, dtype, device), theta, alpha=0.25)
+    quarter_gap = quarter_gap.mul_(across)
+    span = torch.where(
+        upper, torch.minimum(theta, theta_mode), constant(math.pi, dtype, device) - theta
+    )
+    quarter_sigma = torch.where(
+        upper, constant(-0.25, dtype, device), constant(0.25, dtype, device)
+    )
+    # each panel end as half its half offset from θ, (θ₀ + σu − θ)/4 = (σ/4)u − gap/4; the
     # first panel starts at θ itself, so it also covers the stretch across the mode (the
     # integrand is smooth there: a panel of its own measured no more accurate than its nodes)
-    quarter_ends = torch.addcmul(gap * constant(-0.25, dtype, device), half_sigma, ends, value=0.5)
-    tangent_starts, tangent_widths = _tangent_panels(quarter_ends)
-    nodes = nodes.view(nodes.shape + (1,) * tangent_widths.dim())
-    tangents = torch.addcmul(tangent_starts, tangent_widths, nodes)  # (nodes, panels) + t.shape
-    inv_square = square.clamp(min=tiny).reciprocal_()  # 1/sin²θ
+    ends = _panels(half_slope, quarter_curvature, span, quarter_sigma, _RULE_SIZE[0])
+    tangent_ends, tangent_widths = _tangent_panels(ends.sub_(quarter_gap))
+    nodes_less_one, log_weights = _rule_tensors(dtype, device, t.dim())
+    tangents = torch.addcmul(tangent_ends, tangent_widths, nodes_less_one)
+    half_sin = sin_t * constant(0.5, dtype, device)
     columns = (
-        cos_t * constant(8.0, dtype, device),
-        sin_t * constant(4.0, dtype, device),
-        cos_t * inv_square,
-        inv_square.mul_(constant(-8.0, dtype, device)),
-        -kappa,
-        one_minus_a - t,
+        half_sin,
+        -half_sin,
+        cos_t * constant(0.5, dtype, device),
+        minus_two_over_sin2,
+        minus_two_cos_over_sin2,
+        kappa * constant(-4.0, dtype, device),
+        torch.sub(one_minus_a * constant(0.25, dtype, device), t, alpha=0.25),
     )
-    integral = _weighted_integral((tangents, tangent_widths), node_weights, columns, dim)
-    return integral.mul_(sin_t + sin_t).masked_fill_(sin_t == zero, zero)
+    integral = _weighted_integral((tangents, tangent_widths), log_weights, columns, dim)
+    return integral.mul_(sin_t).masked_fill_(square < tiny, 0.0)
 
 
 class _ImplicitVMFMarginal(torch.autograd.Function):
@@ -709,7 +737,8 @@ def _dt_dconcentration_untracked(t, concentration, dim, cos_t=None, square=None)
     with torch.inference_mode():
         if cos_t is None:
             return vmf_marginal_dt_dconcentration(t, concentration, dim)
-        return _dt_dkappa(t.detach(), cos_t, square, concentration.detach(), dim)
+        # (no detach: nothing is recorded under inference mode)
+        return _dt_dkappa(t, cos_t, square, concentration, dim)
 
 
 def _inverse_cdf_t_dim3(concentration: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
