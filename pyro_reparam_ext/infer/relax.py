@@ -300,7 +300,6 @@ def relaxed_copies(soft, hard, masks, batch_shape, selected: bool = False) -> to
     index = decision_index(masks)
     size, num = masks.shape[0], math.prod(masks.shape[1:])
     flat_hard = hard.reshape(batch_shape + (num, -1))
-    copies = flat_hard.expand((2, size) + flat_hard.shape).clone()
     relaxed = soft if selected else soft.reshape((2,) + batch_shape + (num, -1))[..., index, :]
     if isinstance(index, slice) and size == num:  # all D: copy j's decision j, a diagonal
         return _DiagonalCopies.apply(relaxed, flat_hard).reshape((2, size) + hard.shape)
