@@ -101,8 +101,8 @@ class VonMisesFisher(SphereLocConcentration):
     only through the scalar w = μᵀz, whose density is ∝ exp(κw)(1 − w²)^{(d−3)/2} [3]. It is
     drawn by Wood's rejection sampler [3] (a fixed pool of proposals) and differentiated
     *implicitly* [4]: dw/dκ = −(∂F/∂κ)/p(w), with ∂F/∂κ = ∫_{−1}^w (s − A_d(κ)) p(s) ds
-    computed by a Gauss–Legendre rule (40 nodes; 36 in float32) placed per sample in the
-    angle arccos w (see
+    computed by a Gauss–Legendre rule (35 nodes, both dtypes) placed per sample in
+    τ = tan((φ − θ)/4), θ = arccos w (see
     :func:`~numpyro_backend.ops.sphere.vmf_marginal_dt_dconcentration`). This is the exact
     derivative of the sampler's transport map, so no correction term is needed and every
     ELBO gets the right gradient. Differentiating through the accepted proposal instead (as
